@@ -1,0 +1,94 @@
+"""The options of ``tether run``, in one validated object.
+
+Both process modes read the same object: the single-process runtime
+(``--workers 0``, and every worker a master starts) and the master. Values are
+checked once, here, so that a bad flag fails before anything is bound or
+started, with one line that names the flag and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from tether.errors import ConfigError
+
+__all__ = ["RunConfig", "check_timeout"]
+
+Interface = Literal["auto", "asgi", "wsgi"]
+
+DEFAULT_BIND = "127.0.0.1:8080"
+DEFAULT_DEBUG_BIND = "127.0.0.1:8001"
+
+
+def check_timeout(flag: str, value: float, *, allow_zero: bool = True) -> float:
+    """Return ``value`` if it is a usable number of seconds, else raise ConfigError naming ``flag``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{flag} must be a number of seconds, got {value!r}")
+    if math.isnan(value) or math.isinf(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{flag} must be a number of seconds {bound}, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything ``tether run`` was asked to do. Defaults match the CLI's."""
+
+    #: ``module:attr`` naming an ASGI app, a WSGI app, a tether ``App`` or a factory of one.
+    app: str
+    #: Addresses to serve the app on: ``HOST:PORT``, ``[IPV6]:PORT`` or ``unix:PATH``.
+    binds: tuple[str, ...] = (DEFAULT_BIND,)
+    #: Address of the debug server, or None for no debug server.
+    debug_bind: str | None = DEFAULT_DEBUG_BIND
+    #: Token required on ``/debug/*`` (mandatory when the debug bind is not loopback).
+    debug_token: str | None = None
+    #: The whole shutdown budget, phases 2 to 6, in seconds.
+    graceful_timeout: float = 30.0
+    #: Seconds ``/readyz`` answers 503 before the listeners close.
+    drain_delay: float = 0.0
+    #: How an idle keep-alive connection is given before it is closed during a drain.
+    idle_grace: float = 0.5
+    #: After the deadline: seconds cancelled work gets to unwind before it is reported abandoned.
+    cancel_timeout: float = 2.0
+    interface: Interface = "auto"
+    #: Directory put first on ``sys.path`` (the current directory by default).
+    app_dir: str = "."
+    log_level: str = "info"
+    #: Process model: 0 = one process; N >= 1 = a master and N workers.
+    workers: int = 0
+    reload_timeout: float = 60.0
+    watchdog_timeout: float = 30.0
+    pidfile: str | None = None
+    control: str | None = None
+    #: Extra data for modes that need it (kept out of the flag surface).
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_timeout("--graceful-timeout", self.graceful_timeout)
+        check_timeout("--drain-delay", self.drain_delay)
+        check_timeout("--reload-timeout", self.reload_timeout, allow_zero=False)
+        check_timeout("--watchdog-timeout", self.watchdog_timeout, allow_zero=False)
+        check_timeout("idle grace", self.idle_grace)
+        check_timeout("cancel timeout", self.cancel_timeout)
+        if not self.binds:
+            raise ConfigError("at least one --bind is needed")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise ConfigError(
+                f"--workers must be a whole number >= 0, got {self.workers!r}; "
+                "use 0 for one process, N for a master with N workers"
+            )
+        if self.interface not in ("auto", "asgi", "wsgi"):
+            raise ConfigError(
+                f"--interface must be auto, asgi or wsgi, got {self.interface!r}"
+            )
+        if ":" not in self.app or self.app.startswith(":") or self.app.endswith(":"):
+            raise ConfigError(
+                f"APP must look like module:attribute (for example myapp:app), got {self.app!r}"
+            )
+
+    def replace(self, **changes: object) -> RunConfig:
+        """A copy with some options changed (validated again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
