@@ -1,0 +1,274 @@
+"""The ``NOTIFY_SOCKET`` protocol (systemd's ``sd_notify``), sender and receiver.
+
+A process tells whoever started it how it is doing by sending datagrams of
+``KEY=VALUE`` lines to the unix socket named in ``NOTIFY_SOCKET``:
+``READY=1``, ``STOPPING=1``, ``RELOADING=1``, ``STATUS=...``, ``WATCHDOG=1``,
+``MAINPID=...``. A tether worker speaks it to its master, a master to systemd
+(or to the old master during an upgrade).
+
+Invariants: the sender never raises and never blocks (a vanished or busy
+receiver costs one log line, not the service); the receiver learns each
+sender's pid from the kernel (``SCM_CREDENTIALS``), never from the message,
+so a process cannot speak for another.
+
+Written by hand because the protocol is twenty lines and the libraries that
+wrap ``sd_notify`` either need libsystemd or have no receiver side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import struct
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+
+__all__ = [
+    "Notifier",
+    "NotifyMessage",
+    "NotifyReceiver",
+    "parse_message",
+    "watchdog_interval",
+]
+
+log = logging.getLogger("tether.notify")
+
+_MAX_DATAGRAM = 4096
+_CREDS = struct.Struct("iII")  # struct ucred: pid, uid, gid
+_QUEUE_LIMIT = 1024
+
+
+def _socket_address(name: str) -> str | bytes | None:
+    if name.startswith("@"):
+        return b"\0" + os.fsencode(name[1:])  # Linux abstract namespace
+    if name.startswith("/"):
+        return name
+    return None
+
+
+class Notifier:
+    """Sends notifications to the socket in ``NOTIFY_SOCKET``.
+
+    Thread-safe; safe to call from a signal-free event loop callback.
+    Resource handling: owns one datagram socket, closed by :meth:`close`.
+    Error handling: :meth:`send` never raises; it returns False and logs.
+    """
+
+    def __init__(self, address: str) -> None:
+        target = _socket_address(address)
+        if target is None:
+            msg = f"NOTIFY_SOCKET {address!r} is not a path or an @abstract name"
+            raise ValueError(msg)
+        self.address = address
+        self._target = target
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.setblocking(False)
+        self._lock = threading.Lock()
+        self._warned = False
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, unset: bool = False
+    ) -> Notifier | None:
+        """A notifier for ``NOTIFY_SOCKET``, or None when it is not set (or unusable).
+
+        With ``unset``, the variable is removed from ``os.environ`` so that
+        children the application starts do not report in this process's name.
+        """
+        env = os.environ if environ is None else environ
+        address = env.get("NOTIFY_SOCKET", "")
+        if unset and environ is None:
+            os.environ.pop("NOTIFY_SOCKET", None)
+        if not address:
+            return None
+        try:
+            return cls(address)
+        except ValueError as exc:
+            log.warning("%s; not sending notifications", exc)
+            return None
+
+    def send(self, *assignments: str) -> bool:
+        """Send ``KEY=VALUE`` assignments in one datagram; True if it was delivered."""
+        payload = "\n".join(assignments).encode()
+        with self._lock:
+            if self._sock.fileno() < 0:
+                return False
+            try:
+                self._sock.sendto(payload, self._target)
+            except BlockingIOError:
+                log.debug("notify socket %s is busy; dropped %r", self.address, assignments)
+                return False
+            except OSError as exc:
+                # Receiver gone (ENOENT, ECONNREFUSED) or restarting: tell once, keep serving.
+                level = logging.DEBUG if self._warned else logging.WARNING
+                self._warned = True
+                log.log(level, "cannot notify %s: %s", self.address, exc.strerror or exc)
+                return False
+        return True
+
+    def close(self) -> None:
+        """Close the socket; later sends return False."""
+        with self._lock:
+            self._sock.close()
+
+    def __enter__(self) -> Notifier:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def parse_message(data: bytes) -> dict[str, str]:
+    """``KEY=VALUE`` lines to a dict; lines without ``=`` are ignored, the last value wins."""
+    fields: dict[str, str] = {}
+    for line in data.decode("utf-8", "replace").split("\n"):
+        key, sep, value = line.partition("=")
+        if sep and key:
+            fields[key] = value
+    return fields
+
+
+@dataclass(frozen=True)
+class NotifyMessage:
+    """One notification: who sent it (from the kernel) and what it says."""
+
+    pid: int
+    uid: int
+    fields: dict[str, str]
+
+
+class NotifyReceiver:
+    """Receives notifications on a private unix socket, with each sender's pid.
+
+    ``path`` is the value to give children as ``NOTIFY_SOCKET``. By default
+    the socket lives in a fresh directory only this user can enter.
+
+    Use as ``async with NotifyReceiver() as rx: async for msg in rx: ...``, or
+    ``await rx.get()``. Messages from other users, or without credentials,
+    are dropped; fds sent along (``FDSTORE``) are closed.
+
+    Resource handling: :meth:`close` (or leaving the ``async with``) closes
+    the socket and removes the directory.
+    """
+
+    def __init__(self, path: str | None = None) -> None:
+        self._dir: str | None = None
+        if path is None:
+            self._dir = tempfile.mkdtemp(prefix="tether-notify-")
+            path = os.path.join(self._dir, "notify.sock")
+        self.path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            self._sock.setblocking(False)
+            self._sock.bind(path)
+        except BaseException:
+            self.close()
+            raise
+        self._queue: asyncio.Queue[NotifyMessage] = asyncio.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """Start reading in the running event loop (done by ``async with``)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self._sock.fileno(), self._on_readable)
+
+    def _on_readable(self) -> None:
+        fd_space = socket.CMSG_SPACE(253 * 4)
+        space = socket.CMSG_SPACE(_CREDS.size) + fd_space
+        while True:
+            try:
+                data, ancdata, _flags, _addr = self._sock.recvmsg(_MAX_DATAGRAM, space)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("notify socket receive failed: %s", exc)
+                return
+            pid = uid = -1
+            for level, kind, blob in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    pid, uid, _gid = _CREDS.unpack(blob[: _CREDS.size])
+                elif level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    usable = len(blob) - len(blob) % 4
+                    for fd in struct.unpack(f"{usable // 4}i", blob[:usable]):
+                        with contextlib.suppress(OSError):
+                            os.close(fd)
+            if pid <= 0:
+                log.debug("dropping a notification without credentials")
+                continue
+            if uid not in (os.getuid(), 0):
+                log.warning("dropping a notification from pid %d of another user (%d)", pid, uid)
+                continue
+            if self._queue.qsize() >= _QUEUE_LIMIT:
+                log.warning("notification queue full; dropping a message from pid %d", pid)
+                continue
+            self._queue.put_nowait(NotifyMessage(pid, uid, parse_message(data)))
+
+    async def get(self) -> NotifyMessage:
+        """The next message (starts reading if needed)."""
+        self.start()
+        return await self._queue.get()
+
+    def __aiter__(self) -> AsyncIterator[NotifyMessage]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[NotifyMessage]:
+        while True:
+            yield await self.get()
+
+    def close(self) -> None:
+        """Stop reading, close the socket, remove the private directory."""
+        if self._loop is not None and self._sock.fileno() >= 0:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._sock.fileno())
+        self._loop = None
+        self._sock.close()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    async def __aenter__(self) -> NotifyReceiver:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def watchdog_interval(
+    environ: Mapping[str, str] | None = None, pid: int | None = None
+) -> float | None:
+    """Seconds between ``WATCHDOG=1`` heartbeats, or None when no watchdog is asked for.
+
+    ``WATCHDOG_USEC`` is the timeout after which the supervisor kills the
+    process; heartbeats go at half of it (systemd's advice), so one late
+    heartbeat is not fatal. ``WATCHDOG_PID``, when set, must be this process.
+    """
+    env = os.environ if environ is None else environ
+    usec_text = env.get("WATCHDOG_USEC", "")
+    if not usec_text:
+        return None
+    watchdog_pid = env.get("WATCHDOG_PID", "")
+    me = os.getpid() if pid is None else pid
+    if watchdog_pid and watchdog_pid.strip() != str(me):
+        return None
+    try:
+        usec = int(usec_text)
+    except ValueError:
+        log.warning("ignoring WATCHDOG_USEC=%r: not a number of microseconds", usec_text)
+        return None
+    if usec <= 0:
+        return None
+    return usec / 2_000_000
