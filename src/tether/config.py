@@ -24,12 +24,14 @@ DEFAULT_DEBUG_BIND = "127.0.0.1:8001"
 
 
 def check_timeout(flag: str, value: float, *, allow_zero: bool = True) -> float:
-    """Return ``value`` if it is a usable number of seconds, else raise ConfigError naming ``flag``."""
+    """Return ``value`` if it is a usable number of seconds, else raise a ConfigError."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{flag} must be a number of seconds, got {value!r}")
+        msg = f"{flag} must be a number of seconds, got {value!r}"
+        raise ConfigError(msg)
     if math.isnan(value) or math.isinf(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{flag} must be a number of seconds {bound}, got {value!r}")
+        msg = f"{flag} must be a number of seconds {bound}, got {value!r}"
+        raise ConfigError(msg)
     return float(value)
 
 
@@ -74,20 +76,20 @@ class RunConfig:
         check_timeout("idle grace", self.idle_grace)
         check_timeout("cancel timeout", self.cancel_timeout)
         if not self.binds:
-            raise ConfigError("at least one --bind is needed")
+            msg = "at least one --bind is needed"
+            raise ConfigError(msg)
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
-            raise ConfigError(
+            msg = (
                 f"--workers must be a whole number >= 0, got {self.workers!r}; "
                 "use 0 for one process, N for a master with N workers"
             )
+            raise ConfigError(msg)
         if self.interface not in ("auto", "asgi", "wsgi"):
-            raise ConfigError(
-                f"--interface must be auto, asgi or wsgi, got {self.interface!r}"
-            )
+            msg = f"--interface must be auto, asgi or wsgi, got {self.interface!r}"
+            raise ConfigError(msg)
         if ":" not in self.app or self.app.startswith(":") or self.app.endswith(":"):
-            raise ConfigError(
-                f"APP must look like module:attribute (for example myapp:app), got {self.app!r}"
-            )
+            msg = f"APP must look like module:attribute (for example myapp:app), got {self.app!r}"
+            raise ConfigError(msg)
 
     def replace(self, **changes: object) -> RunConfig:
         """A copy with some options changed (validated again)."""

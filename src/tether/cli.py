@@ -1,0 +1,246 @@
+"""The ``tether`` command: the only place that turns outcomes into exit codes.
+
+Exit codes (DESIGN.md): 0 stopped cleanly, 1 a member failed while running,
+2 usage or configuration error, 3 the app failed to start, 4 stopped but work
+was abandoned at the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import click
+
+from tether.config import DEFAULT_BIND, DEFAULT_DEBUG_BIND, RunConfig
+from tether.errors import AppLoadError, ConfigError, ShutdownAbandoned, StartupError, TetherError
+
+__all__ = ["exit_code_for", "main"]
+
+logger = logging.getLogger("tether")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_START, EXIT_ABANDONED = 0, 1, 2, 3, 4
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit code for how a run ended: the most serious problem wins."""
+    leaves = list(_leaves(exc))
+    if any(isinstance(e, ConfigError) for e in leaves):
+        return EXIT_USAGE
+    if any(isinstance(e, AppLoadError | StartupError) for e in leaves):
+        return EXIT_START
+    if any(not isinstance(e, ShutdownAbandoned) for e in leaves):
+        return EXIT_FAILED
+    return EXIT_ABANDONED
+
+
+def _summary(exc: BaseException) -> str:
+    leaves = list(_leaves(exc))
+    first = next((e for e in leaves if not isinstance(e, ShutdownAbandoned)), leaves[0])
+    text = str(first) if isinstance(first, TetherError) else f"{type(first).__name__}: {first}"
+    notes = getattr(first, "__notes__", [])
+    if notes:
+        text = f"{text} ({'; '.join(notes)})"
+    more = len(leaves) - 1
+    return text + (f" (and {more} more problem(s), logged above)" if more else "")
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _hard_stop() -> None:
+    """Last resort when the event loop cannot be reached: dump threads and leave with code 4."""
+    from tether.debug import format_thread_dump, thread_dump
+
+    sys.stderr.write(
+        "tether: the shutdown deadline passed long ago and the event loop does not answer "
+        f"(blocked in code that cannot be cancelled); exiting. Threads:{format_thread_dump(thread_dump())}\n"
+    )
+    sys.stderr.flush()
+    os._exit(EXIT_ABANDONED)
+
+
+def _run_single(config: RunConfig) -> int:
+    import uvloop
+
+    from tether.runtime import Service
+
+    service = Service(config, hard_stop=_hard_stop)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        try:
+            runner.run(service.run())
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            code = exit_code_for(exc)
+            if code == EXIT_FAILED:
+                for leaf in _leaves(exc):
+                    if not isinstance(leaf, TetherError):
+                        logger.error("a member failed", exc_info=leaf)
+            click.echo(f"tether: error: {_summary(exc)}", err=True)
+            return code
+    logger.info("stopped cleanly")
+    return EXIT_OK
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tether")
+def main() -> None:
+    """tether: run a service's parts together, stop them together, lose nothing."""
+
+
+@main.command()
+@click.argument("app")
+@click.option(
+    "--bind",
+    "binds",
+    multiple=True,
+    metavar="ADDR",
+    help=f"Serve the app on ADDR: HOST:PORT, [IPV6]:PORT or unix:PATH. Repeatable. "
+    f"[default: {DEFAULT_BIND}]",
+)
+@click.option(
+    "--debug-bind",
+    default=DEFAULT_DEBUG_BIND,
+    show_default=True,
+    metavar="ADDR",
+    help="Serve the debug server (health, readiness, metrics, dumps) on ADDR.",
+)
+@click.option("--no-debug", is_flag=True, help="Run without the debug server.")
+@click.option(
+    "--debug-token",
+    envvar="TETHER_DEBUG_TOKEN",
+    metavar="TOKEN",
+    help="Require TOKEN on /debug/* (needed for a non-loopback --debug-bind). "
+    "Also read from $TETHER_DEBUG_TOKEN.",
+)
+@click.option(
+    "--graceful-timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    metavar="S",
+    help="Budget in seconds for the whole graceful shutdown; then cancel and report.",
+)
+@click.option(
+    "--drain-delay",
+    type=float,
+    default=0.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds /readyz answers 503 before the listeners close (for load balancers).",
+)
+@click.option(
+    "--interface",
+    type=click.Choice(["auto", "asgi", "wsgi"]),
+    default="auto",
+    show_default=True,
+    help="How to call APP; auto looks at its signature.",
+)
+@click.option(
+    "--app-dir",
+    default=".",
+    show_default=True,
+    metavar="DIR",
+    help="Directory to import APP from (put first on sys.path).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=0,
+    show_default=True,
+    help="0 runs one process; N >= 1 runs a master that holds the sockets and N workers.",
+)
+@click.option(
+    "--reload-timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds a new worker generation has to become ready on reload (HUP).",
+)
+@click.option(
+    "--watchdog-timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds without a heartbeat from a worker's event loop before it is replaced.",
+)
+@click.option("--pidfile", metavar="PATH", help="Write the master's pid to PATH (atomically).")
+@click.option(
+    "--control",
+    metavar="PATH",
+    help="Unix socket for `tether ctl` (reload, upgrade, stop, scale, status).",
+)
+def run(
+    app: str,
+    binds: tuple[str, ...],
+    debug_bind: str,
+    no_debug: bool,
+    debug_token: str | None,
+    graceful_timeout: float,
+    drain_delay: float,
+    interface: Any,
+    app_dir: str,
+    log_level: str,
+    workers: int,
+    reload_timeout: float,
+    watchdog_timeout: float,
+    pidfile: str | None,
+    control: str | None,
+) -> None:
+    """Run APP (module:attribute) until stopped; see the README for signals and exit codes."""
+    _setup_logging(log_level)
+    try:
+        config = RunConfig(
+            app=app,
+            binds=binds or (DEFAULT_BIND,),
+            debug_bind=None if no_debug else debug_bind,
+            debug_token=debug_token,
+            graceful_timeout=graceful_timeout,
+            drain_delay=drain_delay,
+            interface=interface,
+            app_dir=app_dir,
+            log_level=log_level,
+            workers=workers,
+            reload_timeout=reload_timeout,
+            watchdog_timeout=watchdog_timeout,
+            pidfile=pidfile,
+            control=control,
+        )
+        if workers == 0:
+            code = _run_single(config)
+        else:
+            from tether.master import run_master
+
+            code = run_master(config)
+    except TetherError as exc:
+        click.echo(f"tether: error: {exc}", err=True)
+        code = exit_code_for(exc)
+    sys.exit(code)

@@ -1,0 +1,192 @@
+"""The debug server's endpoints: health, readiness, metrics, task and thread dumps.
+
+A plain ASGI app (no framework), served by its own uvicorn instance as a
+member of the service's Group, on loopback by default. ``/debug/tasks`` is
+Go's goroutine dump for asyncio: every task with its whole await chain,
+tasks with identical stacks grouped and counted, so that a thousand requests
+stuck on the same lock read as one entry with a count.
+
+Security: ``/healthz``, ``/readyz`` and ``/metrics`` are open; ``/debug/*``
+needs the token when one is configured (``Authorization: Bearer TOKEN`` or
+``?token=TOKEN``). The server only reads: mutating operations live on the
+control socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import html
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from tether._stacks import format_frames, task_frames, thread_stacks
+from tether.serving import Receive, Scope, Send
+
+__all__ = ["DebugApp", "DebugSource", "task_dump", "thread_dump"]
+
+#: One metric: (name, help, value).
+Metric = tuple[str, str, float]
+
+
+@dataclass
+class DebugSource:
+    """What the debug server reports on; the runtime fills it in."""
+
+    #: True while the service accepts traffic (``/readyz`` answers 200).
+    is_ready: Callable[[], bool] = lambda: False
+    #: Why the service is not ready, for the 503 body.
+    status: Callable[[], str] = lambda: "starting"
+    #: Gauges and counters for ``/metrics``.
+    metrics: Callable[[], Iterable[Metric]] = lambda: ()
+    #: Extra read-only JSON endpoints under ``/debug/`` (for example ``workers``).
+    extra: dict[str, Callable[[], Any]] = field(default_factory=dict)
+
+
+class _Collector:
+    def __init__(self, source: DebugSource) -> None:
+        self.source = source
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        for name, help_text, value in self.source.metrics():
+            yield GaugeMetricFamily(name, help_text, value=value)
+
+
+def task_dump(loop: asyncio.AbstractEventLoop | None = None) -> list[dict[str, Any]]:
+    """Every task of the loop, grouped by identical stack, largest group first."""
+    groups: dict[str, list[asyncio.Task[Any]]] = defaultdict(list)
+    for task in asyncio.all_tasks(loop):
+        groups[format_frames(task_frames(task))].append(task)
+    return [
+        {"count": len(tasks), "names": sorted(t.get_name() for t in tasks), "stack": stack}
+        for stack, tasks in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    ]
+
+
+def thread_dump() -> list[dict[str, Any]]:
+    """Every thread's stack."""
+    return [
+        {
+            "ident": ident,
+            "name": thread.name if thread is not None else "?",
+            "daemon": thread.daemon if thread is not None else None,
+            "stack": stack,
+        }
+        for ident, (thread, stack) in sorted(thread_stacks().items())
+    ]
+
+
+def format_task_dump(groups: list[dict[str, Any]]) -> str:
+    """The task dump as text, like Go's goroutine dump."""
+    total = sum(g["count"] for g in groups)
+    lines = [f"{total} task(s) in {len(groups)} group(s)\n"]
+    for g in groups:
+        names = ", ".join(g["names"][:5]) + (", ..." if g["count"] > 5 else "")
+        stack = g["stack"] or "  (no frames)\n"
+        lines.append(f"\n{g['count']} task(s): {names}\n{stack}")
+    return "".join(lines)
+
+
+def format_thread_dump(threads: list[dict[str, Any]]) -> str:
+    """The thread dump as text."""
+    return "".join(f"\nthread {t['name']} ({t['ident']}):\n{t['stack']}" for t in threads)
+
+
+_INDEX = """<!doctype html><title>tether debug</title><h1>tether debug</h1><ul>
+<li><a href="/healthz">/healthz</a><li><a href="/readyz">/readyz</a>
+<li><a href="/metrics">/metrics</a><li><a href="/debug/tasks{q}">/debug/tasks</a>
+<li><a href="/debug/threads{q}">/debug/threads</a>{extra}</ul>"""
+
+
+class DebugApp:
+    """The ASGI app behind the debug listener."""
+
+    def __init__(self, source: DebugSource, *, token: str | None = None) -> None:
+        self.source = source
+        self.token = token
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(source))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            message = await receive()
+            await send({"type": "lifespan.startup.complete"})
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http":
+            return
+        status, ctype, body = self.respond(scope)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", ctype.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    def respond(self, scope: Scope) -> tuple[int, str, bytes]:
+        """Status, content type and body for one request."""
+        path: str = scope["path"]
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        text = "text/plain; charset=utf-8"
+        if path == "/healthz":
+            return 200, text, b"ok\n"
+        if path == "/readyz":
+            if self.source.is_ready():
+                return 200, text, b"ready\n"
+            return 503, text, f"not ready: {self.source.status()}\n".encode()
+        if path == "/metrics":
+            return 200, "text/plain; version=0.0.4", generate_latest(self.registry)
+        if not (path == "/debug" or path.startswith("/debug/")):
+            return 404, text, b"not found; try /debug/\n"
+        if not self._authorized(scope, query):
+            return 401, text, b"a token is required for /debug/*: Authorization: Bearer TOKEN\n"
+        want_json = query.get("format") == ["json"]
+        name = path.removeprefix("/debug").strip("/")
+        if name == "":
+            q = f"?token={html.escape(query['token'][0])}" if "token" in query else ""
+            extra = "".join(
+                f'<li><a href="/debug/{html.escape(n)}{q}">/debug/{html.escape(n)}</a>'
+                for n in self.source.extra
+            )
+            return 200, "text/html; charset=utf-8", _INDEX.format(q=q, extra=extra).encode()
+        if name == "tasks":
+            groups = task_dump()
+            if want_json:
+                return 200, "application/json", json.dumps(groups).encode()
+            return 200, text, format_task_dump(groups).encode()
+        if name == "threads":
+            threads = thread_dump()
+            if want_json:
+                return 200, "application/json", json.dumps(threads).encode()
+            return 200, text, format_thread_dump(threads).encode()
+        if name in self.source.extra:
+            return (
+                200,
+                "application/json",
+                json.dumps(self.source.extra[name](), default=str).encode(),
+            )
+        return 404, text, b"not found; see /debug/ for the list\n"
+
+    def _authorized(self, scope: Scope, query: dict[str, list[str]]) -> bool:
+        if self.token is None:
+            return True
+        offered = query.get("token", [""])[0]
+        for key, value in scope.get("headers", ()):
+            if key == b"authorization" and value.startswith(b"Bearer "):
+                offered = value[7:].decode("latin-1")
+        return hmac.compare_digest(offered.encode(), self.token.encode())

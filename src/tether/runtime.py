@@ -1,0 +1,420 @@
+"""One process: the app, its other members and the debug server in one Group.
+
+This is the note's version 5 — an app server and a debug server that live and
+die together — plus the shutdown phases of DESIGN.md. Every worker a master
+starts runs exactly this, with its sockets passed through ``LISTEN_FDS``.
+
+Order of work, and why:
+
+1. parse every address and check the options, so a bad flag fails before
+   anything is bound;
+2. bind (or inherit) every socket, so a port in use fails before the app is
+   imported (and nothing stays bound if anything later fails);
+3. import the app;
+4. start the debug server, then the HTTP server (``READY`` only after
+   lifespan startup and listening), then the app's other members;
+5. serve until a signal, a member's exit, or the parent's death; then drain
+   in phases within one budget, and report whatever was abandoned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from tether import sockets as sockets_mod
+from tether.app import App, load_app
+from tether.config import RunConfig
+from tether.debug import (
+    DebugApp,
+    DebugSource,
+    format_task_dump,
+    format_thread_dump,
+    task_dump,
+    thread_dump,
+)
+from tether.errors import ConfigError, ShutdownAbandoned
+from tether.group import Group, StopToken
+from tether.notify import Notifier, watchdog_interval
+from tether.serving import ASGIApp, DrainHooks, HttpServer, ServeOptions
+from tether.signals import handle_signals
+
+__all__ = ["Service"]
+
+logger = logging.getLogger("tether.runtime")
+
+#: Budget for the whole shutdown when the parent (a master) has died.
+PARENT_DEATH_BUDGET = 1.0
+
+
+@dataclass
+class _Listeners:
+    app: list[socket.socket]
+    debug: socket.socket | None
+
+    def close(self) -> None:
+        for sock in [*self.app, *([self.debug] if self.debug else [])]:
+            sock.close()
+
+
+def open_listeners(config: RunConfig) -> _Listeners:
+    """Inherit the sockets passed by ``LISTEN_FDS``, or bind the configured addresses.
+
+    Raises ConfigError / BindError before anything is left bound.
+    """
+    app_addresses = [sockets_mod.parse_address(b, flag="--bind") for b in config.binds]
+    debug_address = (
+        sockets_mod.parse_address(config.debug_bind, flag="--debug-bind")
+        if config.debug_bind is not None
+        else None
+    )
+    if debug_address is not None:
+        if debug_address in app_addresses:
+            msg = (
+                f"--debug-bind {debug_address} is also an app --bind; "
+                "give the debug server its own port (default 127.0.0.1:8001) or use --no-debug"
+            )
+            raise ConfigError(msg)
+        if not sockets_mod.is_loopback(debug_address) and not config.debug_token:
+            msg = (
+                f"--debug-bind {debug_address} is not a loopback address; the debug server "
+                "shows every task's stack, so pass --debug-token TOKEN to expose it"
+            )
+            raise ConfigError(msg)
+    inherited = sockets_mod.inherit()
+    if inherited:
+        app_socks = [s for name, s in inherited if name != "debug"]
+        debug_socks = [s for name, s in inherited if name == "debug"]
+        debug = debug_socks[0] if debug_socks else None
+        if debug is None and debug_address is not None and debug_address.kind == "unix":
+            debug = sockets_mod.bind(debug_address, flag="--debug-bind")
+        logger.info("using %d inherited socket(s) (LISTEN_FDS)", len(inherited))
+        return _Listeners(app_socks, debug)
+    bound: list[socket.socket] = []
+    try:
+        for address in app_addresses:
+            bound.append(sockets_mod.bind(address, flag="--bind"))
+        debug = (
+            sockets_mod.bind(debug_address, flag="--debug-bind")
+            if debug_address is not None
+            else None
+        )
+    except BaseException:
+        for sock in bound:
+            sock.close()
+        raise
+    return _Listeners(bound, debug)
+
+
+def as_asgi(app: App, kind: str | None) -> ASGIApp | None:
+    """The app's HTTP part as ASGI (WSGI apps run in a thread pool through a2wsgi)."""
+    if app.http is None:
+        return None
+    if kind == "wsgi":
+        from a2wsgi import WSGIMiddleware
+
+        return cast(ASGIApp, WSGIMiddleware(app.http))
+    asgi: ASGIApp = app.http
+    return asgi
+
+
+class Service:
+    """Runs one process's members under tether's lifecycle.
+
+    ``hard_stop`` is the last resort the CLI provides: it is armed when a stop
+    begins and called if the process is still alive well past the deadline
+    (an event loop blocked in C code cannot be cancelled).
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        listeners: _Listeners | None = None,
+        hard_stop: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self._listeners = listeners
+        self._hard_stop = hard_stop
+        self._hard_timer: threading.Timer | None = None
+        self.group = Group(
+            "service",
+            graceful_timeout=config.graceful_timeout,
+            cancel_timeout=config.cancel_timeout,
+        )
+        self.hooks = DrainHooks()
+        self.http: HttpServer | None = None
+        self.ready = False
+        self.status = "starting"
+        self.notifier: Notifier | None = None
+        self._stop_requested = False
+        self._drain_timer: asyncio.TimerHandle | None = None
+
+    # -- stop requests ------------------------------------------------------------
+
+    def request_stop(
+        self, reason: str, *, force: bool = False, budget: float | None = None
+    ) -> None:
+        """Begin a graceful stop (drain delay, then the group); ``force`` cancels at once."""
+        loop = asyncio.get_running_loop()
+        if force:
+            logger.warning("%s: cancelling everything now", reason)
+            self._begin(reason)
+            self.group.stop(reason, force=True)
+            return
+        if self._stop_requested:
+            return
+        self._begin(reason)
+        total = self.config.graceful_timeout if budget is None else budget
+        delay = min(self.config.drain_delay, total) if budget is None else 0.0
+        logger.info("%s: stopping gracefully within %.1fs", reason, total)
+        if delay > 0:
+            self.status = "draining (drain delay)"
+            self._drain_timer = loop.call_later(
+                delay, lambda: self.group.stop(reason, timeout=total - delay)
+            )
+        else:
+            self.group.stop(reason, timeout=total)
+
+    def _begin(self, reason: str) -> None:
+        if self._stop_requested:
+            return
+        self._stop_requested = True
+        self.ready = False
+        self.status = f"stopping: {reason}"
+        if self.notifier is not None:
+            self.notifier.send("STOPPING=1", f"STATUS=stopping: {reason}")
+
+    def _arm_hard_stop(self, _signum: int = 0) -> None:
+        """Runs in the signal handler: start the last-resort timer once."""
+        if self._hard_stop is None or self._hard_timer is not None:
+            return
+        limit = self.config.graceful_timeout + 2 * self.config.cancel_timeout + 1.0
+        self._hard_timer = threading.Timer(limit, self._hard_stop)
+        self._hard_timer.daemon = True
+        self._hard_timer.start()
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGQUIT:
+            self.request_stop(f"{name} received (fast stop)", force=True)
+        elif signum in (signal.SIGTERM, signal.SIGINT):
+            if self._stop_requested:
+                self.request_stop(f"second {name} received", force=True)
+            else:
+                self.request_stop(f"{name} received")
+        elif signum == signal.SIGUSR1:
+            logger.warning(
+                "task dump:\n%s\nthread dump:%s",
+                format_task_dump(task_dump()),
+                format_thread_dump(thread_dump()),
+            )
+
+    # -- running ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until stopped; raise an ExceptionGroup if anything failed or was abandoned."""
+        listeners = self._listeners or open_listeners(self.config)
+        try:
+            app, kind = load_app(
+                self.config.app, app_dir=self.config.app_dir, interface=self.config.interface
+            )
+        except BaseException:
+            listeners.close()
+            raise
+        loop = asyncio.get_running_loop()
+        self.notifier = Notifier.from_env(unset=True)
+        handled = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1}
+        try:
+            with handle_signals(
+                loop, dict.fromkeys(handled, self._on_signal), immediate=self._arm_hard_stop
+            ):
+                await self._run(app, kind, listeners)
+        finally:
+            listeners.close()
+            if self._hard_timer is not None:
+                self._hard_timer.cancel()
+            if self.notifier is not None:
+                self.notifier.close()
+
+    async def _run(self, app: App, kind: str | None, listeners: _Listeners) -> None:
+        group = self.group
+        cleanups: list[Callable[[], None]] = []
+        try:
+            if listeners.debug is not None:
+                debug = HttpServer(
+                    DebugApp(self._debug_source(), token=self.config.debug_token),
+                    [listeners.debug],
+                    ServeOptions(lifespan="off", idle_grace=0.0, name="debug"),
+                )
+                await group.start(self._debug_member(debug), name="debug")
+            asgi = as_asgi(app, kind)
+            if asgi is not None:
+                self.http = HttpServer(
+                    asgi,
+                    listeners.app,
+                    ServeOptions(
+                        idle_grace=self.config.idle_grace,
+                        lifespan="off" if kind == "wsgi" else "auto",
+                    ),
+                    self.hooks,
+                )
+                await group.start(self.http.run, name="http")
+            for name, member in app.members.items():
+                group.add(member, name=name)
+            if not group.stopping:
+                self._became_ready(cleanups)
+        except BaseException as exc:
+            group.stop(f"startup failed: {type(exc).__name__}", force=True)
+            await self._settle()
+            raise
+        try:
+            await group.wait()
+            problems: list[Exception] = []
+        except ExceptionGroup as exc:
+            problems = list(exc.exceptions)
+        finally:
+            for cleanup in cleanups:
+                cleanup()
+        self._raise_problems(problems)
+
+    async def _settle(self) -> None:
+        """After a failed start: wait for the group, keeping the first error as the story."""
+        await group_wait_quietly(self.group)
+
+    def _became_ready(self, cleanups: list[Callable[[], None]]) -> None:
+        loop = asyncio.get_running_loop()
+        self.ready = True
+        self.status = "serving"
+        where = ", ".join(
+            str(sockets_mod.bound_address(s)) for s in (self.http.sockets if self.http else [])
+        )
+        logger.info(
+            "serving %s on %s (pid %d)", self.config.app, where or "no sockets", os.getpid()
+        )
+        if self.notifier is not None:
+            self.notifier.send(
+                "READY=1", f"STATUS=serving {self.config.app}", f"MAINPID={os.getpid()}"
+            )
+            interval = watchdog_interval()
+            if interval is not None:
+                cleanups.append(_every(loop, interval, lambda: self._heartbeat()))
+        parent_fd = os.environ.pop("TETHER_PARENT_FD", None)
+        if parent_fd is not None and parent_fd.isdigit():
+            cleanups.append(self._watch_parent(loop, int(parent_fd)))
+
+    def _heartbeat(self) -> None:
+        if self.notifier is not None:
+            self.notifier.send("WATCHDOG=1")
+
+    def _watch_parent(self, loop: asyncio.AbstractEventLoop, fd: int) -> Callable[[], None]:
+        """Stop when the pipe from the parent reaches end-of-file: the parent is gone."""
+
+        def readable() -> None:
+            try:
+                data = os.read(fd, 512)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                loop.remove_reader(fd)
+                self.request_stop("the master process exited", budget=PARENT_DEATH_BUDGET)
+
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, readable)
+
+        def cleanup() -> None:
+            loop.remove_reader(fd)
+            os.close(fd)
+
+        return cleanup
+
+    def _debug_member(self, debug: HttpServer) -> Callable[[StopToken], Any]:
+        """The debug server stays up while the rest drains, so a stuck drain can be inspected."""
+
+        async def member(stop: StopToken) -> None:
+            inner = Group("debug", graceful_timeout=0.5, cancel_timeout=0.5)
+            await inner.start(debug.run, name="debug-http")
+            stop.ready()
+            try:
+                await stop.wait()
+                others = [t for name, t in self.group.tasks().items() if name != "debug"]
+                if others:
+                    await asyncio.wait(others, timeout=stop.remaining())
+            finally:
+                inner.stop("service stopping")
+                await group_wait_quietly(inner)
+
+        return member
+
+    def _debug_source(self) -> DebugSource:
+        return DebugSource(
+            is_ready=lambda: self.ready,
+            status=lambda: self.status,
+            metrics=self._metrics,
+        )
+
+    def _metrics(self) -> Iterable[tuple[str, str, float]]:
+        yield ("tether_ready", "1 while the service accepts traffic", float(self.ready))
+        if self.http is not None:
+            yield ("tether_http_connections", "open client connections", self.http.connections)
+            yield (
+                "tether_http_requests_in_flight",
+                "requests whose handler is running",
+                self.http.requests_in_flight,
+            )
+            yield (
+                "tether_http_requests_total",
+                "responses completed",
+                self.http.state.total_requests,
+            )
+        yield ("tether_asyncio_tasks", "asyncio tasks in this process", len(asyncio.all_tasks()))
+        yield ("tether_threads", "threads in this process", threading.active_count())
+
+    def _raise_problems(self, problems: list[Exception]) -> None:
+        """One ExceptionGroup: members' errors, and everything abandoned in one report."""
+        abandoned = list(self.hooks.abandoned)
+        errors: list[Exception] = []
+        for exc in problems:
+            if isinstance(exc, ShutdownAbandoned):
+                abandoned[:0] = exc.items
+            else:
+                errors.append(exc)
+        for item in abandoned:
+            stack = f"\n{item.stack}" if item.stack else ""
+            logger.error("abandoned at the deadline: %s%s", item.describe(), stack)
+        if abandoned:
+            errors.append(ShutdownAbandoned(abandoned))
+        if errors:
+            msg = "the service ended with problems"
+            raise ExceptionGroup(msg, errors)
+
+
+async def group_wait_quietly(group: Group) -> None:
+    """Wait for a group to settle, ignoring its errors (the caller already has the story)."""
+    try:
+        await group.wait()
+    except Exception as exc:
+        logger.debug("group %r ended with: %r", group.name, exc)
+
+
+def _every(
+    loop: asyncio.AbstractEventLoop, interval: float, fn: Callable[[], None]
+) -> Callable[[], None]:
+    """Call ``fn`` every ``interval`` seconds on the loop (a protocol heartbeat, not a poll)."""
+    handle: list[asyncio.TimerHandle] = []
+
+    def tick() -> None:
+        fn()
+        handle[:] = [loop.call_later(interval, tick)]
+
+    handle.append(loop.call_later(0, tick))
+    return lambda: handle[0].cancel()

@@ -1,0 +1,344 @@
+"""An ASGI app on pre-bound sockets, with uvicorn as the engine and tether's lifecycle.
+
+uvicorn parses HTTP and runs the app; tether owns everything around it:
+signals, readiness, and the shutdown phases of DESIGN.md. We use uvicorn's
+protocol classes, its config (for the same defaults as ``uvicorn`` itself) and
+its lifespan driver, but not ``uvicorn.Server``: its run loop polls every
+100 ms, it installs its own signal handlers and it calls ``sys.exit`` when
+startup fails.
+
+The invariant this module keeps: once :meth:`HttpServer.run` has been told to
+stop, no request that reached the process is dropped while the budget lasts.
+Listeners close first; in-flight requests finish; a keep-alive connection is
+told ``Connection: close`` on its next response; an idle keep-alive connection
+is given ``idle_grace`` to send one more request (closing it at once races a
+client that is sending right now); then background work drains, then the
+app's lifespan shutdown runs. Whatever is still running when the group
+cancels us is reported by name.
+
+Nothing here polls: waits are on events that the connection and task sets
+fire when they become empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import Any, Literal, cast
+
+from uvicorn.config import Config
+from uvicorn.lifespan.on import LifespanOn
+from uvicorn.server import ServerState
+
+from tether._stacks import task_stack
+from tether.errors import AbandonedWork, StartupError
+from tether.group import StopToken
+
+__all__ = ["DrainHooks", "HttpServer", "ServeOptions"]
+
+logger = logging.getLogger("tether.serving")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How the HTTP member behaves; defaults match uvicorn's where uvicorn has one."""
+
+    #: Seconds an idle keep-alive connection may still send a request once draining begins.
+    idle_grace: float = 0.5
+    #: "auto" runs the ASGI lifespan protocol if the app supports it; "on" requires it; "off".
+    lifespan: Literal["auto", "on", "off"] = "auto"
+    access_log: bool = False
+    #: uvicorn's keep-alive timeout for idle connections while serving.
+    keep_alive: int = 5
+    backlog: int = 2048
+    #: Name for logs and reports.
+    name: str = "http"
+
+
+@dataclass
+class DrainHooks:
+    """What the runtime plugs into the shutdown phases."""
+
+    #: Phase 5: drain background work within the given seconds; returns what was abandoned.
+    background: Callable[[float], Awaitable[list[AbandonedWork]]] | None = None
+    #: Wraps each request (http and websocket scopes only), for example to mark its context.
+    request_scope: Callable[[], Any] | None = None
+    #: Where abandoned requests and the lifespan are reported.
+    abandoned: list[AbandonedWork] = field(default_factory=list)
+
+
+class _WatchedSet(set[Any]):
+    """A set that sets an event when it becomes empty (uvicorn's connections and tasks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.empty = asyncio.Event()
+        self.empty.set()
+
+    def add(self, item: Any) -> None:
+        super().add(item)
+        self.empty.clear()
+
+    def discard(self, item: Any) -> None:
+        super().discard(item)
+        if not self:
+            self.empty.set()
+
+
+class _State(ServerState):
+    """uvicorn's shared server state, with observable sets and a lazily dated header.
+
+    uvicorn refreshes the ``date`` header from its 100 ms tick; we compute it
+    when a response asks and the second has changed, so no timer runs.
+    """
+
+    def __init__(self, extra_headers: list[tuple[bytes, bytes]]) -> None:
+        super().__init__()
+        self.watched_connections = _WatchedSet()
+        self.watched_tasks = _WatchedSet()
+        self.connections = self.watched_connections
+        self.tasks = self.watched_tasks
+        self._extra = extra_headers
+        self._second = 0
+        self._headers: list[tuple[bytes, bytes]] = []
+
+    @property
+    def default_headers(self) -> list[tuple[bytes, bytes]]:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._headers = [(b"date", formatdate(now, usegmt=True).encode()), *self._extra]
+        return self._headers
+
+    @default_headers.setter
+    def default_headers(self, value: list[tuple[bytes, bytes]]) -> None:
+        pass  # uvicorn's base class assigns it once; ours is computed.
+
+
+class _Lifespan(LifespanOn):
+    """uvicorn's lifespan driver, keeping a handle on the task that runs the app's lifespan."""
+
+    task: asyncio.Task[Any] | None = None
+
+    async def main(self) -> None:
+        self.task = asyncio.current_task()
+        await super().main()
+
+
+class _DrainMiddleware:
+    """Marks each request's context, and asks for ``Connection: close`` while draining."""
+
+    def __init__(self, app: ASGIApp, hooks: DrainHooks) -> None:
+        self.app = app
+        self.hooks = hooks
+        self.draining = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            return await self.app(scope, receive, send)
+        if self.draining:
+            send = _closing(send)
+        marker = self.hooks.request_scope
+        if marker is None:
+            return await self.app(scope, receive, send)
+        with marker():
+            return await self.app(scope, receive, send)
+
+
+def _closing(send: Send) -> Send:
+    async def send_closing(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", ()))
+            headers.append((b"connection", b"close"))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return send_closing
+
+
+class HttpServer:
+    """Serves one ASGI app on the given listening sockets until its stop token fires.
+
+    Use it as a :class:`~tether.group.Group` member: ``group.start(server.run)``
+    returns once lifespan startup has completed and every socket is accepting.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        sockets: list[socket.socket],
+        options: ServeOptions | None = None,
+        hooks: DrainHooks | None = None,
+    ) -> None:
+        self.options = options or ServeOptions()
+        self.hooks = hooks or DrainHooks()
+        self.sockets = sockets
+        self._middleware = _DrainMiddleware(app, self.hooks)
+        self.config = Config(
+            app=self._middleware,
+            lifespan=self.options.lifespan,
+            log_config=None,
+            access_log=self.options.access_log,
+            timeout_keep_alive=self.options.keep_alive,
+            backlog=self.options.backlog,
+            interface="asgi3",
+        )
+        self.config.load()
+        self.state = _State(self.config.encoded_headers)
+        self.phase = "created"
+        self._servers: list[asyncio.Server] = []
+        self._lifespan: _Lifespan | None = None
+
+    async def run(self, stop: StopToken) -> None:
+        """Start, serve until ``stop``, then drain in phases (DESIGN.md, steps 3 to 6)."""
+        await self._startup()
+        try:
+            stop.ready([s.getsockname() for s in self.sockets])
+            self.phase = "serving"
+            await stop.wait()
+            await self._shutdown(stop)
+        except asyncio.CancelledError:
+            self._report_abandoned()
+            raise
+        finally:
+            self._close_everything()
+
+    # -- startup ------------------------------------------------------------------
+
+    async def _startup(self) -> None:
+        config = self.config
+        self.phase = "starting"
+        if config.lifespan != "off":
+            self._lifespan = _Lifespan(config)
+            await self._lifespan.startup()
+            if self._lifespan.should_exit:
+                msg = (
+                    "the app's lifespan startup failed (see the error above); "
+                    "fix the startup code, or run with lifespan off if the app has none"
+                )
+                raise StartupError(msg)
+        app_state = self._lifespan.state if self._lifespan is not None else {}
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> asyncio.Protocol:
+            factory = cast(Any, config.http_protocol_class)
+            return cast(
+                asyncio.Protocol,
+                factory(config=config, server_state=self.state, app_state=app_state, _loop=loop),
+            )
+
+        for sock in self.sockets:
+            if sock.family == socket.AF_UNIX:
+                server = await loop.create_unix_server(protocol, sock=sock, backlog=config.backlog)
+            else:
+                server = await loop.create_server(protocol, sock=sock, backlog=config.backlog)
+            self._servers.append(server)
+
+    # -- shutdown -----------------------------------------------------------------
+
+    async def _shutdown(self, stop: StopToken) -> None:
+        state = self.state
+        # Phase 3: stop accepting. Our copies of the listeners close; a master
+        # keeps its own, so queued connections wait for the next generation.
+        self.phase = "draining"
+        for server in self._servers:
+            server.close()
+        # Phase 4: drain connections. Busy ones close after their response.
+        self._middleware.draining = True
+        for conn in list(state.connections):
+            cycle = getattr(conn, "cycle", None)
+            if cycle is not None and not cycle.response_complete:
+                cycle.keep_alive = False
+        if state.connections:
+            logger.info("draining %d connection(s)", len(state.connections))
+            grace = min(self.options.idle_grace, stop.remaining() or 0.0)
+            # Idle connections may still carry one more request; give them the grace.
+            try:
+                async with asyncio.timeout(grace):
+                    await state.watched_connections.empty.wait()
+            except TimeoutError:
+                pass
+            for conn in list(state.connections):
+                conn.shutdown()  # idle: closed now; busy: closed after the response
+            await state.watched_connections.empty.wait()
+        await state.watched_tasks.empty.wait()
+        for server in self._servers:
+            await server.wait_closed()
+        # Phase 5: background work started by requests and by tether.spawn.
+        self.phase = "draining background work"
+        if self.hooks.background is not None:
+            left = await self.hooks.background(stop.remaining() or 0.0)
+            self.hooks.abandoned.extend(left)
+        # Phase 6: the app's own shutdown.
+        self.phase = "app shutdown"
+        if self._lifespan is not None:
+            await self._lifespan.shutdown()
+        self.phase = "stopped"
+
+    def _report_abandoned(self) -> None:
+        """Called when the group cancels us at the deadline: name what was cut short."""
+        for task in list(self.state.tasks):
+            if not task.done():
+                self.hooks.abandoned.append(
+                    AbandonedWork(
+                        "request",
+                        _request_name(task),
+                        stack=task_stack(task),
+                        detail=f"in phase {self.phase!r}",
+                    )
+                )
+        lifespan = self._lifespan
+        if self.phase == "app shutdown" and lifespan is not None and lifespan.task is not None:
+            self.hooks.abandoned.append(
+                AbandonedWork(
+                    "lifespan",
+                    "lifespan shutdown",
+                    stack=task_stack(lifespan.task),
+                    detail="the app's shutdown did not finish",
+                )
+            )
+
+    def _close_everything(self) -> None:
+        for server in self._servers:
+            server.close()
+        for conn in list(self.state.connections):
+            conn.transport.close()
+        for task in list(self.state.tasks):
+            task.cancel()
+        lifespan = self._lifespan
+        if lifespan is not None and lifespan.task is not None and not lifespan.task.done():
+            lifespan.task.cancel()
+        for sock in self.sockets:
+            sock.close()
+
+    @property
+    def connections(self) -> int:
+        """Open client connections."""
+        return len(self.state.connections)
+
+    @property
+    def requests_in_flight(self) -> int:
+        """Requests whose handler is still running."""
+        return len(self.state.tasks)
+
+
+def _request_name(task: asyncio.Task[Any]) -> str:
+    """``METHOD /path`` for a uvicorn request task, from the cycle it runs."""
+    coro: Any = task.get_coro()
+    frame = getattr(coro, "cr_frame", None)
+    cycle = frame.f_locals.get("self") if frame is not None else None
+    scope = getattr(cycle, "scope", None)
+    if isinstance(scope, dict) and "path" in scope:
+        return f"{scope.get('method', 'WS')} {scope['path']}"
+    return task.get_name()
