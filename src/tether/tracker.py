@@ -1,0 +1,705 @@
+"""Tracked background work: nothing a service starts is lost at shutdown.
+
+A handler that fires ``asyncio.create_task(send_event())`` and returns leaves a
+task that nobody references, nobody waits for, and that the event loop simply
+drops when the process stops. A :class:`Tracker` owns such work instead: it
+keeps a strong reference to every task, logs a failure the moment it happens,
+and at shutdown waits for the work within a deadline, cancels what is left,
+waits a short hard deadline more, and returns a report naming every task it
+had to abandon, with the stack it was stuck in.
+
+The invariant: **work the tracker accepted is finished, or reported by name.**
+Work offered after shutdown began is refused with :class:`TrackerClosed` (or,
+by option, run inline), never accepted and then dropped.
+
+Two ways in, besides :meth:`Tracker.spawn`:
+
+- :func:`spawn`, the process's tracker (the one ``tether run`` installs with
+  :func:`set_current_tracker`), for a one-line fire-and-forget from a handler;
+- adoption (:func:`install_adoption`): a loop task factory that registers every
+  task created, directly or transitively, inside a request scope
+  (:func:`request_scope`), so plain ``asyncio.create_task`` in existing code is
+  tracked without a change. The factory chains to whichever factory was there
+  before (leak detection installs one too).
+
+Written by hand: asyncio's ``TaskGroup`` cancels everything on the first
+failure and cannot report what it abandoned, and no maintained library offers
+a drain with a deadline, a report and adoption.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from types import CoroutineType, FrameType, GeneratorType
+from typing import Any, Literal, TypeVar
+
+from tether.config import check_timeout
+from tether.errors import AbandonedWork, ConfigError, TetherError
+
+__all__ = [
+    "Tracker",
+    "TrackerStats",
+    "TrackerReport",
+    "AbandonedTask",
+    "spawn",
+    "current_tracker",
+    "set_current_tracker",
+    "REQUEST_SCOPE",
+    "request_scope",
+    "no_adoption",
+    "install_adoption",
+    "Adoption",
+    "TrackerClosed",
+    "TrackerFull",
+    "NoCurrentTracker",
+    "BaseExceptionInWork",
+]
+
+logger = logging.getLogger("tether.tracker")
+
+T = TypeVar("T")
+WhenClosed = Literal["refuse", "inline"]
+
+#: Seconds cancelled work gets to unwind before it is reported as ignoring cancellation.
+DEFAULT_CANCEL_TIMEOUT = 2.0
+
+
+class TrackerClosed(TetherError, RuntimeError):
+    """Work was offered to a tracker whose shutdown has begun."""
+
+    def __init__(self, tracker: str, work: str) -> None:
+        super().__init__(
+            f"tracker {tracker!r} is shutting down and refused new work {work!r}; "
+            "start work before shutdown begins, or create the tracker with "
+            'when_closed="inline" to run late work in the caller'
+        )
+        self.tracker = tracker
+        self.work = work
+
+
+class TrackerFull(TetherError, RuntimeError):
+    """``try_spawn`` found every slot of a limited tracker taken."""
+
+    def __init__(self, tracker: str, work: str, limit: int) -> None:
+        super().__init__(
+            f"tracker {tracker!r} is full ({limit} tasks running) and refused {work!r}; "
+            "use `await tracker.spawn(...)` to wait for a free slot, or raise the limit"
+        )
+        self.tracker = tracker
+        self.work = work
+        self.limit = limit
+
+
+class NoCurrentTracker(TetherError, RuntimeError):
+    """``tether.spawn`` was called in a process where no tracker is installed."""
+
+    def __init__(self, call: str) -> None:
+        super().__init__(
+            f"{call} needs the process's tracker, and none is installed; "
+            "run the app with `tether run`, or in a script or test install one with "
+            "`tether.set_current_tracker(tether.Tracker())` and shut it down at the end"
+        )
+        self.call = call
+
+
+class BaseExceptionInWork(TetherError):
+    """Tracked work raised ``KeyboardInterrupt`` or ``SystemExit``; it counts as a failure.
+
+    Letting either escape would stop the event loop and lose every other task,
+    which is what the tracker exists to prevent; the original is the ``__cause__``.
+    """
+
+    def __init__(self, work: str, original: BaseException) -> None:
+        super().__init__(
+            f"tracked work {work!r} raised {original!r}; tracked work cannot stop the "
+            "process, so this was recorded as a failure; to stop the service, let a "
+            "Group member exit instead"
+        )
+        self.work = work
+        self.original = original
+
+
+@dataclass(frozen=True)
+class TrackerStats:
+    """Counters of one tracker.
+
+    ``spawned == running + completed + failed + cancelled + abandoned`` always holds.
+    """
+
+    spawned: int  #: tasks accepted, explicitly or by adoption
+    running: int  #: tasks not finished yet
+    completed: int  #: returned normally
+    failed: int  #: raised (logged at once)
+    cancelled: int  #: cancelled by someone else before shutdown reached them
+    abandoned: int  #: still running at the shutdown deadline
+    adopted: int  #: of ``spawned``, how many came in through adoption
+    waiting: int  #: ``spawn`` calls waiting for a free slot
+
+
+@dataclass(frozen=True)
+class AbandonedTask:
+    """A task still running when the shutdown deadline passed."""
+
+    name: str
+    #: Where it was suspended when the deadline passed, outermost frame first.
+    stack: str
+    #: True if it was still running after the hard deadline that followed its cancellation.
+    ignored_cancellation: bool
+    #: The request scope it was adopted from, or None for explicitly spawned work.
+    origin: str | None = None
+
+    def to_abandoned_work(self) -> AbandonedWork:
+        """This item as the runtime's shutdown report entry."""
+        detail = "ignored cancellation" if self.ignored_cancellation else "cancelled"
+        if self.origin is not None:
+            detail += f"; started by {self.origin}"
+        return AbandonedWork(kind="task", name=self.name, stack=self.stack, detail=detail)
+
+
+@dataclass(frozen=True)
+class TrackerReport:
+    """What :meth:`Tracker.shutdown` found: lifetime counts, and what it abandoned."""
+
+    completed: int
+    failed: int
+    cancelled: int
+    abandoned: tuple[AbandonedTask, ...]
+    #: Seconds the shutdown took.
+    elapsed: float
+
+    @property
+    def clean(self) -> bool:
+        """True if nothing was abandoned."""
+        return not self.abandoned
+
+    def abandoned_work(self) -> list[AbandonedWork]:
+        """The abandoned items, ready for :class:`tether.errors.ShutdownAbandoned`."""
+        return [item.to_abandoned_work() for item in self.abandoned]
+
+    def summary(self) -> str:
+        """One line for the log."""
+        text = (
+            f"{self.completed} completed, {self.failed} failed, {self.cancelled} cancelled, "
+            f"{len(self.abandoned)} abandoned in {self.elapsed:.2f}s"
+        )
+        if self.abandoned:
+            text += ": " + ", ".join(repr(item.name) for item in self.abandoned)
+        return text
+
+
+_OPEN, _DRAINING, _CANCELLING, _DONE = range(4)
+
+
+class Tracker:
+    """Owns background tasks: references them, counts them, drains them at shutdown.
+
+    ``limit`` bounds how many explicitly spawned tasks run at once (adopted
+    tasks are never refused and do not take slots); ``None`` means no bound.
+    ``when_closed`` says what happens to work offered after :meth:`shutdown`
+    began: ``"refuse"`` raises :class:`TrackerClosed`; ``"inline"`` makes
+    ``await tracker.spawn(...)`` run the work to completion before returning
+    (the synchronous :meth:`try_spawn` still refuses: it cannot wait).
+
+    Resource handling: a refused coroutine is closed, so it never warns
+    "coroutine was never awaited". Use the tracker from its event loop's
+    thread only, like every asyncio object.
+
+    Error handling: a failure in tracked work is logged on ``tether.tracker``
+    with its traceback the moment the task ends, and counted; it never reaches
+    the caller of ``spawn``. ``KeyboardInterrupt`` and ``SystemExit`` raised by
+    explicitly spawned work are turned into :class:`BaseExceptionInWork`
+    failures instead of stopping the event loop.
+    """
+
+    def __init__(
+        self, limit: int | None = None, *, name: str = "tracker", when_closed: WhenClosed = "refuse"
+    ) -> None:
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+        ):
+            msg = f"tracker limit must be a whole number >= 1, or None for no limit; got {limit!r}"
+            raise ConfigError(msg)
+        if when_closed not in ("refuse", "inline"):
+            msg = f'when_closed must be "refuse" or "inline"; got {when_closed!r}'
+            raise ConfigError(msg)
+        self.name = name
+        self.limit = limit
+        self.when_closed: WhenClosed = when_closed
+        # task -> the request scope it was adopted from (None: spawned explicitly)
+        self._tasks: dict[asyncio.Task[Any], str | None] = {}
+        self._phase = _OPEN
+        self._used = 0  # slots held by explicitly spawned tasks
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._spawning = False  # tells the adoption factory that spawn() is creating this task
+        self._idle: asyncio.Future[None] | None = None
+        self._deadline: asyncio.Timeout | None = None
+        self._shutdown_done: asyncio.Future[TrackerReport] | None = None
+        self._stragglers: set[asyncio.Task[Any]] = set()  # abandoned, still referenced
+        # adopted during the cancel phase, so cancelled at once
+        self._late: list[tuple[asyncio.Task[Any], str]] = []
+        self._spawned = self._completed = self._failed = self._cancelled = 0
+        self._abandoned = self._adopted = 0
+        self._on_done_cb = self._on_done
+
+    def __repr__(self) -> str:
+        phase = ("open", "draining", "cancelling", "closed")[self._phase]
+        return f"<Tracker {self.name!r} {phase} running={len(self._tasks)} limit={self.limit}>"
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`shutdown` has begun."""
+        return self._phase != _OPEN
+
+    def stats(self) -> TrackerStats:
+        """A snapshot of the counters."""
+        return TrackerStats(
+            spawned=self._spawned,
+            running=len(self._tasks),
+            completed=self._completed,
+            failed=self._failed,
+            cancelled=self._cancelled,
+            abandoned=self._abandoned,
+            adopted=self._adopted,
+            waiting=len(self._waiters),
+        )
+
+    def tasks(self) -> list[asyncio.Task[Any]]:
+        """The tasks running under this tracker now (a copy)."""
+        return list(self._tasks)
+
+    # -- starting work --------------------------------------------------------------------
+
+    async def spawn(
+        self, coro: Coroutine[Any, Any, T], *, name: str | None = None
+    ) -> asyncio.Task[T]:
+        """Start ``coro`` as a tracked task and return it; wait for a free slot if limited.
+
+        Raises :class:`TrackerClosed` if shutdown has begun (or began while
+        waiting), unless the tracker runs late work inline.
+        """
+        _check_coro(coro)
+        if self._phase == _OPEN and (
+            self.limit is None or (self._used < self.limit and not self._waiters)
+        ):
+            if self.limit is not None:
+                self._used += 1
+            return self._start(coro, name)
+        return await self._spawn_slow(coro, name)
+
+    def try_spawn(
+        self, coro: Coroutine[Any, Any, T], *, name: str | None = None
+    ) -> asyncio.Task[T]:
+        """Start ``coro`` as a tracked task now, or raise TrackerFull or TrackerClosed."""
+        _check_coro(coro)
+        if self._phase != _OPEN:
+            coro.close()
+            raise TrackerClosed(self.name, _work_name(coro, name))
+        if self.limit is not None:
+            if self._used >= self.limit or self._waiters:
+                coro.close()
+                raise TrackerFull(self.name, _work_name(coro, name), self.limit)
+            self._used += 1
+        return self._start(coro, name)
+
+    async def _spawn_slow(self, coro: Coroutine[Any, Any, T], name: str | None) -> asyncio.Task[T]:
+        if self._phase == _OPEN:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                # Resolved by a finishing task (which took the slot for us) or by shutdown.
+                await waiter
+            except BaseException:
+                coro.close()
+                if waiter.cancelled():
+                    self._waiters.remove(waiter)
+                elif self._phase == _OPEN:
+                    self._release_slot()  # handed a slot, then cancelled before using it
+                raise
+            if self._phase == _OPEN:
+                return self._start(coro, name)
+        if self.when_closed == "refuse":
+            coro.close()
+            raise TrackerClosed(self.name, _work_name(coro, name))
+        # Inline: the caller waits for the work, so nothing is accepted and then dropped.
+        task = self._start(coro, name)
+        await asyncio.wait((task,))
+        return task
+
+    def _start(self, coro: Coroutine[Any, Any, T], name: str | None) -> asyncio.Task[T]:
+        if name is None:
+            name = getattr(coro, "__qualname__", None) or type(coro).__name__
+        self._spawning = True
+        try:
+            task = asyncio.get_running_loop().create_task(_guarded(coro, name), name=name)
+        except BaseException:
+            if self.limit is not None and self._phase == _OPEN:
+                self._release_slot()
+            coro.close()
+            raise
+        finally:
+            self._spawning = False
+        self._tasks[task] = None
+        self._spawned += 1
+        task.add_done_callback(self._on_done_cb)
+        return task
+
+    def _adopt(self, task: asyncio.Task[Any], origin: str) -> None:
+        """Register a task created in a request scope (called by the adoption factory)."""
+        if self._spawning:
+            return  # spawn() registers it itself
+        self._spawned += 1
+        self._adopted += 1
+        if self._phase == _CANCELLING:
+            # The drain is over: this task could only be abandoned; say so rather than hide it.
+            self._abandoned += 1
+            self._late.append((task, origin))  # named later: create_task names it after us
+            self._stragglers.add(task)
+            task.add_done_callback(self._on_abandoned_done)
+            task.cancel("tether: created after the shutdown deadline")
+            return
+        self._tasks[task] = origin
+        task.add_done_callback(self._on_done_cb)
+
+    def _release_slot(self) -> None:
+        self._used -= 1
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._used += 1
+                waiter.set_result(None)
+                return
+
+    def _on_done(self, task: asyncio.Task[Any]) -> None:
+        origin = self._tasks.pop(task)
+        if origin is None and self.limit is not None and self._phase == _OPEN:
+            self._release_slot()
+        if task.cancelled():
+            self._cancelled += 1
+        else:
+            exc = task.exception()
+            if exc is None:
+                self._completed += 1
+            else:
+                self._failed += 1
+                _log_failure(task, exc, "failed")
+        if self._idle is not None and not self._tasks and not self._idle.done():
+            self._idle.set_result(None)
+
+    def _on_abandoned_done(self, task: asyncio.Task[Any]) -> None:
+        self._stragglers.discard(task)
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is not None:
+                _log_failure(task, exc, "raised while being cancelled")
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    async def shutdown(
+        self,
+        # Not a cancel scope for the caller: it ends the drain and starts the cancel phase.
+        timeout: float,  # noqa: ASYNC109
+        *,
+        cancel_timeout: float = DEFAULT_CANCEL_TIMEOUT,
+    ) -> TrackerReport:
+        """Refuse new work, wait up to ``timeout`` for the rest, cancel what is left, report.
+
+        After cancelling, waits at most ``cancel_timeout`` more; work that
+        ignores cancellation is reported then and left running (still
+        referenced), so the report always comes by ``timeout + cancel_timeout``.
+        Tasks adopted while the drain runs are waited for too.
+
+        A second call while a shutdown runs brings its deadline forward if its
+        own is earlier (``shutdown(0)`` on a second SIGTERM) and returns the same
+        report; a call after it finished returns that report at once.
+        Cancelling the caller cancels the remaining work at once, without waiting.
+        """
+        timeout = check_timeout("shutdown timeout", timeout)
+        cancel_timeout = check_timeout("shutdown cancel_timeout", cancel_timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if self._shutdown_done is not None:
+            when = self._deadline.when() if self._deadline is not None else None
+            if self._deadline is not None and when is not None and deadline < when:
+                self._deadline.reschedule(deadline)
+            return await asyncio.shield(self._shutdown_done)
+
+        started = time.monotonic()
+        self._shutdown_done = done = loop.create_future()
+        self._phase = _DRAINING
+        while self._waiters:  # spawners waiting for a slot wake up closed: refused, or inline
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+        try:
+            await self._drain(deadline)
+            abandoned = await self._cancel_rest(cancel_timeout)
+        except BaseException:
+            for task in list(self._tasks):
+                task.cancel("tether: tracker shutdown was cancelled")
+            done.cancel()
+            raise
+        finally:
+            self._phase = _DONE
+        report = TrackerReport(
+            completed=self._completed,
+            failed=self._failed,
+            cancelled=self._cancelled,
+            abandoned=tuple(abandoned),
+            elapsed=time.monotonic() - started,
+        )
+        for item in report.abandoned:
+            logger.error(
+                "tracker %r abandoned task %r (%s); stack when the deadline passed:\n%s",
+                self.name,
+                item.name,
+                item.to_abandoned_work().detail,
+                item.stack or "  (not started)\n",
+            )
+        logger.info("tracker %r shut down: %s", self.name, report.summary())
+        done.set_result(report)
+        return report
+
+    async def _drain(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(deadline) as self._deadline:
+                while self._tasks:
+                    self._idle = loop.create_future()
+                    await self._idle
+        except TimeoutError:
+            pass
+        finally:
+            self._idle = None
+            self._deadline = None
+
+    async def _cancel_rest(self, cancel_timeout: float) -> list[AbandonedTask]:
+        self._phase = _CANCELLING
+        cancelled: list[tuple[asyncio.Task[Any], AbandonedTask]] = []
+        for task, origin in list(self._tasks.items()):
+            # Take the stack first: where it was stuck is what the report is for.
+            item = AbandonedTask(_display_name(task), _task_stack(task), False, origin)
+            cancelled.append((task, item))
+            task.remove_done_callback(self._on_done_cb)
+            del self._tasks[task]
+            self._abandoned += 1
+            self._stragglers.add(task)
+            task.add_done_callback(self._on_abandoned_done)
+            task.cancel("tether: shutdown deadline passed")
+        if self._stragglers:
+            # The hard deadline: work that ignores cancellation must not hold up the report.
+            await asyncio.wait(set(self._stragglers), timeout=cancel_timeout)
+        for task, origin in self._late:
+            cancelled.append((task, AbandonedTask(_display_name(task), "", False, origin)))
+        self._late = []
+        return [
+            item if task.done() else dataclasses.replace(item, ignored_cancellation=True)
+            for task, item in cancelled
+        ]
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _check_coro(coro: object) -> None:
+    if type(coro) is CoroutineType or asyncio.iscoroutine(coro):
+        return
+    if callable(coro):
+        what = getattr(coro, "__qualname__", repr(coro))
+        msg = f"spawn() takes a coroutine object, got the callable {what}; call it: {what}(...)"
+        raise TypeError(msg)
+    msg = (
+        "spawn() takes a coroutine object (what calling an `async def` function returns), "
+        f"got {type(coro).__name__}: {coro!r}"
+    )
+    raise TypeError(msg)
+
+
+def _work_name(coro: object, name: str | None) -> str:
+    if name is not None:
+        return name
+    return getattr(coro, "__qualname__", None) or type(coro).__name__
+
+
+async def _guarded(coro: Coroutine[Any, Any, T], name: str) -> T:
+    # Keeps KeyboardInterrupt/SystemExit from escaping a task, which would stop the loop.
+    try:
+        return await coro
+    except (KeyboardInterrupt, SystemExit) as exc:
+        raise BaseExceptionInWork(name, exc) from exc
+
+
+_GUARD_CODE = _guarded.__code__
+
+
+def _display_name(task: asyncio.Task[Any]) -> str:
+    name = task.get_name()
+    if name.startswith("Task-"):  # asyncio's default; the coroutine says more
+        qualname = getattr(task.get_coro(), "__qualname__", None)
+        if qualname is not None:
+            return f"{qualname} ({name})"
+    return name
+
+
+def _log_failure(task: asyncio.Task[Any], exc: BaseException, what: str) -> None:
+    logger.error("tracked task %r %s", _display_name(task), what, exc_info=exc)
+
+
+def _task_stack(task: asyncio.Task[Any]) -> str:
+    """The task's chain of awaits, outermost first, formatted like a traceback body."""
+    frames: list[FrameType] = []
+    awaitable: Any = task.get_coro()
+    for _ in range(256):
+        if isinstance(awaitable, CoroutineType):
+            frame, nxt = awaitable.cr_frame, awaitable.cr_await
+        elif isinstance(awaitable, GeneratorType):
+            frame, nxt = awaitable.gi_frame, awaitable.gi_yieldfrom
+        else:
+            break
+        if frame is None:
+            break
+        if frame.f_code is not _GUARD_CODE:
+            frames.append(frame)
+        awaitable = nxt
+    summary = traceback.StackSummary.extract((f, f.f_lineno) for f in frames)
+    return "".join(summary.format())
+
+
+# -- the process's tracker ----------------------------------------------------------------
+
+_current: Tracker | None = None
+
+
+def set_current_tracker(tracker: Tracker | None) -> Tracker | None:
+    """Install ``tracker`` as this process's tracker (None to remove); return the previous one."""
+    global _current
+    previous, _current = _current, tracker
+    return previous
+
+
+def current_tracker() -> Tracker:
+    """This process's tracker; raises :class:`NoCurrentTracker` if none is installed."""
+    if _current is None:
+        raise NoCurrentTracker(call="tether.current_tracker()")
+    return _current
+
+
+def spawn(coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
+    """Start ``coro`` as tracked work of this process's tracker, without waiting; return the task.
+
+    A synchronous one-liner for handlers. It never waits: if the tracker has a
+    limit and it is reached, it raises :class:`TrackerFull` (use
+    ``await tether.current_tracker().spawn(...)`` to wait for a slot instead);
+    after shutdown began it raises :class:`TrackerClosed`.
+    """
+    tracker = _current
+    if tracker is None:
+        _check_coro(coro)
+        coro.close()
+        raise NoCurrentTracker(call=f"tether.spawn({_work_name(coro, name)}(...))")
+    return tracker.try_spawn(coro, name=name)
+
+
+# -- adoption -----------------------------------------------------------------------------
+
+#: Set (to a short label such as ``"GET /events"``) while a request is handled.
+#: Tasks copy their creator's context, so every task created, directly or
+#: transitively, from a request handler sees it; the adoption factory looks here.
+REQUEST_SCOPE: ContextVar[str | None] = ContextVar("tether_request_scope", default=None)
+
+
+@contextlib.contextmanager
+def request_scope(label: str = "a request") -> Iterator[None]:
+    """Mark the code inside as handling a request: tasks it creates are adopted."""
+    token = REQUEST_SCOPE.set(label)
+    try:
+        yield
+    finally:
+        REQUEST_SCOPE.reset(token)
+
+
+@contextlib.contextmanager
+def no_adoption() -> Iterator[None]:
+    """Tasks created inside are not adopted, even in a request (for lazily started loops)."""
+    token = REQUEST_SCOPE.set(None)
+    try:
+        yield
+    finally:
+        REQUEST_SCOPE.reset(token)
+
+
+TaskFactory = Callable[..., "asyncio.Future[Any]"]
+
+
+class Adoption:
+    """An installed adoption factory; :meth:`uninstall` or leaving ``with`` removes it."""
+
+    def __init__(self, tracker: Tracker, loop: asyncio.AbstractEventLoop) -> None:
+        self.tracker = tracker
+        self.loop = loop
+        self._previous: TaskFactory | None = loop.get_task_factory()
+        self._factory, self._disable = _make_factory(tracker, self._previous)
+        self._installed = True
+        loop.set_task_factory(self._factory)
+
+    def uninstall(self) -> None:
+        """Stop adopting; restore the previous factory if ours is still the loop's."""
+        if not self._installed:
+            return
+        self._installed = False
+        if self.loop.get_task_factory() is self._factory:
+            self.loop.set_task_factory(self._previous)
+        else:
+            # Another factory was installed on top and chains to ours: keep the chain
+            # intact and only stop adopting.
+            self._disable()
+
+    def __enter__(self) -> Adoption:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.uninstall()
+
+
+def install_adoption(tracker: Tracker, loop: asyncio.AbstractEventLoop | None = None) -> Adoption:
+    """Make ``loop`` (default: the running one) adopt request-scope tasks into ``tracker``."""
+    return Adoption(tracker, loop if loop is not None else asyncio.get_running_loop())
+
+
+def _make_factory(
+    tracker: Tracker, previous: TaskFactory | None
+) -> tuple[TaskFactory, Callable[[], None]]:
+    scope = REQUEST_SCOPE
+    current_scope = scope.get
+    adopt = tracker._adopt
+    make_task = asyncio.Task
+    enabled = True
+
+    # Runs on every create_task in the process: one ContextVar read outside a request.
+    def factory(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any
+    ) -> asyncio.Future[Any]:
+        task: asyncio.Future[Any]
+        if previous is None:
+            task = make_task(coro, loop=loop, **kwargs)
+        else:
+            task = previous(loop, coro, **kwargs)
+        context = kwargs.get("context") if kwargs else None
+        origin = current_scope() if context is None else context.get(scope)
+        if origin is not None and enabled and isinstance(task, asyncio.Task):
+            adopt(task, origin)
+        return task
+
+    def disable() -> None:
+        nonlocal enabled
+        enabled = False
+
+    return factory, disable
