@@ -1,0 +1,3 @@
+"""A deploy whose module raises at import."""
+
+raise RuntimeError("settings file missing")

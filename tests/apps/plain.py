@@ -1,0 +1,84 @@
+"""Small apps the end-to-end tests run with `tether run`, as a user would."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import parse_qs
+
+import tether
+
+
+async def _lifespan(receive: Any, send: Any, *, fail: bool = False, hang: bool = False) -> None:
+    message = await receive()
+    assert message["type"] == "lifespan.startup"
+    if fail:
+        await send({"type": "lifespan.startup.failed", "message": "database unreachable"})
+        return
+    await send({"type": "lifespan.startup.complete"})
+    await receive()
+    if hang:
+        await asyncio.Event().wait()  # an app whose shutdown never finishes
+    await send({"type": "lifespan.shutdown.complete"})
+
+
+async def _respond(send: Any, body: bytes, status: int = 200) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/plain"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def app(scope: Any, receive: Any, send: Any) -> None:
+    """`/` says hello; `/slow?seconds=N` takes N seconds."""
+    if scope["type"] == "lifespan":
+        return await _lifespan(receive, send)
+    query = parse_qs(scope["query_string"].decode())
+    if scope["path"] == "/slow":
+        await asyncio.sleep(float(query.get("seconds", ["1"])[0]))
+    await _respond(send, b"hello\n")
+
+
+async def failing_startup(scope: Any, receive: Any, send: Any) -> None:
+    """An app whose lifespan startup fails."""
+    if scope["type"] == "lifespan":
+        return await _lifespan(receive, send, fail=True)
+    await _respond(send, b"never\n")
+
+
+async def hanging_shutdown(scope: Any, receive: Any, send: Any) -> None:
+    """An app whose lifespan shutdown never finishes."""
+    if scope["type"] == "lifespan":
+        return await _lifespan(receive, send, hang=True)
+    await _respond(send, b"hello\n")
+
+
+def wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """A WSGI app, hosted through a2wsgi."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello from wsgi\n"]
+
+
+not_an_app = 42
+
+service = tether.App(http=app)
+consumed: list[str] = []
+
+
+@service.member
+async def consumer(stop: tether.StopToken) -> None:
+    """A queue consumer that runs beside the HTTP app and stops with it."""
+    await stop
+    print("consumer stopped:", stop.reason, flush=True)
+
+
+def create_app() -> Any:
+    """A factory, as `tether run plain:create_app` would call it."""
+    return app

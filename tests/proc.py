@@ -1,0 +1,146 @@
+"""Run `tether run` as a real process, wait for real readiness, send real signals.
+
+Readiness comes from the NOTIFY_SOCKET protocol (the process says READY=1
+after lifespan startup and listening), never from sleeping and hoping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+APPS = Path(__file__).parent / "apps"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Tether:
+    """One `tether run` process."""
+
+    args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    debug_port: int = field(default_factory=free_port)
+    cwd: Path = APPS
+    proc: subprocess.Popen[str] | None = None
+    notify: socket.socket | None = None
+    _tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def start(self) -> Tether:
+        self._tmp = tempfile.TemporaryDirectory(prefix="tether-test-")
+        path = os.path.join(self._tmp.name, "notify")
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(path)
+        env = {**os.environ, "NOTIFY_SOCKET": path, **self.env}
+        argv = [sys.executable, "-m", "tether", "run", *self.args]
+        self.proc = subprocess.Popen(
+            argv, cwd=self.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        return self
+
+    def wait_for(self, key: str, timeout: float = 20.0) -> dict[str, str]:
+        """Wait for a notify message with ``key`` (READY, STOPPING...)."""
+        assert self.notify is not None and self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.notify.settimeout(0.2)
+            try:
+                data = self.notify.recv(4096)
+            except TimeoutError:
+                if self.proc.poll() is not None:
+                    raise AssertionError(
+                        f"tether exited with {self.proc.returncode}: {self.stderr()}"
+                    ) from None
+                continue
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            if key in fields:
+                return fields
+        raise AssertionError(f"no {key} within {timeout}s")
+
+    def ready(self) -> Tether:
+        self.wait_for("READY")
+        return self
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stderr(self) -> str:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            return "(still running)"
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read()
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        if self.proc is not None:
+            for stream in (self.proc.stdout, self.proc.stderr):
+                if stream is not None:
+                    stream.close()
+        if self.notify is not None:
+            self.notify.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+@contextlib.contextmanager
+def tether(target: str, *extra: str, debug: bool = True, **env: str) -> Iterator[Tether]:
+    """A started `tether run target` on free loopback ports; killed if still alive at the end."""
+    t = Tether([])
+    binds = ["--bind", f"127.0.0.1:{t.port}"]
+    dbg = ["--debug-bind", f"127.0.0.1:{t.debug_port}"] if debug else ["--no-debug"]
+    t.args = [target, *binds, *dbg, *extra]
+    t.env = env
+    t.start()
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+def get(port: int, path: str = "/", timeout: float = 10.0) -> tuple[int, str, dict[str, str]]:
+    """One GET on its own connection: status, body, headers."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(), {k.lower(): v for k, v in resp.getheaders()}
+    finally:
+        conn.close()
+
+
+def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """`tether ARGS...` to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "tether", *args],
+        cwd=APPS,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+__all__ = ["APPS", "Tether", "free_port", "get", "run_cli", "signal", "tether"]

@@ -1,0 +1,245 @@
+"""`tether run` end to end: real processes, real signals, real sockets on loopback."""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from proc import APPS, free_port, get, run_cli, tether
+
+
+def test_ten_slow_requests_all_complete_after_sigterm() -> None:
+    """10 concurrent 2 s requests, SIGTERM after 0.5 s: all answer 200 and the exit code is 0."""
+    with tether("plain:app") as t:
+        t.ready()
+        with ThreadPoolExecutor(10) as pool:
+            futures = [pool.submit(get, t.port, "/slow?seconds=2") for _ in range(10)]
+            time.sleep(0.5)  # the requests are in flight: this is the scenario, not a wait
+            t.signal(signal.SIGTERM)
+            results = [f.result() for f in futures]
+        assert [status for status, _, _ in results] == [200] * 10
+        assert t.wait() == 0
+
+
+def test_drain_delay_turns_readiness_off_while_still_serving() -> None:
+    """With --drain-delay 1, /readyz is 503 within 100 ms of SIGTERM while / still answers 200."""
+    with tether("plain:app", "--drain-delay", "1") as t:
+        t.ready()
+        assert get(t.debug_port, "/readyz")[0] == 200
+        t.signal(signal.SIGTERM)
+        sent = time.monotonic()
+        t.wait_for("STOPPING", timeout=5)
+        status, body, _ = get(t.debug_port, "/readyz")
+        elapsed = time.monotonic() - sent
+        assert status == 503, body
+        assert elapsed < 0.1
+        assert get(t.port, "/")[0] == 200
+        assert t.wait() == 0
+
+
+def test_second_sigterm_ends_a_hung_drain_at_once() -> None:
+    """A drain stuck on a long request ends at the second SIGTERM, exit code 4, naming the request."""
+    with tether("plain:app", "--graceful-timeout", "60") as t:
+        t.ready()
+        with ThreadPoolExecutor(1) as pool:
+            future = pool.submit(get, t.port, "/slow?seconds=120")
+            time.sleep(0.3)
+            t.signal(signal.SIGTERM)
+            t.wait_for("STOPPING", timeout=5)
+            second = time.monotonic()
+            t.signal(signal.SIGTERM)
+            assert t.wait(timeout=10) == 4
+            assert time.monotonic() - second < 5
+            with pytest.raises((http.client.HTTPException, OSError)):
+                future.result()
+        assert "request 'GET /slow'" in t.stderr()
+
+
+def test_keep_alive_connection_is_told_to_close_while_draining() -> None:
+    """A request arriving on an idle keep-alive connection during the drain is served with Connection: close."""
+    with tether("plain:app", "--graceful-timeout", "10") as t:
+        t.ready()
+        conn = http.client.HTTPConnection("127.0.0.1", t.port, timeout=5)
+        conn.request("GET", "/")
+        first = conn.getresponse()
+        first.read()
+        assert first.getheader("connection") is None
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(get, t.port, "/slow?seconds=1")
+            time.sleep(0.2)
+            t.signal(signal.SIGTERM)
+            t.wait_for("STOPPING", timeout=5)
+            conn.request("GET", "/")
+            second = conn.getresponse()
+            assert second.status == 200
+            assert second.read() == b"hello\n"
+            assert second.getheader("connection") == "close"
+            assert slow.result()[0] == 200
+        conn.close()
+        assert t.wait() == 0
+
+
+def test_quit_is_a_fast_stop() -> None:
+    """SIGQUIT does not wait for in-flight requests."""
+    with tether("plain:app", "--graceful-timeout", "60") as t:
+        t.ready()
+        with ThreadPoolExecutor(1) as pool:
+            future = pool.submit(get, t.port, "/slow?seconds=60")
+            time.sleep(0.3)
+            started = time.monotonic()
+            t.signal(signal.SIGQUIT)
+            assert t.wait(timeout=10) == 4
+            assert time.monotonic() - started < 5
+            with pytest.raises((http.client.HTTPException, OSError)):
+                future.result()
+
+
+def test_hanging_app_shutdown_exits_by_the_deadline_with_code_4() -> None:
+    """An app whose lifespan shutdown hangs is cut at the deadline; the log names it; exit 4."""
+    with tether("plain:hanging_shutdown", "--graceful-timeout", "1") as t:
+        t.ready()
+        started = time.monotonic()
+        t.signal(signal.SIGTERM)
+        assert t.wait(timeout=15) == 4
+        assert time.monotonic() - started < 5
+        err = t.stderr()
+        assert "lifespan 'lifespan shutdown'" in err
+        assert "in _lifespan" in err
+
+
+def test_failing_lifespan_startup_exits_3_and_releases_the_port() -> None:
+    """An app whose startup fails: exit code 3, one clear line, and the port is free again."""
+    port = free_port()
+    result = run_cli("run", "plain:failing_startup", "--bind", f"127.0.0.1:{port}", "--no-debug")
+    assert result.returncode == 3
+    assert "tether: error: the app's lifespan startup failed" in result.stderr
+    assert "database unreachable" in result.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+def test_wsgi_app_is_served() -> None:
+    """A WSGI app is detected and served through a2wsgi."""
+    with tether("plain:wsgi_app") as t:
+        t.ready()
+        assert get(t.port, "/")[:2] == (200, "hello from wsgi\n")
+        t.signal(signal.SIGTERM)
+        assert t.wait() == 0
+
+
+def test_factory_is_called() -> None:
+    """A zero-argument factory is called to build the app."""
+    with tether("plain:create_app") as t:
+        t.ready()
+        assert get(t.port, "/")[:2] == (200, "hello\n")
+        t.signal(signal.SIGINT)
+        assert t.wait() == 0
+
+
+def test_app_with_extra_member_stops_it_with_the_service() -> None:
+    """A tether.App's consumer member runs beside HTTP and stops on SIGTERM with the reason."""
+    with tether("plain:service") as t:
+        t.ready()
+        assert get(t.port, "/")[0] == 200
+        t.signal(signal.SIGTERM)
+        assert t.wait() == 0
+        assert t.proc is not None and t.proc.stdout is not None
+        assert "consumer stopped: SIGTERM received" in t.proc.stdout.read()
+
+
+def test_debug_endpoints_answer() -> None:
+    """The debug server serves health, readiness, metrics, and task and thread dumps."""
+    with tether("plain:app") as t:
+        t.ready()
+        assert get(t.debug_port, "/healthz")[:2] == (200, "ok\n")
+        assert get(t.debug_port, "/readyz")[:2] == (200, "ready\n")
+        assert "tether_ready 1.0" in get(t.debug_port, "/metrics")[1]
+        tasks = get(t.debug_port, "/debug/tasks")[1]
+        assert "service:http" in tasks
+        assert "in wait" in tasks
+        assert "MainThread" in get(t.debug_port, "/debug/threads")[1]
+        t.signal(signal.SIGTERM)
+        assert t.wait() == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["nosuchmodule:app"], 3, "cannot import 'nosuchmodule': no such module"),
+        (["plain:nothing"], 3, "module 'plain' has no attribute 'nothing'"),
+        (["plain:not_an_app"], 3, "is a int, which is neither an ASGI app"),
+        (["broken_import:app"], 3, "raised RuntimeError: settings file missing"),
+        (["syntax_error:app"], 3, "raised SyntaxError"),
+        (["plain"], 2, "APP must look like module:attribute"),
+        (["plain:app", "--bind", "127.0.0.1"], 2, "--bind"),
+        (["plain:app", "--bind", "localhost:99999"], 2, "--bind"),
+        (["plain:app", "--bind", "unix:/no/such/dir/s.sock"], 2, "cannot bind unix:/no/such/dir"),
+        (["plain:app", "--graceful-timeout", "-1"], 2, "--graceful-timeout must be a number"),
+        (["plain:app", "--graceful-timeout", "soon"], 2, "'soon' is not a valid float"),
+        (["plain:app", "--drain-delay", "-3"], 2, "--drain-delay must be a number"),
+        (["plain:app", "--debug-bind", "0.0.0.0:0"], 2, "pass --debug-token"),
+    ],
+)
+def test_bad_input_gets_one_line_and_exit_code(args: list[str], code: int, message: str) -> None:
+    """Each bad input: the documented exit code and one line on stderr that says what to do."""
+    port = free_port()
+    full = ["run", *args]
+    if "--bind" not in args:
+        full += ["--bind", f"127.0.0.1:{port}"]
+    if "--debug-bind" not in args:
+        full += ["--no-debug"]
+    result = run_cli(*full)
+    assert result.returncode == code, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert any(message in line for line in errors), result.stderr
+
+
+def test_port_in_use_is_refused_with_code_2() -> None:
+    """A port already in use: exit code 2 and a hint to pick another port."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("run", "plain:app", "--bind", f"127.0.0.1:{port}", "--no-debug")
+    assert result.returncode == 2
+    assert "address already in use" in result.stderr
+
+
+def test_debug_bind_equal_to_app_bind_is_refused() -> None:
+    """The debug server cannot share the app's address."""
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    result = run_cli("run", "plain:app", "--bind", addr, "--debug-bind", addr)
+    assert result.returncode == 2
+    assert "is also an app --bind" in result.stderr
+
+
+def test_nothing_stays_bound_after_a_failed_start(tmp_path: Path) -> None:
+    """When the app fails to import, the sockets bound before are released."""
+    port, debug_port = free_port(), free_port()
+    result = run_cli(
+        "run",
+        "nosuchmodule:app",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--debug-bind",
+        f"127.0.0.1:{debug_port}",
+    )
+    assert result.returncode == 3
+    for p in (port, debug_port):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p))
+
+
+def test_python_dash_m_tether_shows_help() -> None:
+    """`python -m tether run --help` documents every option."""
+    result = run_cli("run", "--help")
+    assert result.returncode == 0
+    for option in ("--bind", "--debug-bind", "--no-debug", "--graceful-timeout", "--drain-delay"):
+        assert option in result.stdout
+    assert APPS.is_dir()
