@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
 from proc import APPS, free_port, get, run_cli, tether
 
 
@@ -43,7 +44,7 @@ def test_drain_delay_turns_readiness_off_while_still_serving() -> None:
 
 
 def test_second_sigterm_ends_a_hung_drain_at_once() -> None:
-    """A drain stuck on a long request ends at the second SIGTERM, exit code 4, naming the request."""
+    """A drain stuck on a long request ends at a second SIGTERM with exit code 4, naming it."""
     with tether("plain:app", "--graceful-timeout", "60") as t:
         t.ready()
         with ThreadPoolExecutor(1) as pool:
@@ -61,7 +62,7 @@ def test_second_sigterm_ends_a_hung_drain_at_once() -> None:
 
 
 def test_keep_alive_connection_is_told_to_close_while_draining() -> None:
-    """A request arriving on an idle keep-alive connection during the drain is served with Connection: close."""
+    """A request on an idle keep-alive connection during the drain gets Connection: close."""
     with tether("plain:app", "--graceful-timeout", "10") as t:
         t.ready()
         conn = http.client.HTTPConnection("127.0.0.1", t.port, timeout=5)
