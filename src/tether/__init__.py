@@ -15,6 +15,19 @@ from tether.errors import (
 )
 from tether.group import Group, GroupReport, MemberExitedEarly, StopToken
 from tether.serving import HttpServer, ServeOptions
+from tether.tracker import (
+    NoCurrentTracker,
+    Tracker,
+    TrackerClosed,
+    TrackerFull,
+    TrackerReport,
+    TrackerStats,
+    current_tracker,
+    install_adoption,
+    no_adoption,
+    request_scope,
+    spawn,
+)
 
 __all__ = [
     # running things together
@@ -26,6 +39,18 @@ __all__ = [
     "App",
     "HttpServer",
     "ServeOptions",
+    # background work
+    "spawn",
+    "current_tracker",
+    "Tracker",
+    "TrackerReport",
+    "TrackerStats",
+    "install_adoption",
+    "request_scope",
+    "no_adoption",
+    "TrackerClosed",
+    "TrackerFull",
+    "NoCurrentTracker",
     # errors
     "AbandonedWork",
     "AppLoadError",

@@ -20,6 +20,7 @@ Order of work, and why:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -40,11 +41,12 @@ from tether.debug import (
     task_dump,
     thread_dump,
 )
-from tether.errors import ConfigError, ShutdownAbandoned
+from tether.errors import AbandonedWork, ConfigError, ShutdownAbandoned
 from tether.group import Group, StopToken
 from tether.notify import Notifier, watchdog_interval
 from tether.serving import ASGIApp, DrainHooks, HttpServer, ServeOptions
 from tether.signals import handle_signals
+from tether.tracker import Tracker, install_adoption, request_scope, set_current_tracker
 
 __all__ = ["Service"]
 
@@ -149,7 +151,9 @@ class Service:
             graceful_timeout=config.graceful_timeout,
             cancel_timeout=config.cancel_timeout,
         )
-        self.hooks = DrainHooks()
+        #: Background work of this process: ``tether.spawn`` and tasks requests start.
+        self.tracker = Tracker(name="background")
+        self.hooks = DrainHooks(background=self._drain_background, request_scope=_request_label)
         self.http: HttpServer | None = None
         self.ready = False
         self.status = "starting"
@@ -244,9 +248,20 @@ class Service:
             if self.notifier is not None:
                 self.notifier.close()
 
+    async def _drain_background(self, budget: float) -> list[AbandonedWork]:
+        """Phase 5: wait for tracked and adopted work, then cancel and report the rest."""
+        report = await self.tracker.shutdown(budget, cancel_timeout=self.config.cancel_timeout / 2)
+        return report.abandoned_work()
+
     async def _run(self, app: App, kind: str | None, listeners: _Listeners) -> None:
         group = self.group
-        cleanups: list[Callable[[], None]] = []
+        loop = asyncio.get_running_loop()
+        previous = set_current_tracker(self.tracker)
+        adoption = install_adoption(self.tracker, loop)
+        cleanups: list[Callable[[], object]] = [
+            adoption.uninstall,
+            lambda: set_current_tracker(previous),
+        ]
         try:
             if listeners.debug is not None:
                 debug = HttpServer(
@@ -263,6 +278,7 @@ class Service:
                     ServeOptions(
                         idle_grace=self.config.idle_grace,
                         lifespan="off" if kind == "wsgi" else "auto",
+                        report_grace=self.config.cancel_timeout * 0.75,
                     ),
                     self.hooks,
                 )
@@ -274,6 +290,8 @@ class Service:
         except BaseException as exc:
             group.stop(f"startup failed: {type(exc).__name__}", force=True)
             await self._settle()
+            for cleanup in cleanups:
+                cleanup()
             raise
         try:
             await group.wait()
@@ -289,7 +307,7 @@ class Service:
         """After a failed start: wait for the group, keeping the first error as the story."""
         await group_wait_quietly(self.group)
 
-    def _became_ready(self, cleanups: list[Callable[[], None]]) -> None:
+    def _became_ready(self, cleanups: list[Callable[[], object]]) -> None:
         loop = asyncio.get_running_loop()
         self.ready = True
         self.status = "serving"
@@ -348,7 +366,10 @@ class Service:
                 await stop.wait()
                 others = [t for name, t in self.group.tasks().items() if name != "debug"]
                 if others:
-                    await asyncio.wait(others, timeout=stop.remaining())
+                    # Cancelled at the deadline while keeping the dumps available:
+                    # the debug server itself abandons nothing.
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait(others, timeout=stop.remaining())
             finally:
                 inner.stop("service stopping")
                 await group_wait_quietly(inner)
@@ -376,6 +397,13 @@ class Service:
                 "responses completed",
                 self.http.state.total_requests,
             )
+        stats = self.tracker.stats()
+        for name in ("spawned", "running", "completed", "failed", "abandoned"):
+            yield (
+                f"tether_background_{name}",
+                f"background tasks {name} (tether.spawn and adopted)",
+                getattr(stats, name),
+            )
         yield ("tether_asyncio_tasks", "asyncio tasks in this process", len(asyncio.all_tasks()))
         yield ("tether_threads", "threads in this process", threading.active_count())
 
@@ -389,13 +417,18 @@ class Service:
             else:
                 errors.append(exc)
         for item in abandoned:
-            stack = f"\n{item.stack}" if item.stack else ""
+            # The tracker has already logged its tasks' stacks.
+            stack = f"\n{item.stack}" if item.stack and item.kind != "task" else ""
             logger.error("abandoned at the deadline: %s%s", item.describe(), stack)
         if abandoned:
             errors.append(ShutdownAbandoned(abandoned))
         if errors:
             msg = "the service ended with problems"
             raise ExceptionGroup(msg, errors)
+
+
+def _request_label(scope: Any) -> Any:
+    return request_scope(f"{scope.get('method', 'WEBSOCKET')} {scope.get('path', '')}")
 
 
 async def group_wait_quietly(group: Group) -> None:

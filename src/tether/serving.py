@@ -27,6 +27,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any, Literal, cast
@@ -64,6 +65,8 @@ class ServeOptions:
     backlog: int = 2048
     #: Name for logs and reports.
     name: str = "http"
+    #: When cancelled at the deadline: seconds to wait for phase 5's report of what it abandoned.
+    report_grace: float = 1.0
 
 
 @dataclass
@@ -72,8 +75,9 @@ class DrainHooks:
 
     #: Phase 5: drain background work within the given seconds; returns what was abandoned.
     background: Callable[[float], Awaitable[list[AbandonedWork]]] | None = None
-    #: Wraps each request (http and websocket scopes only), for example to mark its context.
-    request_scope: Callable[[], Any] | None = None
+    #: Wraps each request (http and websocket scopes only) given its scope, for
+    #: example to mark its context; returns a context manager.
+    request_scope: Callable[[Scope], AbstractContextManager[Any]] | None = None
     #: Where abandoned requests and the lifespan are reported.
     abandoned: list[AbandonedWork] = field(default_factory=list)
 
@@ -152,7 +156,7 @@ class _DrainMiddleware:
         marker = self.hooks.request_scope
         if marker is None:
             return await self.app(scope, receive, send)
-        with marker():
+        with marker(scope):
             return await self.app(scope, receive, send)
 
 
@@ -199,6 +203,7 @@ class HttpServer:
         self.phase = "created"
         self._servers: list[asyncio.Server] = []
         self._lifespan: _Lifespan | None = None
+        self._background: asyncio.Future[list[AbandonedWork]] | None = None
 
     async def run(self, stop: StopToken) -> None:
         """Start, serve until ``stop``, then drain in phases (DESIGN.md, steps 3 to 6)."""
@@ -210,6 +215,7 @@ class HttpServer:
             await self._shutdown(stop)
         except asyncio.CancelledError:
             self._report_abandoned()
+            await self._collect_background_report()
             raise
         finally:
             self._close_everything()
@@ -278,7 +284,11 @@ class HttpServer:
         # Phase 5: background work started by requests and by tether.spawn.
         self.phase = "draining background work"
         if self.hooks.background is not None:
-            left = await self.hooks.background(stop.remaining() or 0.0)
+            # Shielded: if the group cancels us at the deadline, phase 5 still
+            # finishes its own cancel-and-report, and we collect that report.
+            self._background = asyncio.ensure_future(self.hooks.background(stop.remaining() or 0.0))
+            left = await asyncio.shield(self._background)
+            self._background = None
             self.hooks.abandoned.extend(left)
         # Phase 6: the app's own shutdown.
         self.phase = "app shutdown"
@@ -308,6 +318,16 @@ class HttpServer:
                     detail="the app's shutdown did not finish",
                 )
             )
+
+    async def _collect_background_report(self) -> None:
+        background = self._background
+        if background is None:
+            return
+        done, _ = await asyncio.wait({background}, timeout=self.options.report_grace)
+        if done and not background.cancelled() and background.exception() is None:
+            self.hooks.abandoned.extend(background.result())
+        else:
+            background.cancel()
 
     def _close_everything(self) -> None:
         for server in self._servers:
