@@ -170,20 +170,23 @@ def _bind_hint(err: OSError, flag: str) -> tuple[str, str]:
     return reason.lower(), f"check the address given to {flag}"
 
 
-def bind(address: Address, *, backlog: int = 2048, flag: str = "--bind") -> socket.socket:
+def bind(
+    address: Address, *, backlog: int = 2048, flag: str = "--bind", mode: int | None = None
+) -> socket.socket:
     """A listening, close-on-exec socket on ``address``.
 
     TCP sockets get ``SO_REUSEADDR`` (a restart does not wait out TIME_WAIT);
     IPv6 sockets are IPv6-only (bind ``0.0.0.0`` as well for both families).
     A unix socket's directory must exist; a stale socket file (nothing
     listening on it) is replaced, a live one or a file that is not a socket is
-    an error.
+    an error. ``mode``, for a unix socket, is applied before it listens (so
+    nobody connects through looser permissions in between).
 
     Error handling: raises :class:`~tether.errors.BindError` naming the
     address, the reason and what to do; nothing is left open.
     """
     if address.kind == "unix":
-        return _bind_unix(address, backlog, flag)
+        return _bind_unix(address, backlog, flag, mode)
     try:
         infos = socket.getaddrinfo(
             address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -207,7 +210,7 @@ def bind(address: Address, *, backlog: int = 2048, flag: str = "--bind") -> sock
     return sock
 
 
-def _bind_unix(address: Address, backlog: int, flag: str) -> socket.socket:
+def _bind_unix(address: Address, backlog: int, flag: str, mode: int | None) -> socket.socket:
     path = address.path
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
@@ -238,9 +241,14 @@ def _bind_unix(address: Address, backlog: int, flag: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
+        if mode is not None:
+            os.chmod(path, mode)
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
+        if exc.errno == errno.EACCES:
+            hint = f"choose a path in a directory you can write with {flag}"
+            raise BindError(str(address), "permission denied", hint) from exc
         reason, hint = _bind_hint(exc, flag)
         raise BindError(str(address), reason, hint) from exc
     return sock

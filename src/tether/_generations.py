@@ -1,0 +1,140 @@
+"""Workers and generations: the master's bookkeeping, without the policy.
+
+A *generation* is the set of workers started by one (re)load of the app; a
+*slot* is one place in it (``--workers N`` gives slots 0..N-1). When a worker
+dies, its replacement takes the same slot, and the slot counts restarts.
+
+States a worker goes through: ``starting`` (spawned, not yet ``READY=1``),
+``ready``, ``stopping`` (asked to drain), ``exited``. A generation is
+``starting`` until every worker is ready, then ``serving``; the one it
+replaces becomes ``draining``; one that failed to start is ``failed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tether._children import Child, describe_exit
+
+__all__ = ["Generation", "Worker", "WorkerFailed"]
+
+WorkerState = Literal["starting", "ready", "stopping", "exited"]
+GenerationState = Literal["starting", "serving", "draining", "failed", "exited"]
+
+
+class WorkerFailed(Exception):
+    """A worker exited (or timed out) before it was ready; the message says which and why."""
+
+    def __init__(self, worker: Worker, why: str) -> None:
+        tail = worker.child.tail()
+        detail = f"; its last output:\n{_indent(tail)}" if tail else "; it wrote nothing to stderr"
+        super().__init__(f"{worker.label} {why}{detail}")
+        self.worker = worker
+        self.why = why
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+@dataclass(eq=False)
+class Worker:
+    """One worker process in one slot of one generation."""
+
+    id: int
+    generation: int
+    slot: int
+    child: Child
+    debug_path: str | None
+    restarts: int = 0
+    state: WorkerState = "starting"
+    status: str = ""
+    started_at: float = field(default_factory=time.monotonic)
+    ready_at: float | None = None
+    last_heartbeat: float | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    watchdog: asyncio.TimerHandle | None = None
+    #: The master asked it to stop (drain, scale down, discard): its exit is expected.
+    asked_to_stop: bool = False
+    #: The master had to kill it at the end of its shutdown budget.
+    killed: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.child.pid
+
+    @property
+    def label(self) -> str:
+        return f"worker {self.id} (pid {self.pid}, generation {self.generation})"
+
+    def mark_ready(self) -> None:
+        if self.state == "starting":
+            self.state = "ready"
+            self.ready_at = time.monotonic()
+            self.last_heartbeat = self.ready_at
+        self.ready.set()
+
+    async def until_ready(self) -> None:
+        """Return once READY=1 arrived; raise WorkerFailed if the worker exits first."""
+        ready = asyncio.ensure_future(self.ready.wait())
+        waiting: set[asyncio.Future[Any]] = {ready, self.child.exited}
+        try:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+        if self.child.exited.done() and not self.ready.is_set():
+            await self.child.wait_output(1.0)
+            raise WorkerFailed(self, describe_exit(self.child.exited.result()) + " before READY")
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        exit_code = self.child.exited.result() if self.child.exited.done() else None
+        return {
+            "id": self.id,
+            "pid": self.pid,
+            "slot": self.slot,
+            "generation": self.generation,
+            "state": self.state,
+            "age": round(now - self.started_at, 3),
+            "restarts": self.restarts,
+            "status": self.status,
+            "heartbeat_age": None
+            if self.last_heartbeat is None
+            else round(now - self.last_heartbeat, 3),
+            "exit": None if exit_code is None else describe_exit(exit_code),
+        }
+
+
+@dataclass(eq=False)
+class Generation:
+    """The workers started by one load of the app."""
+
+    number: int
+    size: int
+    state: GenerationState = "starting"
+    slots: dict[int, Worker] = field(default_factory=dict)
+    #: Workers that left their slot (replaced, scaled down) and may still be running.
+    retired: list[Worker] = field(default_factory=list)
+    failures: dict[int, int] = field(default_factory=dict)
+    replacing: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.monotonic)
+
+    def workers(self) -> list[Worker]:
+        """Every worker of this generation that may still be running."""
+        return [w for w in [*self.slots.values(), *self.retired] if w.child.alive]
+
+    def ready_count(self) -> int:
+        return sum(1 for w in self.slots.values() if w.state == "ready")
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        workers = sorted(self.slots.values(), key=lambda w: w.slot)
+        workers += [w for w in self.retired if w.child.alive]
+        return {
+            "number": self.number,
+            "state": self.state,
+            "size": self.size,
+            "age": round(now - self.created_at, 3),
+            "workers": [w.snapshot(now) for w in workers],
+        }

@@ -1,0 +1,203 @@
+"""What the master answers: the control socket's commands and the debug listener's pages.
+
+Both are views of the same state (``status()``) plus requests the master
+queues (reload, upgrade, scale, stop); this module only translates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from tether._control import Reply
+from tether._masterhttp import Route, fetch_unix, json_body
+
+if TYPE_CHECKING:
+    from tether._generations import Generation, Worker
+
+__all__ = ["MasterAPI"]
+
+log = logging.getLogger("tether.master")
+
+_DUMP_TIMEOUT = 5.0
+
+
+class MasterAPI:
+    """Mixed into :class:`tether.master.Master`: control commands, debug pages, progress."""
+
+    generations: dict[int, Generation]
+    active: Generation | None
+    size: int
+    stopping: bool
+    last_reload: dict[str, Any] | None
+    reloads: int
+    _started: float
+    _pid: int
+
+    def __init__(self) -> None:
+        self._subscribers: set[asyncio.Queue[str]] = set()
+
+    # -- provided by Master --------------------------------------------------------
+
+    def request_reload(self) -> asyncio.Future[dict[str, Any]]:
+        raise NotImplementedError
+
+    def request_upgrade(self) -> asyncio.Future[dict[str, Any]]:
+        raise NotImplementedError
+
+    def request_stop(self, mode: Any = "graceful") -> None:
+        raise NotImplementedError
+
+    def scale(self, n: int) -> None:
+        raise NotImplementedError
+
+    def status_line(self) -> str:
+        raise NotImplementedError
+
+    # -- state ---------------------------------------------------------------------
+
+    def live_workers(self) -> list[Worker]:
+        return [w for g in self.generations.values() for w in g.workers()]
+
+    def is_ready(self) -> bool:
+        return not self.stopping and self.active is not None and self.active.ready_count() > 0
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "master": {
+                "pid": self._pid,
+                "state": "stopping" if self.stopping else self.status_line(),
+                "ready": self.is_ready(),
+                "workers": self.size,
+                "uptime": round(now - self._started, 3),
+                "reloads": self.reloads,
+            },
+            "generations": [
+                g.snapshot(now) for _, g in sorted(self.generations.items()) if g.workers()
+            ],
+            "last_reload": self.last_reload,
+        }
+
+    def progress(self, message: str) -> None:
+        """Log a step of a long operation and show it to every ``ctl`` waiting on one."""
+        log.info("master %d: %s", self._pid, message)
+        for queue in self._subscribers:
+            queue.put_nowait(message)
+
+    # -- control socket ------------------------------------------------------------
+
+    async def handle_control(self, req: dict[str, Any], reply: Reply) -> dict[str, Any]:
+        cmd = req.get("cmd")
+        if cmd == "status":
+            return {"ok": True, "status": self.status()}
+        if cmd in ("reload", "upgrade"):
+            queue: asyncio.Queue[str] = asyncio.Queue()
+            self._subscribers.add(queue)
+            try:
+                fut = self.request_reload() if cmd == "reload" else self.request_upgrade()
+                while not fut.done():
+                    getter = asyncio.ensure_future(queue.get())
+                    waiting: set[asyncio.Future[Any]] = {getter, fut}
+                    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                    if getter.done():
+                        await reply({"progress": getter.result()})
+                    else:
+                        getter.cancel()
+                while not queue.empty():
+                    await reply({"progress": queue.get_nowait()})
+                return dict(fut.result())
+            finally:
+                self._subscribers.discard(queue)
+        if cmd == "stop":
+            self.request_stop("graceful")
+            return {"ok": True, "message": f"master {self._pid} is stopping"}
+        if cmd == "scale":
+            n = req.get("n")
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                return {"ok": False, "error": f"scale needs a whole number >= 1, got {n!r}"}
+            self.scale(n)
+            return {"ok": True, "message": f"scaling to {n} worker(s)"}
+        if cmd == "tasks":
+            return {"ok": True, "dumps": await self.collect_dumps("/debug/tasks")}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    async def collect_dumps(self, target: str) -> list[dict[str, Any]]:
+        """Ask every live worker's private debug socket for ``target``."""
+        workers = [w for w in self.live_workers() if w.debug_path]
+
+        async def one(w: Worker) -> dict[str, Any]:
+            entry: dict[str, Any] = {"worker": w.id, "pid": w.pid, "generation": w.generation}
+            assert w.debug_path is not None
+            try:
+                status, body = await fetch_unix(w.debug_path, target, _DUMP_TIMEOUT)
+            except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as exc:
+                entry["error"] = f"no answer from its debug socket: {exc or type(exc).__name__}"
+                return entry
+            entry["status"] = status
+            entry["text"] = body.decode("utf-8", "replace")
+            return entry
+
+        return list(await asyncio.gather(*(one(w) for w in workers)))
+
+    # -- debug listener ------------------------------------------------------------
+
+    def debug_routes(self) -> dict[str, Route]:
+        async def healthz(_q: dict[str, list[str]]) -> tuple[int, str, bytes]:
+            return 200, "text/plain", b"ok\n"
+
+        async def readyz(_q: dict[str, list[str]]) -> tuple[int, str, bytes]:
+            if self.is_ready():
+                return 200, "text/plain", b"ready\n"
+            return 503, "text/plain", f"not ready: {self.status()['master']['state']}\n".encode()
+
+        async def workers(_q: dict[str, list[str]]) -> tuple[int, str, bytes]:
+            return 200, "application/json", json_body(self.status())
+
+        async def tasks(q: dict[str, list[str]]) -> tuple[int, str, bytes]:
+            as_json = (q.get("format") or [""])[0] == "json"
+            dumps = await self.collect_dumps(
+                "/debug/tasks?format=json" if as_json else "/debug/tasks"
+            )
+            if as_json:
+                for entry in dumps:
+                    text = entry.pop("text", None)
+                    if text is not None:
+                        try:
+                            entry["tasks"] = json.loads(text)
+                        except ValueError:
+                            entry["text"] = text
+                return 200, "application/json", json_body(dumps)
+            return 200, "text/plain", format_dumps(dumps).encode()
+
+        async def index(_q: dict[str, list[str]]) -> tuple[int, str, bytes]:
+            body = (
+                f"tether master {os.getpid()}\n\n/healthz\n/readyz\n/debug/workers\n"
+                "/debug/tasks (?format=json)\n"
+            )
+            return 200, "text/plain", body.encode()
+
+        return {
+            "/healthz": healthz,
+            "/readyz": readyz,
+            "/debug/workers": workers,
+            "/debug/tasks": tasks,
+            "/debug": index,
+            "/": index,
+        }
+
+
+def format_dumps(dumps: list[dict[str, Any]]) -> str:
+    """Every worker's dump under a header naming the worker."""
+    parts = []
+    for entry in dumps:
+        header = (
+            f"=== worker {entry['worker']} (pid {entry['pid']}, generation {entry['generation']})"
+        )
+        parts.append(header)
+        parts.append(entry.get("text") or entry.get("error", ""))
+    return "\n".join(parts) + "\n" if parts else "no workers\n"
