@@ -154,6 +154,7 @@ class Group:
         self._abandon_handle: asyncio.TimerHandle | None = None
         self._report = GroupReport()
         self._counter = 0
+        self._forced = False
 
     # -- starting -----------------------------------------------------------------
 
@@ -232,6 +233,7 @@ class Group:
         """
         state = self._shared()
         loop = asyncio.get_running_loop()
+        self._forced = self._forced or force
         if not state.event.is_set():
             state.reason = reason
             graceful = self.graceful_timeout if timeout is None else max(0.0, timeout)
@@ -252,9 +254,8 @@ class Group:
         task = running.task
         if task.cancelled():
             if running.cancelled_by_group:
-                self._report.abandoned.append(
-                    AbandonedWork("member", running.name, detail="cancelled at the deadline")
-                )
+                why = "cancelled by a forced stop" if self._forced else "cancelled at the deadline"
+                self._report.abandoned.append(AbandonedWork("member", running.name, detail=why))
             outcome = "was cancelled"
         elif (exc := task.exception()) is not None:
             exc.add_note(f"in member {running.name!r} of group {self.name!r}")

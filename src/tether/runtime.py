@@ -46,7 +46,7 @@ from tether.group import Group, StopToken
 from tether.notify import Notifier, watchdog_interval
 from tether.serving import ASGIApp, DrainHooks, HttpServer, ServeOptions
 from tether.signals import handle_signals
-from tether.tracker import Tracker, install_adoption, request_scope, set_current_tracker
+from tether.tracker import REQUEST_SCOPE, Tracker, install_adoption, set_current_tracker
 
 __all__ = ["Service"]
 
@@ -153,7 +153,7 @@ class Service:
         )
         #: Background work of this process: ``tether.spawn`` and tasks requests start.
         self.tracker = Tracker(name="background")
-        self.hooks = DrainHooks(background=self._drain_background, request_scope=_request_label)
+        self.hooks = DrainHooks(background=self._drain_background, request_var=REQUEST_SCOPE)
         self.http: HttpServer | None = None
         self.ready = False
         self.status = "starting"
@@ -363,12 +363,12 @@ class Service:
             await inner.start(debug.run, name="debug-http")
             stop.ready()
             try:
-                await stop.wait()
-                others = [t for name, t in self.group.tasks().items() if name != "debug"]
-                if others:
-                    # Cancelled at the deadline while keeping the dumps available:
-                    # the debug server itself abandons nothing.
-                    with contextlib.suppress(asyncio.CancelledError):
+                # Cancelled at the deadline while keeping the dumps available:
+                # the debug server itself abandons nothing.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stop.wait()
+                    others = [t for name, t in self.group.tasks().items() if name != "debug"]
+                    if others:
                         await asyncio.wait(others, timeout=stop.remaining())
             finally:
                 inner.stop("service stopping")
@@ -425,10 +425,6 @@ class Service:
         if errors:
             msg = "the service ended with problems"
             raise ExceptionGroup(msg, errors)
-
-
-def _request_label(scope: Any) -> Any:
-    return request_scope(f"{scope.get('method', 'WEBSOCKET')} {scope.get('path', '')}")
 
 
 async def group_wait_quietly(group: Group) -> None:

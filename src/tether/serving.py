@@ -27,7 +27,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from contextlib import AbstractContextManager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any, Literal, cast
@@ -75,15 +75,20 @@ class DrainHooks:
 
     #: Phase 5: drain background work within the given seconds; returns what was abandoned.
     background: Callable[[float], Awaitable[list[AbandonedWork]]] | None = None
-    #: Wraps each request (http and websocket scopes only) given its scope, for
-    #: example to mark its context; returns a context manager.
-    request_scope: Callable[[Scope], AbstractContextManager[Any]] | None = None
+    #: Set to ``"METHOD /path"`` while each request (http or websocket) runs, so
+    #: that tasks the handler starts can be recognised (tether's adoption).
+    request_var: ContextVar[str | None] | None = None
     #: Where abandoned requests and the lifespan are reported.
     abandoned: list[AbandonedWork] = field(default_factory=list)
 
 
 class _WatchedSet(set[Any]):
-    """A set that sets an event when it becomes empty (uvicorn's connections and tasks)."""
+    """A set that sets an event when it becomes empty (uvicorn's connections).
+
+    Only the connection set is watched: it changes once per connection. The
+    request-task set changes twice per request, so it stays a plain set and
+    the drain waits on the tasks themselves.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -110,9 +115,7 @@ class _State(ServerState):
     def __init__(self, extra_headers: list[tuple[bytes, bytes]]) -> None:
         super().__init__()
         self.watched_connections = _WatchedSet()
-        self.watched_tasks = _WatchedSet()
         self.connections = self.watched_connections
-        self.tasks = self.watched_tasks
         self._extra = extra_headers
         self._second = 0
         self._headers: list[tuple[bytes, bytes]] = []
@@ -153,11 +156,15 @@ class _DrainMiddleware:
             return await self.app(scope, receive, send)
         if self.draining:
             send = _closing(send)
-        marker = self.hooks.request_scope
-        if marker is None:
+        var = self.hooks.request_var
+        if var is None:
             return await self.app(scope, receive, send)
-        with marker(scope):
+        # This runs for every request: a ContextVar set/reset, nothing heavier.
+        token = var.set(f"{scope.get('method', 'WEBSOCKET')} {scope['path']}")
+        try:
             return await self.app(scope, receive, send)
+        finally:
+            var.reset(token)
 
 
 def _closing(send: Send) -> Send:
@@ -278,7 +285,8 @@ class HttpServer:
             for conn in list(state.connections):
                 conn.shutdown()  # idle: closed now; busy: closed after the response
             await state.watched_connections.empty.wait()
-        await state.watched_tasks.empty.wait()
+        while state.tasks:  # handlers still running after their connection closed
+            await asyncio.wait(list(state.tasks))
         for server in self._servers:
             await server.wait_closed()
         # Phase 5: background work started by requests and by tether.spawn.

@@ -1,0 +1,134 @@
+"""Hello-world throughput: `tether run` against bare `uvicorn`, same app, same run.
+
+Each round starts one server pinned to CPU 0, loads it with wrk pinned to
+CPU 1 (`wrk -t1 -c64 -d DURATION`), records requests/s, and stops it. Rounds
+alternate (tether, uvicorn, tether, uvicorn, ...) so that drift in the
+machine's load hits both alike; the figure is the ratio of the medians.
+
+    python benchmarks/bench_hello.py [--rounds 5] [--duration 10]
+
+wrk comes from Debian's packages (installed by this script if missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+BIN = Path(sys.executable).parent
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, capture_output=True)
+    found = shutil.which("wrk")
+    if not found:
+        raise SystemExit("wrk is not installed and apt-get could not install it")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("server did not start listening")
+
+
+def server_argv(name: str, port: int) -> list[str]:
+    if name == "uvicorn":
+        return [
+            str(BIN / "uvicorn"),
+            "hello:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+    return [
+        str(BIN / "tether"),
+        "run",
+        "hello:app",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--debug-bind",
+        f"127.0.0.1:{free_port()}",
+        "--log-level",
+        "warning",
+    ]
+
+
+def measure(wrk: str, name: str, duration: int) -> float:
+    port = free_port()
+    taskset = ["taskset", "-c", "0"] if shutil.which("taskset") else []
+    proc = subprocess.Popen([*taskset, *server_argv(name, port)], cwd=HERE / "apps")
+    try:
+        wait_listening(port, proc)
+        url = f"http://127.0.0.1:{port}/"
+        pin = ["taskset", "-c", "1"] if taskset else []
+        subprocess.run([*pin, wrk, "-t1", "-c64", "-d2s", url], capture_output=True, check=True)
+        out = subprocess.run(
+            [*pin, wrk, "-t1", "-c64", f"-d{duration}s", url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+        if errors:
+            print(f"  {name}: {errors.group(0)}")
+        match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+        assert match, out
+        return float(match.group(1))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=int, default=10)
+    args = parser.parse_args()
+    wrk = ensure_wrk()
+    results: dict[str, list[float]] = {"tether": [], "uvicorn": []}
+    for i in range(args.rounds):
+        for name in ("tether", "uvicorn") if i % 2 == 0 else ("uvicorn", "tether"):
+            rps = measure(wrk, name, args.duration)
+            results[name].append(rps)
+            print(f"round {i + 1} {name:8s} {rps:10.0f} req/s", flush=True)
+    t, u = statistics.median(results["tether"]), statistics.median(results["uvicorn"])
+    print(f"\nmedian  tether {t:.0f} req/s   uvicorn {u:.0f} req/s   ratio {t / u:.3f}")
+    print(f"cpu count {os.cpu_count()}, wrk -t1 -c64 -d{args.duration}s, {args.rounds} rounds")
+
+
+if __name__ == "__main__":
+    main()
