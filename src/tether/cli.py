@@ -244,3 +244,8 @@ def run(
         click.echo(f"tether: error: {exc}", err=True)
         code = exit_code_for(exc)
     sys.exit(code)
+
+
+from tether.ctl import ctl  # noqa: E402  (the master's control client)
+
+main.add_command(ctl)

@@ -466,8 +466,11 @@ class Master(MasterAPI):
         assert str(fds[0]) == env["TETHER_PARENT_FD"]
         w = Worker(wid, gen.number, slot, child, debug_path, restarts=restarts)
         old = gen.slots.get(slot)
-        if old is not None and old is not w:
+        if old is not None and old.child.alive:
             gen.retired.append(old)
+        elif old is not None:
+            self._by_pid.pop(old.pid, None)
+            old.child.close()
         gen.slots[slot] = w
         self._by_pid[w.pid] = w
         child.exited.add_done_callback(lambda _: self._on_worker_exit(w))
@@ -625,6 +628,7 @@ class Master(MasterAPI):
             self._replace(gen, w.slot, delay, w.restarts + 1), f"replace-{w.slot}"
         )
         gen.replacing[w.slot] = task
+        self.systemd.status(self.status_line())
         task.add_done_callback(
             lambda t: gen.replacing.pop(w.slot, None) if gen.replacing.get(w.slot) is t else None
         )
@@ -695,6 +699,7 @@ class Master(MasterAPI):
                 self.progress(f"{w.label} ready in {took:.2f}s ({gen.ready_count()}/{gen.size})")
             else:
                 log.info("master %d: %s ready in %.2fs", self._pid, w.label, took)
+                self.systemd.status(self.status_line())
             self._arm_watchdog(w)
         if fields.get("WATCHDOG") == "1" and w.state == "ready":
             w.last_heartbeat = time.monotonic()
