@@ -1,0 +1,91 @@
+"""The debug server's endpoints, called as ASGI without a network."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from tether.debug import DebugApp, DebugSource, format_task_dump, task_dump
+
+
+def call(
+    app: DebugApp, path: str, query: str = "", headers: list[tuple[bytes, bytes]] | None = None
+) -> tuple[int, str]:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "path": path, "query_string": query.encode(), "headers": headers or []}
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], sent[1]["body"].decode()
+
+
+def test_readyz_follows_the_source() -> None:
+    """/readyz is 200 when ready and 503 with the reason otherwise."""
+    state = {"ready": False}
+    app = DebugApp(DebugSource(is_ready=lambda: state["ready"], status=lambda: "draining"))
+    assert call(app, "/readyz") == (503, "not ready: draining\n")
+    state["ready"] = True
+    assert call(app, "/readyz") == (200, "ready\n")
+
+
+def test_metrics_are_prometheus_text() -> None:
+    """/metrics renders the source's gauges in Prometheus text format."""
+    app = DebugApp(DebugSource(metrics=lambda: [("tether_things", "things", 3.0)]))
+    status, body = call(app, "/metrics")
+    assert status == 200
+    assert "# TYPE tether_things gauge\ntether_things 3.0" in body
+
+
+def test_token_guards_debug_pages_but_not_health() -> None:
+    """With a token, /debug/* needs it (header or query) while /healthz stays open."""
+    app = DebugApp(DebugSource(), token="s3cret")
+    assert call(app, "/healthz")[0] == 200
+    assert call(app, "/debug/threads")[0] == 401
+    assert call(app, "/debug/threads", "token=wrong")[0] == 401
+    assert call(app, "/debug/threads", "token=s3cret")[0] == 200
+    assert call(app, "/debug/threads", headers=[(b"authorization", b"Bearer s3cret")])[0] == 200
+
+
+def test_unknown_path_is_404() -> None:
+    """An unknown path says where to look."""
+    assert call(DebugApp(DebugSource()), "/nope") == (404, "not found; try /debug/\n")
+
+
+def test_task_dump_groups_identical_stacks_with_counts() -> None:
+    """Tasks blocked at the same place are one group with a count, showing the innermost await."""
+
+    async def blocked(q: asyncio.Queue[int]) -> None:
+        await q.get()
+
+    async def main() -> list[dict[str, Any]]:
+        q: asyncio.Queue[int] = asyncio.Queue()
+        tasks = [asyncio.create_task(blocked(q), name=f"worker-{i}") for i in range(5)]
+        await asyncio.sleep(0)
+        groups = task_dump()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return groups
+
+    groups = asyncio.run(main())
+    top = groups[0]
+    assert top["count"] == 5
+    assert top["names"] == [f"worker-{i}" for i in range(5)]
+    assert "in blocked" in top["stack"]
+    assert "in get" in top["stack"]
+    text = format_task_dump(groups)
+    assert text.startswith("6 task(s) in 2 group(s)")
+    json.dumps(groups)
+
+
+def test_extra_endpoints_are_listed_and_served() -> None:
+    """Extra JSON endpoints appear in the index and answer under /debug/."""
+    app = DebugApp(DebugSource(extra={"workers": lambda: [{"pid": 1}]}))
+    assert "/debug/workers" in call(app, "/debug/")[1]
+    assert call(app, "/debug/workers") == (200, '[{"pid": 1}]')
