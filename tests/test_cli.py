@@ -244,3 +244,19 @@ def test_python_dash_m_tether_shows_help() -> None:
     for option in ("--bind", "--debug-bind", "--no-debug", "--graceful-timeout", "--drain-delay"):
         assert option in result.stdout
     assert APPS.is_dir()
+
+
+def test_blocked_event_loop_still_exits_after_the_deadline() -> None:
+    """A handler blocking the loop forever: the process still exits, code 4, with thread stacks."""
+    with tether("plain:blocking", "--graceful-timeout", "0.5") as t:
+        t.ready()
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(get, t.port, "/block", 2.0)
+            time.sleep(0.3)
+            started = time.monotonic()
+            t.signal(signal.SIGTERM)
+            assert t.wait(timeout=20) == 4
+            assert time.monotonic() - started < 10
+        err = t.stderr()
+        assert "the event loop does not answer" in err
+        assert "time.sleep(3600)" in err

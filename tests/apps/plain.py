@@ -82,3 +82,14 @@ async def consumer(stop: tether.StopToken) -> None:
 def create_app() -> Any:
     """A factory, as `tether run plain:create_app` would call it."""
     return app
+
+
+async def blocking(scope: Any, receive: Any, send: Any) -> None:
+    """`/block` blocks the event loop for good, as a careless sync call would."""
+    if scope["type"] == "lifespan":
+        return await _lifespan(receive, send)
+    if scope["path"] == "/block":
+        import time
+
+        time.sleep(3600)
+    await _respond(send, b"hello\n")
