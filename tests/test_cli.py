@@ -260,3 +260,21 @@ def test_blocked_event_loop_still_exits_after_the_deadline() -> None:
         err = t.stderr()
         assert "the event loop does not answer" in err
         assert "time.sleep(3600)" in err
+
+
+def test_idle_service_uses_no_cpu() -> None:
+    """Nothing polls: an idle service spends (almost) no CPU time in a second."""
+    with tether("plain:app") as t:
+        t.ready()
+        assert t.proc is not None
+        stat = Path(f"/proc/{t.proc.pid}/stat")
+
+        def ticks() -> int:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            return int(fields[11]) + int(fields[12])  # utime + stime
+
+        before = ticks()
+        time.sleep(1.0)
+        assert ticks() - before <= 2  # clock ticks of 10 ms
+        t.signal(signal.SIGTERM)
+        assert t.wait() == 0
