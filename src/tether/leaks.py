@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Generator, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from types import CodeType, FrameType, TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
@@ -283,6 +283,10 @@ def _live_tasks() -> list[asyncio.Task[Any]]:
             registry = _copy(scheduled) + _copy(eager or ())
     if registry is not None:
         return [t for t in _copy(registry) if not t.done()]
+    return _tasks_from_loops()
+
+
+def _tasks_from_loops() -> list[asyncio.Task[Any]]:
     # 3.14+: native tasks live in per-thread lists that only all_tasks(loop) reads.
     tasks: list[asyncio.Task[Any]] = []
     for loop in _known_loops():
@@ -494,19 +498,22 @@ class _Reporter:
 # -- finding, with retries --------------------------------------------------
 
 
-def _rounds(since: Snapshot, options: LeakOptions) -> Generator[float, None, list[Leak]]:
+_Pairs = list[tuple[_Found, Leak]]
+
+
+def _rounds(baselines: Sequence[Snapshot], options: LeakOptions) -> Generator[float, None, _Pairs]:
     """Scan, and while leaks remain and time is left, yield how long to sleep before rescanning."""
     deadline = time.monotonic() + options.timeout
     delay = 0.001
     while True:
-        candidates = [f for f in _scan(options.kinds) if f not in since]
+        candidates = [f for f in _scan(options.kinds) if not any(f in b for b in baselines)]
         _add_stacks(candidates)
         reporter = _Reporter()
         leaks = []
         for found in candidates:
             leak = reporter.leak(found)
             if not _is_ignored(found, leak, options):
-                leaks.append(leak)
+                leaks.append((found, leak))
         remaining = deadline - time.monotonic()
         if not leaks or remaining <= 0:
             return leaks
@@ -532,24 +539,28 @@ def find(since: Snapshot, options: LeakOptions | None = None, **changes: Any) ->
             "tasks to finish; use `await afind(...)` or `await averify_none(...)` here"
         )
         raise RuntimeError(msg)
-    rounds = _rounds(since, opts)
+    return [leak for _, leak in _find_pairs([since], opts)]
+
+
+def _find_pairs(baselines: Sequence[Snapshot], options: LeakOptions) -> _Pairs:
+    rounds = _rounds(baselines, options)
     try:
         while True:
             time.sleep(next(rounds))
     except StopIteration as done:
-        return cast("list[Leak]", done.value)
+        return cast("_Pairs", done.value)
 
 
 async def afind(since: Snapshot, options: LeakOptions | None = None, **changes: Any) -> list[Leak]:
     """Like :func:`find`, but waits with ``asyncio.sleep`` so the running loop keeps going."""
-    rounds = _rounds(since, _options(options, changes))
+    rounds = _rounds([since], _options(options, changes))
     try:
         # Not a flag-polling loop: nothing signals "this task is about to end", so the
         # check itself is a bounded series of looks, each after a longer pause.
         while True:  # noqa: ASYNC110
             await asyncio.sleep(next(rounds))
     except StopIteration as done:
-        return cast("list[Leak]", done.value)
+        return [leak for _, leak in cast("_Pairs", done.value)]
 
 
 def verify_none(
@@ -669,7 +680,7 @@ _object_sites: weakref.WeakKeyDictionary[object, _RawFrame] = weakref.WeakKeyDic
 _recorders: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Recorder] = (
     weakref.WeakKeyDictionary()
 )
-_audit = {"installed": False, "users": 0}
+_audit = {"installed": False, "users": 0, "policy_users": 0}
 
 
 def _site(frame: FrameType | None) -> _RawFrame | None:
@@ -827,17 +838,25 @@ class _TrackingPolicy(asyncio.AbstractEventLoopPolicy):
         return getattr(self.inner, name)
 
 
-def _track_new_loops() -> bool:
-    """Track creation sites on every loop made from now on; False where Python forbids it."""
-    if sys.version_info >= (3, 14):
-        return False  # event loop policies are deprecated there
-    policy = asyncio.get_event_loop_policy()
-    if not isinstance(policy, _TrackingPolicy):
-        asyncio.set_event_loop_policy(_TrackingPolicy(policy))
-    return True
+def _track_new_loops() -> None:
+    """Record creation sites from now on: sockets, processes, and tasks on every new loop.
+
+    Tasks only where Python still has event loop policies (they are deprecated in 3.14);
+    there, loops need :func:`install_creation_tracking`. Calls nest (pytest's own tests
+    run sessions inside a session); each needs an :func:`_untrack_new_loops`.
+    """
+    _enable_audit(+1)
+    _audit["policy_users"] += 1
+    if sys.version_info < (3, 14):
+        policy = asyncio.get_event_loop_policy()
+        if not isinstance(policy, _TrackingPolicy):
+            asyncio.set_event_loop_policy(_TrackingPolicy(policy))
 
 
 def _untrack_new_loops() -> None:
-    policy = asyncio.get_event_loop_policy()
-    if isinstance(policy, _TrackingPolicy):
-        asyncio.set_event_loop_policy(policy.inner)
+    _enable_audit(-1)
+    _audit["policy_users"] = max(0, _audit["policy_users"] - 1)
+    if _audit["policy_users"] == 0 and sys.version_info < (3, 14):
+        policy = asyncio.get_event_loop_policy()
+        if isinstance(policy, _TrackingPolicy):
+            asyncio.set_event_loop_policy(policy.inner)
