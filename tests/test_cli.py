@@ -278,3 +278,14 @@ def test_idle_service_uses_no_cpu() -> None:
         assert ticks() - before <= 2  # clock ticks of 10 ms
         t.signal(signal.SIGTERM)
         assert t.wait() == 0
+
+
+def test_member_failure_stops_the_service_with_exit_code_1() -> None:
+    """A member that raises stops the HTTP server too; exit 1 naming the member and the error."""
+    with tether("plain:crashing") as t:
+        t.ready()
+        assert t.wait(timeout=15) == 1
+        err = t.stderr()
+    assert "ConnectionError: broker went away" in err
+    assert "in member 'flaky_consumer'" in err
+    assert "Traceback" in err

@@ -93,3 +93,13 @@ async def blocking(scope: Any, receive: Any, send: Any) -> None:
 
         time.sleep(3600)
     await _respond(send, b"hello\n")
+
+
+crashing = tether.App(http=app)
+
+
+@crashing.member
+async def flaky_consumer(stop: tether.StopToken) -> None:
+    """A member that fails while the service runs."""
+    await asyncio.sleep(0.2)
+    raise ConnectionError("broker went away")
