@@ -1,9 +1,11 @@
 """Hello-world throughput: `tether run` against bare `uvicorn`, same app, same run.
 
 Each round starts one server pinned to CPU 0, loads it with wrk pinned to
-CPU 1 (`wrk -t1 -c64 -d DURATION`), records requests/s, and stops it. Rounds
-alternate (tether, uvicorn, tether, uvicorn, ...) so that drift in the
-machine's load hits both alike; the figure is the ratio of the medians.
+CPU 1 (`wrk -t1 -c64 -d DURATION`), records requests/s and the server's CPU
+time per request (from /proc, which other load on a shared machine disturbs
+far less than throughput), and stops it. Rounds alternate (tether, uvicorn,
+uvicorn, tether, ...) so that drift in the machine's load hits both alike;
+the figures are ratios of the medians.
 
     python benchmarks/bench_hello.py [--rounds 5] [--duration 10]
 
@@ -87,7 +89,13 @@ def server_argv(name: str, port: int) -> list[str]:
     ]
 
 
-def measure(wrk: str, name: str, duration: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its children so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(wrk: str, name: str, duration: int) -> tuple[float, float]:
     port = free_port()
     taskset = ["taskset", "-c", "0"] if shutil.which("taskset") else []
     proc = subprocess.Popen([*taskset, *server_argv(name, port)], cwd=HERE / "apps")
@@ -96,6 +104,7 @@ def measure(wrk: str, name: str, duration: int) -> float:
         url = f"http://127.0.0.1:{port}/"
         pin = ["taskset", "-c", "1"] if taskset else []
         subprocess.run([*pin, wrk, "-t1", "-c64", "-d2s", url], capture_output=True, check=True)
+        cpu_before = cpu_seconds(proc.pid)
         out = subprocess.run(
             [*pin, wrk, "-t1", "-c64", f"-d{duration}s", url],
             capture_output=True,
@@ -105,9 +114,11 @@ def measure(wrk: str, name: str, duration: int) -> float:
         errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
         if errors:
             print(f"  {name}: {errors.group(0)}")
+        cpu = cpu_seconds(proc.pid) - cpu_before
         match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-        assert match, out
-        return float(match.group(1))
+        total = re.search(r"(\d+) requests in", out)
+        assert match and total, out
+        return float(match.group(1)), cpu / int(total.group(1)) * 1e6
     finally:
         proc.terminate()
         proc.wait(30)
@@ -119,14 +130,18 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     args = parser.parse_args()
     wrk = ensure_wrk()
-    results: dict[str, list[float]] = {"tether": [], "uvicorn": []}
+    rps: dict[str, list[float]] = {"tether": [], "uvicorn": []}
+    cpu: dict[str, list[float]] = {"tether": [], "uvicorn": []}
     for i in range(args.rounds):
         for name in ("tether", "uvicorn") if i % 2 == 0 else ("uvicorn", "tether"):
-            rps = measure(wrk, name, args.duration)
-            results[name].append(rps)
-            print(f"round {i + 1} {name:8s} {rps:10.0f} req/s", flush=True)
-    t, u = statistics.median(results["tether"]), statistics.median(results["uvicorn"])
-    print(f"\nmedian  tether {t:.0f} req/s   uvicorn {u:.0f} req/s   ratio {t / u:.3f}")
+            r, c = measure(wrk, name, args.duration)
+            rps[name].append(r)
+            cpu[name].append(c)
+            print(f"round {i + 1} {name:8s} {r:10.0f} req/s {c:8.1f} us CPU/request", flush=True)
+    t, u = statistics.median(rps["tether"]), statistics.median(rps["uvicorn"])
+    tc, uc = statistics.median(cpu["tether"]), statistics.median(cpu["uvicorn"])
+    print(f"\nmedian throughput  tether {t:.0f} req/s  uvicorn {u:.0f} req/s  ratio {t / u:.3f}")
+    print(f"median CPU/request tether {tc:.1f} us  uvicorn {uc:.1f} us  ratio {uc / tc:.3f}")
     print(f"cpu count {os.cpu_count()}, wrk -t1 -c64 -d{args.duration}s, {args.rounds} rounds")
 
 

@@ -82,55 +82,66 @@ class DrainHooks:
     abandoned: list[AbandonedWork] = field(default_factory=list)
 
 
-class _WatchedSet(set[Any]):
-    """A set that sets an event when it becomes empty (uvicorn's connections).
+class _Connections(set[Any]):
+    """uvicorn's set of open connections, telling us when it turns busy and empty.
 
-    Only the connection set is watched: it changes once per connection. The
-    request-task set changes twice per request, so it stays a plain set and
-    the drain waits on the tasks themselves.
+    It changes once per connection, so a Python-level hook costs nothing that
+    matters. (The request-task set changes twice per request; it stays a plain
+    set and the drain waits on the tasks themselves.)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_busy: Callable[[], None], on_empty: Callable[[], None]) -> None:
         super().__init__()
         self.empty = asyncio.Event()
         self.empty.set()
+        self._on_busy = on_busy
+        self._on_empty = on_empty
 
     def add(self, item: Any) -> None:
+        if not self:
+            self.empty.clear()
+            self._on_busy()
         super().add(item)
-        self.empty.clear()
 
     def discard(self, item: Any) -> None:
         super().discard(item)
-        if not self:
+        if not self and not self.empty.is_set():
             self.empty.set()
+            self._on_empty()
 
 
 class _State(ServerState):
-    """uvicorn's shared server state, with observable sets and a lazily dated header.
+    """uvicorn's shared server state, with a watched connection set and a dated header.
 
-    uvicorn refreshes the ``date`` header from its 100 ms tick; we compute it
-    when a response asks and the second has changed, so no timer runs.
+    uvicorn refreshes the ``date`` header from a 100 ms tick that runs even
+    when idle. Ours is refreshed once a second by a timer that runs only while
+    a connection is open: no per-request cost, and no wake-ups when idle.
     """
 
     def __init__(self, extra_headers: list[tuple[bytes, bytes]]) -> None:
         super().__init__()
-        self.watched_connections = _WatchedSet()
+        self.watched_connections = _Connections(self._start_clock, self._stop_clock)
         self.connections = self.watched_connections
         self._extra = extra_headers
-        self._second = 0
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._clock: asyncio.TimerHandle | None = None
+        self._refresh_date()
 
-    @property
-    def default_headers(self) -> list[tuple[bytes, bytes]]:
-        now = int(time.time())
-        if now != self._second:
-            self._second = now
-            self._headers = [(b"date", formatdate(now, usegmt=True).encode()), *self._extra]
-        return self._headers
+    def _refresh_date(self) -> None:
+        now = time.time()
+        self.default_headers = [(b"date", formatdate(now, usegmt=True).encode()), *self._extra]
+        if self._clock is not None:
+            # Fire just after the next second starts, so the header is never a second behind.
+            self._clock = asyncio.get_running_loop().call_later(
+                1.0 - now % 1.0, self._refresh_date
+            )
 
-    @default_headers.setter
-    def default_headers(self, value: list[tuple[bytes, bytes]]) -> None:
-        pass  # uvicorn's base class assigns it once; ours is computed.
+    def _start_clock(self) -> None:
+        self._clock = asyncio.get_running_loop().call_later(0, self._refresh_date)
+
+    def _stop_clock(self) -> None:
+        if self._clock is not None:
+            self._clock.cancel()
+            self._clock = None
 
 
 class _Lifespan(LifespanOn):
