@@ -175,6 +175,11 @@ class _LeakChecker:
 
     # -- tests --------------------------------------------------------------
 
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        """Refuse a malformed marker before anything runs."""
+        for item in items:
+            self._options_for(item)
+
     def _allowed(self, item: pytest.Item) -> bool:
         """True for a test marked ``tether_allow_leaks`` (with the reason it needs)."""
         allow = item.get_closest_marker("tether_allow_leaks")
@@ -228,6 +233,10 @@ class _LeakChecker:
         pairs = leaks._find_pairs(baselines, options) if options is not None else []
         for item_found, _ in pairs:
             self.accounted._add(item_found)
+        if options is not None and options != LeakOptions(timeout=options.timeout):
+            # What the marker's options ignore is accepted for this test: not the session's.
+            for item_found in self._new([*baselines, self.accounted]):
+                self.accounted._add(item_found)
         if self.session_start is not None:
             left = Snapshot()
             for item_found in self._new([*baselines, self.accounted]):
