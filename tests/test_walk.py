@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import importlib
 import os
 import shutil
 import threading
@@ -16,9 +17,12 @@ from typing import Any
 
 import pytest
 
-import tether.walk as walk_module
 from tether.errors import ConfigError, TetherError
 from tether.walk import WalkError, awalk, walk
+
+# By module path: once the package re-exports the function walk, tether.walk the
+# attribute is that function, and only sys.modules still names the module.
+walk_module = importlib.import_module("tether.walk")
 
 # -- helpers ------------------------------------------------------------------
 
@@ -457,7 +461,7 @@ def test_awalk_yields_what_walk_yields(big_tree: Path, batch_size: int, sort: bo
     assert async_walk(tree, sort=sort, batch_size=batch_size) == sync_walk(tree, sort=sort)
 
 
-@pytest.mark.parametrize(("under", "batch_size"), [("d02", 1), ("d02", 7), ("", 16), ("", 4096)])
+@pytest.mark.parametrize(("under", "batch_size"), [("d02", 1), ("d02", 7), ("", 64), ("", 4096)])
 def test_awalk_skip_prunes_even_what_was_read_ahead(
     big_tree: Path, under: str, batch_size: int
 ) -> None:
@@ -566,6 +570,51 @@ def test_awalk_cancelled_consumer_leaves_nothing_running(big_tree: Path) -> None
     asyncio.run(run())
     assert open_fds() == fds
     assert set(threading.enumerate()) == threads
+
+
+def test_aclose_after_cancellation_waits_for_the_reader(
+    big_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer cancelled while the reader is mid-read: aclose() returns only once it is done."""
+    real = os.scandir
+    reading, release = threading.Event(), threading.Event()
+    open_scans = [0]
+
+    def slow_scandir(path: Any) -> Iterator[Any]:
+        open_scans[0] += 1
+        try:
+            with real(path) as it:
+                if os.fsdecode(path).endswith("e5"):
+                    reading.set()
+                    release.wait(10)
+                yield from it
+        finally:
+            open_scans[0] -= 1
+
+    monkeypatch.setattr(walk_module, "_scandir", slow_scandir)
+
+    async def run() -> None:
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            w = awalk(str(big_tree), sort=True, batch_size=64, executor=executor)
+
+            async def consume() -> None:
+                async for _ in w:
+                    pass
+
+            task = asyncio.create_task(consume())
+            await asyncio.get_running_loop().run_in_executor(None, reading.wait, 10)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            closing = asyncio.create_task(w.aclose())
+            for _ in range(10):
+                await asyncio.sleep(0)
+            assert not closing.done()  # the reader is still inside a read
+            release.set()
+            await asyncio.wait_for(closing, 10)
+            assert open_scans == [0]  # the reader finished its read and closed every directory
+
+    asyncio.run(run())
 
 
 def test_aclose_returns_after_the_reader_let_go(big_tree: Path) -> None:

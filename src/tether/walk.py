@@ -54,7 +54,7 @@ from contextlib import suppress
 from itertools import islice
 from operator import attrgetter, length_hint
 from types import TracebackType
-from typing import AnyStr, Generic
+from typing import AnyStr, Generic, Protocol
 
 from tether.errors import ConfigError, TetherError
 
@@ -141,8 +141,20 @@ def _check_on_error(on_error: OnError | None) -> None:
         raise ConfigError(msg)
 
 
+class _Cursor:
+    """What a sync walk shares with its generator: kept apart so they form no cycle."""
+
+    __slots__ = ("depth", "skip")
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.skip = False
+
+
 class Walk(Generic[AnyStr]):
     """A synchronous walk of a directory tree; see :func:`walk`."""
+
+    __slots__ = ("_cursor", "_entries", "root")
 
     def __init__(
         self,
@@ -153,20 +165,24 @@ class Walk(Generic[AnyStr]):
     ) -> None:
         _check_on_error(on_error)
         self.root: AnyStr = os.fspath(root)
-        #: Depth of the entry last yielded: 1 for the root's children.
-        self.depth = 0
-        self._on_error = on_error
-        self._sort = sort
-        self._follow = follow_symlinks
-        self._skip = False
-        self._entries: Generator[os.DirEntry[AnyStr], None, None] = self._generate()
+        self._cursor = _Cursor()
+        # The generator does not refer back to this object, so dropping the
+        # walk (a `break` out of the loop) closes the generator at once.
+        self._entries: Generator[os.DirEntry[AnyStr], None, None] = _generate(
+            self.root, on_error, sort, follow_symlinks, self._cursor
+        )
+
+    @property
+    def depth(self) -> int:
+        """Depth of the entry last yielded: 1 for the root's children."""
+        return self._cursor.depth
 
     def __iter__(self) -> Iterator[os.DirEntry[AnyStr]]:
         return self._entries
 
     def skip(self) -> None:
         """Do not enter the entry last yielded; does nothing if it is not a directory."""
-        self._skip = True
+        self._cursor.skip = True
 
     def close(self) -> None:
         """Stop the walk; iterating it again yields nothing."""
@@ -180,75 +196,76 @@ class Walk(Generic[AnyStr]):
     ) -> None:
         self.close()
 
-    def _report(self, error: WalkError, cause: OSError | None) -> None:
-        _report(self._on_error, error, cause)
 
-    def _list(self, path: AnyStr, depth: int) -> list[os.DirEntry[AnyStr]] | None:
-        """Read one whole directory, or report why not."""
+def _listing(
+    path: AnyStr, depth: int, on_error: OnError | None, sort: bool
+) -> list[os.DirEntry[AnyStr]] | None:
+    """Read one whole directory, or report why not."""
+    try:
+        with _scandir(path) as it:
+            entries = list(it)
+    except OSError as exc:
+        _report(on_error, _error(path, depth, exc, on_error is None), exc)
+        return None
+    if sort:
+        entries.sort(key=_by_name)
+    return entries
+
+
+def _generate(
+    root: AnyStr, on_error: OnError | None, sort: bool, follow: bool, cursor: _Cursor
+) -> Generator[os.DirEntry[AnyStr], None, None]:
+    raising = on_error is None
+    # With symlinks followed, the (device, inode) of each directory on the
+    # current path, to refuse entering one of its own ancestors.
+    ancestors: dict[tuple[int, int], AnyStr] = {}
+    idents: list[tuple[int, int]] = []
+    if follow:
         try:
-            with _scandir(path) as it:
-                entries = list(it)
+            st = _stat(root)
         except OSError as exc:
-            self._report(_error(path, depth, exc, self._on_error is None), exc)
-            return None
-        if self._sort:
-            entries.sort(key=_by_name)
-        return entries
-
-    def _generate(self) -> Generator[os.DirEntry[AnyStr], None, None]:
-        follow = self._follow
-        # With symlinks followed, the (device, inode) of each directory on the
-        # current path, to refuse entering one of its own ancestors.
-        ancestors: dict[tuple[int, int], AnyStr] = {}
-        idents: list[tuple[int, int]] = []
-        if follow:
-            try:
-                st = _stat(self.root)
-            except OSError as exc:
-                self._report(_error(self.root, 0, exc, self._on_error is None), exc)
-                return
-            idents.append((st.st_dev, st.st_ino))
-            ancestors[idents[-1]] = self.root
-        top = self._list(self.root, 0)
-        if not top:
+            _report(on_error, _error(root, 0, exc, raising), exc)
             return
-        stack = [iter(top)]
-        while stack:
-            depth = self.depth = len(stack)
-            for entry in stack[-1]:
-                yield entry
-                if self._skip:
-                    self._skip = False
+        idents.append((st.st_dev, st.st_ino))
+        ancestors[idents[-1]] = root
+    top = _listing(root, 0, on_error, sort)
+    if not top:
+        return
+    stack = [iter(top)]
+    while stack:
+        depth = cursor.depth = len(stack)
+        for entry in stack[-1]:
+            yield entry
+            if cursor.skip:
+                cursor.skip = False
+                continue
+            try:
+                # Plain is_dir() is the fast call; it follows symlinks, so when
+                # the walk does not, a symlink it calls a directory is passed
+                # over here.
+                if not entry.is_dir() or (not follow and entry.is_symlink()):
                     continue
-                try:
-                    # Plain is_dir() is the fast call; it follows symlinks, so
-                    # when the walk does not, a symlink it calls a directory is
-                    # passed over here.
-                    if not entry.is_dir() or (not follow and entry.is_symlink()):
-                        continue
-                    if follow:
-                        st = entry.stat()
-                        ident = (st.st_dev, st.st_ino)
-                except OSError as exc:
-                    if _link_failure(entry, exc, follow):
-                        continue
-                    self._report(_error(entry.path, depth, exc, self._on_error is None), exc)
-                    continue
-                if follow and ident in ancestors:
-                    loop = _loop_error(entry.path, depth, ancestors[ident], self._on_error is None)
-                    self._report(loop, None)
-                    continue
-                children = self._list(entry.path, depth)
-                if children:
-                    stack.append(iter(children))
-                    if follow:
-                        idents.append(ident)
-                        ancestors[ident] = entry.path
-                    break
-            else:
-                stack.pop()
                 if follow:
-                    del ancestors[idents.pop()]
+                    st = entry.stat()
+                    ident = (st.st_dev, st.st_ino)
+            except OSError as exc:
+                if not _link_failure(entry, exc, follow):
+                    _report(on_error, _error(entry.path, depth, exc, raising), exc)
+                continue
+            if follow and ident in ancestors:
+                _report(on_error, _loop_error(entry.path, depth, ancestors[ident], raising), None)
+                continue
+            children = _listing(entry.path, depth, on_error, sort)
+            if children:
+                stack.append(iter(children))
+                if follow:
+                    idents.append(ident)
+                    ancestors[ident] = entry.path
+                break
+        else:
+            stack.pop()
+            if follow:
+                del ancestors[idents.pop()]
 
 
 def walk(
@@ -290,6 +307,12 @@ def walk(
     return Walk(root, on_error, sort, follow_symlinks)
 
 
+class _Scan(Iterator[os.DirEntry[AnyStr]], Protocol):
+    """What ``os.scandir`` returns: an iterator that can be closed early."""
+
+    def close(self) -> None: ...
+
+
 class _Frame(Generic[AnyStr]):
     """One open directory of an async walk's reader."""
 
@@ -311,14 +334,14 @@ class _Frame(Generic[AnyStr]):
         self,
         path: AnyStr,
         depth: int,
-        scan: Iterator[os.DirEntry[AnyStr]],
+        scan: _Scan[AnyStr],
         source: os.DirEntry[AnyStr] | None,
         ident: tuple[int, int] | None,
     ) -> None:
         self.path: AnyStr = path
         self.depth = depth  #: depth of the directory; its entries are one deeper
-        self.scan: Iterator[os.DirEntry[AnyStr]] | None = scan  # open until fully read
-        self.more: Iterator[os.DirEntry[AnyStr]] = scan  # where the next chunk comes from
+        self.scan: _Scan[AnyStr] | None = scan  # open until fully read
+        self.more: Iterator[os.DirEntry[AnyStr]] | None = scan  # next chunks; None: no more
         self.collected: list[os.DirEntry[AnyStr]] = []  # sort=True reads all before yielding
         self.chunk: list[os.DirEntry[AnyStr]] = []  # entries read, not all handed over yet
         self.flags: list[bool] = []  # flags[i]: enter chunk[i]
@@ -328,10 +351,9 @@ class _Frame(Generic[AnyStr]):
         self.ident = ident
 
     def close(self) -> None:
-        close = getattr(self.scan, "close", None)
-        if close is not None:
-            close()
-        self.scan = None
+        if self.scan is not None:
+            self.scan.close()
+            self.scan = None
 
 
 class _Run(Generic[AnyStr]):
@@ -449,14 +471,15 @@ class _Reader(Generic[AnyStr]):
         while stack and budget > 0 and not self._closed:
             frame = stack[-1]
             depth = frame.depth + 1
-            if frame.pos == len(frame.chunk) and not self._refill(frame, runs, budget):
-                if frame.scan is not None:
-                    budget = 0  # sort=True: a chunk read, kept until the directory is whole
-                else:
-                    self._pop()
-                continue
-            # Hand over entries up to and including the next directory to enter.
             chunk, pos = frame.chunk, frame.pos
+            if pos == len(chunk):
+                if frame.more is None:
+                    self._pop()
+                    continue
+                if not self._refill(frame, frame.more, runs, budget):
+                    return  # sort=True: the budget went on reading a long directory
+                chunk, pos = frame.chunk, 0
+            # Hand over entries up to and including the next directory to enter.
             end = min(len(chunk), pos + budget)
             try:
                 found = frame.flags.index(True, pos, end)
@@ -464,47 +487,52 @@ class _Reader(Generic[AnyStr]):
                 runs.append(_Run(depth, chunk[pos:end]))
                 budget -= end - pos
                 frame.pos = end
+                if end == len(chunk) and frame.more is None:
+                    self._pop()
                 continue
             budget -= found + 1 - pos
             frame.pos = found + 1
             entry = chunk[found]
             failed: _Run[AnyStr] | None
-            if found in frame.errors:
+            if frame.errors and found in frame.errors:
                 exc = frame.errors.pop(found)
-                failed = _Run(
-                    depth + 1, [], error=(_error(entry.path, depth, exc, self._raising), exc)
-                )
+                error = _error(entry.path, depth, exc, self._raising)
+                failed = _Run(depth + 1, [], error=(error, exc))
             else:
                 failed = self._open(entry.path, depth, entry)
             runs.append(_Run(depth, chunk[pos : found + 1], entered=failed is None))
             if failed is not None:
                 runs.append(failed)
 
-    def _refill(self, frame: _Frame[AnyStr], runs: list[_Run[AnyStr]], budget: int) -> bool:
-        """Read the frame's next chunk; False when there is none yet (or any more)."""
+    def _refill(
+        self,
+        frame: _Frame[AnyStr],
+        more: Iterator[os.DirEntry[AnyStr]],
+        runs: list[_Run[AnyStr]],
+        budget: int,
+    ) -> bool:
+        """Read the frame's next chunk from ``more``; False when that used up the budget."""
         try:
-            chunk = list(islice(frame.more, budget))
+            chunk = list(islice(more, budget))
         except OSError as exc:
             error = _error(frame.path, frame.depth, exc, self._raising)
             runs.append(_Run(frame.depth + 1, [], error=(error, exc)))
-            frame.close()
-            frame.chunk, frame.pos = [], 0
-            return False
-        if frame.scan is not None and len(chunk) < budget:
-            frame.close()
-            if self._sort:
-                frame.collected += chunk
-                chunk, frame.collected = frame.collected, []
-                chunk.sort(key=_by_name)
-                frame.more = iter(chunk)
-                chunk = list(islice(frame.more, budget))
+            chunk = []
+        if len(chunk) < budget:
+            frame.more = None
+            if frame.scan is not None:
+                frame.close()
+                if self._sort:  # the directory is read through: sort, start handing over
+                    chunk, frame.collected = frame.collected + chunk, []
+                    chunk.sort(key=_by_name)
+                    frame.more = iter(chunk)
+                    chunk = list(islice(frame.more, budget))
+                    if len(chunk) < budget:
+                        frame.more = None
         elif self._sort and frame.scan is not None:
             frame.collected += chunk
-            frame.chunk, frame.pos = [], 0
             return False
         frame.chunk, frame.pos = chunk, 0
-        if not chunk:
-            return False
         try:
             # One pass in C (is_dir() with no arguments is the fast call; it
             # only fails when it has to stat), then symlinks it followed are
@@ -616,7 +644,12 @@ class AsyncWalk(Generic[AnyStr]):
             self._apply_prunes()
 
     async def aclose(self) -> None:
-        """Stop the walk, and wait until the reader thread has let go of the tree."""
+        """Stop the walk, and wait until the reader thread has let go of the tree.
+
+        The wait is for the reader to finish the chunk of reads it is in, at
+        most ``batch_size`` entries; only a file system that hangs a single
+        read can make it long.
+        """
         inflight = self._inflight
         self._shut()
         if inflight is not None and not inflight.done():
@@ -677,7 +710,9 @@ class AsyncWalk(Generic[AnyStr]):
             # Entries come from memory until a batch runs out; give the loop
             # its turn at least once per batch.
             await asyncio.sleep(0)
-        runs = await inflight
+        # Shielded: a cancelled consumer must not orphan the reader's call, so
+        # that aclose() can still wait for the reader to let go.
+        runs = await asyncio.shield(inflight)
         self._inflight = None
         self._apply_prunes()
         self._runs.extend(runs)
@@ -697,7 +732,7 @@ def awalk(
     on_error: OnError | None = None,
     sort: bool = False,
     follow_symlinks: bool = False,
-    batch_size: int = 1024,
+    batch_size: int = 4096,
     executor: Executor | None = None,
 ) -> AsyncWalk[AnyStr]:
     """Walk the tree under ``root`` from async code, without blocking the event loop.
