@@ -294,6 +294,36 @@ def test_unreadable_subdirectory_raises_without_on_error(
     assert str(caught_async.value) == message
 
 
+def test_skipping_an_unreadable_directory_reports_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory skipped as soon as it is yielded is never read: its failure is not reported."""
+    make(tmp_path, SMALL)
+    fail_listing(monkeypatch, tmp_path / "a", denied)
+
+    def skip_a(w: Any, entry: os.DirEntry[str]) -> None:
+        if entry.name == "a":
+            w.skip()
+
+    expected = ["a", "b", "b1", "b2", "c", "d"]
+    w = walk(str(tmp_path), sort=True)
+    seen = []
+    for entry in w:
+        seen.append(entry.name)
+        skip_a(w, entry)
+    assert seen == expected
+
+    async def run() -> list[str]:
+        aw = awalk(str(tmp_path), sort=True)
+        names = []
+        async for entry in aw:
+            names.append(entry.name)
+            skip_a(aw, entry)
+        return names
+
+    assert asyncio.run(run()) == expected
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads every directory")
 def test_really_unreadable_subdirectory_is_reported(tmp_path: Path) -> None:
     """A directory with mode 000 is reported through on_error (non-root runs only)."""

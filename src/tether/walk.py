@@ -627,12 +627,42 @@ class AsyncWalk(Generic[AnyStr]):
     async def __anext__(self) -> os.DirEntry[AnyStr]:
         for entry in self._entries:  # the fast path: the rest of the current run
             return entry
-        return await self._next_run()
+        try:
+            while not self._closed:
+                runs = self._runs
+                while runs:
+                    run = runs.popleft()
+                    if self._skip_depth is not None:
+                        if run.depth > self._skip_depth:
+                            continue
+                        self._skip_depth = None
+                    if run.error is not None:
+                        _report(self._on_error, *run.error)
+                        continue
+                    self._run = run
+                    self.depth = run.depth
+                    self._entries = entries = iter(run.entries)
+                    for entry in entries:
+                        return entry
+                if not await self._fetch():
+                    break
+        except BaseException:
+            self._shut()
+            raise
+        self._shut()
+        raise StopAsyncIteration
 
     def skip(self) -> None:
         """Do not enter the entry last yielded; does nothing if it is not a directory."""
         run = self._run
-        if run is None or not run.entered or length_hint(self._entries) != 0:
+        if run is None or length_hint(self._entries) != 0:
+            return
+        if not run.entered:
+            # The reader may have failed to enter it: that report goes too,
+            # as walk() would not have tried.
+            runs = self._runs
+            if runs and runs[0].error is not None and runs[0].error[0].path == run.entries[-1].path:
+                runs.popleft()
             return
         run.entered = False
         # The reader may already be inside that directory: drop what it read
@@ -673,31 +703,6 @@ class AsyncWalk(Generic[AnyStr]):
         for entry, depth in self._prunes:
             self._reader.prune(entry, depth)
         self._prunes.clear()
-
-    async def _next_run(self) -> os.DirEntry[AnyStr]:
-        try:
-            while not self._closed:
-                while self._runs:
-                    run = self._runs.popleft()
-                    if self._skip_depth is not None:
-                        if run.depth > self._skip_depth:
-                            continue
-                        self._skip_depth = None
-                    if run.error is not None:
-                        _report(self._on_error, *run.error)
-                        continue
-                    self._run = run
-                    self.depth = run.depth
-                    self._entries = iter(run.entries)
-                    for entry in self._entries:
-                        return entry
-                if not await self._fetch():
-                    break
-        except BaseException:
-            self._shut()
-            raise
-        self._shut()
-        raise StopAsyncIteration
 
     async def _fetch(self) -> bool:
         """Take the batch being read (starting one if none is) and start the next."""
