@@ -289,3 +289,16 @@ def test_member_failure_stops_the_service_with_exit_code_1() -> None:
     assert "ConnectionError: broker went away" in err
     assert "in member 'flaky_consumer'" in err
     assert "Traceback" in err
+
+
+def test_what_the_app_leaves_running_is_logged_at_exit() -> None:
+    """After the group stops, tether logs the task and thread the app left behind."""
+    with tether("plain:leaky") as t:
+        t.ready()
+        t.signal(signal.SIGTERM)
+        assert t.wait() == 0
+        err = t.stderr()
+    assert "the app leaked" in err
+    assert "in consume" in err or "consume()" in err
+    assert "forgotten-thread" in err
+    assert "/dev/null" not in err

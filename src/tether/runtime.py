@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from tether import leaks
 from tether import sockets as sockets_mod
 from tether.app import App, load_app
 from tether.config import RunConfig
@@ -54,6 +55,10 @@ logger = logging.getLogger("tether.runtime")
 
 #: Budget for the whole shutdown when the parent (a master) has died.
 PARENT_DEATH_BUDGET = 1.0
+#: How long what the app left behind may take to end on its own before it is logged.
+LEAK_CHECK_TIMEOUT = 0.2
+#: Threads tether's own hosting keeps for the process's life (a2wsgi's pool).
+_HOSTING_THREADS = ("concurrent.futures.thread._worker",)
 
 
 @dataclass
@@ -226,6 +231,8 @@ class Service:
     async def run(self) -> None:
         """Serve until stopped; raise an ExceptionGroup if anything failed or was abandoned."""
         listeners = self._listeners or open_listeners(self.config)
+        # What exists now is ours; what the app starts and leaves behind is reported at the end.
+        since = leaks.snapshot()
         try:
             app, kind = load_app(
                 self.config.app, app_dir=self.config.app_dir, interface=self.config.interface
@@ -247,6 +254,18 @@ class Service:
                 self._hard_timer.cancel()
             if self.notifier is not None:
                 self.notifier.close()
+            await self._report_leaks(since)
+
+    async def _report_leaks(self, since: leaks.Snapshot) -> None:
+        """After the group stopped: log what the app started and left running."""
+        found = await leaks.afind(
+            since,
+            timeout=LEAK_CHECK_TIMEOUT,
+            ignore_any=_HOSTING_THREADS,
+            ignore=(_libuv_reserve_fd,),
+        )
+        if found:
+            logger.warning("%s", leaks.format_leaks(found, "the app"))
 
     async def _drain_background(self, budget: float) -> list[AbandonedWork]:
         """Phase 5: wait for tracked and adopted work, then cancel and report the rest."""
@@ -425,6 +444,11 @@ class Service:
         if errors:
             msg = "the service ended with problems"
             raise ExceptionGroup(msg, errors)
+
+
+def _libuv_reserve_fd(leak: leaks.Leak) -> bool:
+    """uvloop keeps /dev/null open per loop once it listens (libuv's EMFILE reserve)."""
+    return leak.kind == "fd" and "/dev/null" in leak.headline()
 
 
 async def group_wait_quietly(group: Group) -> None:

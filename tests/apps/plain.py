@@ -103,3 +103,23 @@ async def flaky_consumer(stop: tether.StopToken) -> None:
     """A member that fails while the service runs."""
     await asyncio.sleep(0.2)
     raise ConnectionError("broker went away")
+
+
+leaky = tether.App(http=app)
+
+
+@leaky.member
+async def starts_and_forgets(stop: tether.StopToken) -> None:
+    """A member that starts a task blocked forever on a queue and a thread that never ends."""
+    import threading
+
+    async def consume(queue: asyncio.Queue[int]) -> None:
+        await queue.get()  # nobody will ever put
+
+    _forgotten.append(asyncio.get_running_loop().create_task(consume(asyncio.Queue())))
+    never = threading.Event()
+    threading.Thread(target=never.wait, name="forgotten-thread", daemon=True).start()
+    await stop
+
+
+_forgotten: list[asyncio.Task[None]] = []
