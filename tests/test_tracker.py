@@ -482,6 +482,39 @@ def test_cancelling_shutdown_cancels_the_remaining_work() -> None:
     run(main)
 
 
+def test_work_finished_but_not_yet_settled_is_not_abandoned() -> None:
+    """Work that finished just before the deadline counts as completed, not abandoned."""
+
+    async def main() -> None:
+        tracker = Tracker()
+        with install_adoption(tracker):
+            with request_scope():
+                asyncio.create_task(noop())  # noqa: RUF006
+            report = await tracker.shutdown(0)
+        assert (report.completed, report.abandoned) == (1, ())
+
+    run(main)
+
+
+def test_a_tracker_belongs_to_one_loop() -> None:
+    """Spawning on a second running loop while the first is open is refused with a clear error."""
+
+    async def main() -> None:
+        tracker = Tracker()
+        await tracker.spawn(noop())
+        coro = noop()
+
+        async def elsewhere() -> None:
+            await tracker.spawn(coro)
+
+        with pytest.raises(RuntimeError, match="already runs work on another event loop"):
+            await asyncio.to_thread(asyncio.run, elsewhere())
+        assert_closed(coro)
+        await tracker.shutdown(5)
+
+    run(main)
+
+
 # -- failures --------------------------------------------------------------------------------
 
 

@@ -243,6 +243,7 @@ class Tracker:
         self._fresh_spawned = 0  # how many of _fresh were spawned (the rest were adopted)
         self._batches: deque[tuple[list[asyncio.Task[Any]], list[str | None]]] = deque()
         self._phase = _OPEN
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it runs work on
         self._used = 0  # slots held by explicitly spawned tasks
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._spawning = False  # tells the adoption factory that spawn() is creating this task
@@ -356,6 +357,8 @@ class Tracker:
         self._spawning = True
         try:
             loop = asyncio.get_running_loop()
+            if loop is not self._loop:
+                self._bind(loop)
             task = loop.create_task(_guarded(coro, name), name=name)
         except BaseException:
             if self.limit is not None and self._phase == _OPEN:
@@ -371,6 +374,18 @@ class Tracker:
         self._fresh_origins.append(None)
         self._fresh_spawned += 1
         return task
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Unsettled tasks wait for a callback on the loop they were created on.
+        if self._loop is not None and self._loop is not loop and not self._loop.is_closed():
+            msg = (
+                f"tracker {self.name!r} already runs work on another event loop; "
+                "a tracker belongs to one loop: create one per loop"
+            )
+            raise RuntimeError(msg)
+        if self._loop is not None:
+            self._settle_all()  # the old loop closed before it could settle them
+        self._loop = loop
 
     def _adopt_late(self, task: asyncio.Task[Any], origin: str) -> None:
         """Adopt a task created during the cancel phase: the drain is over, so it is abandoned."""
@@ -712,6 +727,7 @@ class Adoption:
     """An installed adoption factory; :meth:`uninstall` or leaving ``with`` removes it."""
 
     def __init__(self, tracker: Tracker, loop: asyncio.AbstractEventLoop) -> None:
+        tracker._bind(loop)
         self.tracker = tracker
         self.loop = loop
         self._previous: TaskFactory | None = loop.get_task_factory()
