@@ -50,7 +50,6 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Executor
-from contextlib import suppress
 from itertools import islice
 from operator import attrgetter, length_hint
 from types import TracebackType
@@ -66,6 +65,7 @@ _stat = os.stat
 
 _by_name = attrgetter("name")
 _is_dir = os.DirEntry.is_dir
+_NO_ERRORS: dict[int, OSError] = {}  # shared, never written: only popped when a key is in it
 
 
 def _link_failure(entry: os.DirEntry[AnyStr], exc: OSError, follow: bool) -> bool:
@@ -345,7 +345,7 @@ class _Frame(Generic[AnyStr]):
         self.collected: list[os.DirEntry[AnyStr]] = []  # sort=True reads all before yielding
         self.chunk: list[os.DirEntry[AnyStr]] = []  # entries read, not all handed over yet
         self.flags: list[bool] = []  # flags[i]: enter chunk[i]
-        self.errors: dict[int, OSError] = {}  # is_dir() failures in chunk, by index
+        self.errors: dict[int, OSError] = _NO_ERRORS  # is_dir() failures in chunk, by index
         self.pos = 0  # chunk[:pos] has been handed over
         self.source: os.DirEntry[AnyStr] | None = source  # None for the root
         self.ident = ident
@@ -481,9 +481,8 @@ class _Reader(Generic[AnyStr]):
                 chunk, pos = frame.chunk, 0
             # Hand over entries up to and including the next directory to enter.
             end = min(len(chunk), pos + budget)
-            try:
-                found = frame.flags.index(True, pos, end)
-            except ValueError:
+            found = frame.flags.index(True, pos)  # flags end with a True past the chunk
+            if found >= end:
                 runs.append(_Run(depth, chunk[pos:end]))
                 budget -= end - pos
                 frame.pos = end
@@ -537,16 +536,20 @@ class _Reader(Generic[AnyStr]):
             # One pass in C (is_dir() with no arguments is the fast call; it
             # only fails when it has to stat), then symlinks it followed are
             # passed over when the walk does not follow them.
-            frame.flags = flags = list(map(_is_dir, chunk))
+            flags = list(map(_is_dir, chunk))
+            errors = _NO_ERRORS
         except OSError:
-            frame.flags, frame.errors = flags, _ = self._flags_one_by_one(chunk)
+            flags, errors = self._flags_one_by_one(chunk)
+        # A True past the end lets flags.index() find "no directory" without
+        # raising ValueError, which would cost more than the search.
+        flags.append(True)
         if not self._follow:
-            found = -1
-            with suppress(ValueError):
-                while True:
-                    found = flags.index(True, found + 1)
-                    if found not in frame.errors and chunk[found].is_symlink():
-                        flags[found] = False
+            found = flags.index(True)
+            while found < len(chunk):
+                if found not in errors and chunk[found].is_symlink():
+                    flags[found] = False
+                found = flags.index(True, found + 1)
+        frame.flags, frame.errors = flags, errors
         return True
 
     def _flags_one_by_one(
