@@ -6,6 +6,7 @@ import asyncio
 import errno
 import importlib
 import os
+import random
 import shutil
 import threading
 import time
@@ -519,6 +520,43 @@ def test_awalk_skip_prunes_even_what_was_read_ahead(
 
     assert asyncio.run(run()) == expected
     assert str(root / "e3" / "f000") not in expected
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_awalk_matches_walk_on_random_trees_with_random_skips(tmp_path: Path, seed: int) -> None:
+    """On random trees (empty directories included), awalk and walk agree entry by entry."""
+    rng = random.Random(seed)
+
+    def grow(level: int) -> dict[str, Any]:
+        spec: dict[str, Any] = {}
+        for i in range(rng.randrange(0, 6)):
+            if level < 3 and rng.random() < 0.4:
+                spec[f"d{i}"] = grow(level + 1)
+            else:
+                spec[f"f{i}"] = ""
+        return spec
+
+    make(tmp_path, grow(0))
+    skipped = {name for name in (f"d{i}" for i in range(6)) if rng.random() < 0.3}
+
+    w = walk(str(tmp_path), sort=True)
+    expected = []
+    for entry in w:
+        expected.append((entry.path, w.depth))
+        if entry.name in skipped:
+            w.skip()
+
+    async def run(batch_size: int) -> list[tuple[str, int]]:
+        aw = awalk(str(tmp_path), sort=True, batch_size=batch_size)
+        seen = []
+        async for entry in aw:
+            seen.append((entry.path, aw.depth))
+            if entry.name in skipped:
+                aw.skip()
+        return seen
+
+    for batch_size in (1, 2, 5, 64):
+        assert asyncio.run(run(batch_size)) == expected
 
 
 def test_awalk_reads_at_most_one_batch_ahead(

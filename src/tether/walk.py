@@ -483,7 +483,8 @@ class _Reader(Generic[AnyStr]):
             end = min(len(chunk), pos + budget)
             found = frame.flags.index(True, pos)  # flags end with a True past the chunk
             if found >= end:
-                runs.append(_Run(depth, chunk[pos:end]))
+                if end > pos:
+                    runs.append(_Run(depth, chunk[pos:end]))
                 budget -= end - pos
                 frame.pos = end
                 if end == len(chunk) and frame.more is None:
@@ -658,7 +659,7 @@ class AsyncWalk(Generic[AnyStr]):
     def skip(self) -> None:
         """Do not enter the entry last yielded; does nothing if it is not a directory."""
         run = self._run
-        if run is None or length_hint(self._entries) != 0:
+        if run is None or not run.entries or length_hint(self._entries) != 0:
             return
         if not run.entered:
             # The reader may have failed to enter it: that report goes too,
