@@ -483,8 +483,8 @@ class _Reader(Generic[AnyStr]):
             end = min(len(chunk), pos + budget)
             found = frame.flags.index(True, pos)  # flags end with a True past the chunk
             if found >= end:
-                if end > pos:
-                    runs.append(_Run(depth, chunk[pos:end]))
+                if end > pos:  # often the whole chunk, which then needs no copy
+                    runs.append(_Run(depth, chunk if end - pos == len(chunk) else chunk[pos:end]))
                 budget -= end - pos
                 frame.pos = end
                 if end == len(chunk) and frame.more is None:
