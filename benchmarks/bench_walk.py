@@ -22,7 +22,7 @@ import time
 import tracemalloc
 from collections.abc import Callable
 
-from tether.walk import awalk, walk
+from tether._walk import awalk, walk
 
 #: Goals from the issue, as fractions of os.walk's entries per second.
 GOALS = {"walk": 0.9, "awalk": 0.7}

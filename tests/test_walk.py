@@ -18,12 +18,10 @@ from typing import Any
 
 import pytest
 
+from tether import WalkError, awalk, walk
 from tether.errors import ConfigError, TetherError
-from tether.walk import WalkError, awalk, walk
 
-# By module path: once the package re-exports the function walk, tether.walk the
-# attribute is that function, and only sys.modules still names the module.
-walk_module = importlib.import_module("tether.walk")
+walk_module = importlib.import_module("tether._walk")
 
 # -- helpers ------------------------------------------------------------------
 

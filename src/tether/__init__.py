@@ -3,6 +3,7 @@
 The public API is re-exported here; see the README for the whole list.
 """
 
+from tether._walk import AsyncWalk, Walk, WalkError, awalk, walk
 from tether.app import App
 from tether.errors import (
     AbandonedWork,
@@ -51,6 +52,12 @@ __all__ = [
     "TrackerClosed",
     "TrackerFull",
     "NoCurrentTracker",
+    # walking directories
+    "walk",
+    "awalk",
+    "Walk",
+    "AsyncWalk",
+    "WalkError",
     # errors
     "AbandonedWork",
     "AppLoadError",
