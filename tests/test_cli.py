@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import http.client
+import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -302,3 +305,59 @@ def test_what_the_app_leaves_running_is_logged_at_exit() -> None:
     assert "in consume" in err or "consume()" in err
     assert "forgotten-thread" in err
     assert "/dev/null" not in err
+
+
+def test_parent_death_during_startup_stops_the_process() -> None:
+    """A worker whose master dies while the app is still starting exits within seconds."""
+    read_end, write_end = os.pipe()
+    try:
+        port = free_port()
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tether",
+                "run",
+                "plain:slow_startup",
+                "--no-debug",
+                "--bind",
+                f"127.0.0.1:{port}",
+            ],
+            cwd=APPS,
+            env={**os.environ, "TETHER_PARENT_FD": str(read_end)},
+            pass_fds=(read_end,),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.close(read_end)
+        read_end = -1
+        time.sleep(1.0)  # the app is importing or in its minute-long startup: the scenario
+        os.close(write_end)  # the master is gone
+        write_end = -1
+        started = time.monotonic()
+        code = proc.wait(timeout=15)
+        assert time.monotonic() - started < 6
+        assert code != 0
+        assert proc.stderr is not None
+        assert "the master process exited" in proc.stderr.read()
+        proc.stderr.close()
+    finally:
+        for fd in (read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
+
+
+def test_usr1_dumps_thread_stacks_even_when_the_loop_is_blocked() -> None:
+    """SIGUSR1 writes every thread's stack while a handler blocks the event loop."""
+    with tether("plain:blocking", "--graceful-timeout", "0.5") as t:
+        t.ready()
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(get, t.port, "/block", 2.0)
+            time.sleep(0.3)  # the handler is now blocking the loop: the scenario
+            t.signal(signal.SIGUSR1)
+            time.sleep(0.3)
+            t.signal(signal.SIGKILL)
+            t.wait(timeout=10)
+        err = t.stderr()
+    assert "Current thread" in err or "Thread 0x" in err
+    assert "in blocking" in err

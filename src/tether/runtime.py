@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
+import functools
 import logging
 import os
 import signal
@@ -38,9 +40,7 @@ from tether.debug import (
     DebugApp,
     DebugSource,
     format_task_dump,
-    format_thread_dump,
     task_dump,
-    thread_dump,
 )
 from tether.errors import AbandonedWork, ConfigError, ShutdownAbandoned
 from tether.group import Group, StopToken
@@ -201,11 +201,12 @@ class Service:
         if self.notifier is not None:
             self.notifier.send("STOPPING=1", f"STATUS=stopping: {reason}")
 
-    def _arm_hard_stop(self, _signum: int = 0) -> None:
-        """Runs in the signal handler: start the last-resort timer once."""
+    def _arm_hard_stop(self, _signum: int = 0, *, budget: float | None = None) -> None:
+        """Runs in the signal handler (or the parent watcher): start the last-resort timer once."""
         if self._hard_stop is None or self._hard_timer is not None:
             return
-        limit = self.config.graceful_timeout + 2 * self.config.cancel_timeout + 1.0
+        total = self.config.graceful_timeout if budget is None else budget
+        limit = total + 2 * self.config.cancel_timeout + 1.0
         self._hard_timer = threading.Timer(limit, self._hard_stop)
         self._hard_timer.daemon = True
         self._hard_timer.start()
@@ -220,17 +221,15 @@ class Service:
             else:
                 self.request_stop(f"{name} received")
         elif signum == signal.SIGUSR1:
-            logger.warning(
-                "task dump:\n%s\nthread dump:%s",
-                format_task_dump(task_dump()),
-                format_thread_dump(thread_dump()),
-            )
+            # Thread stacks were written by faulthandler already, even if the loop was stuck.
+            logger.warning("task dump (SIGUSR1):\n%s", format_task_dump(task_dump()))
 
     # -- running ------------------------------------------------------------------
 
     async def run(self) -> None:
         """Serve until stopped; raise an ExceptionGroup if anything failed or was abandoned."""
         listeners = self._listeners or open_listeners(self.config)
+        self._watch_parent(asyncio.get_running_loop())
         # What exists now is ours; what the app starts and leaves behind is reported at the end.
         since = leaks.snapshot()
         try:
@@ -247,7 +246,12 @@ class Service:
             with handle_signals(
                 loop, dict.fromkeys(handled, self._on_signal), immediate=self._arm_hard_stop
             ):
-                await self._run(app, kind, listeners)
+                # USR1 also writes every thread's stack from C, which works while the loop is stuck.
+                faulthandler.register(signal.SIGUSR1, all_threads=True, chain=True)
+                try:
+                    await self._run(app, kind, listeners)
+                finally:
+                    faulthandler.unregister(signal.SIGUSR1)
         finally:
             listeners.close()
             if self._hard_timer is not None:
@@ -343,36 +347,34 @@ class Service:
             interval = watchdog_interval()
             if interval is not None:
                 cleanups.append(_every(loop, interval, lambda: self._heartbeat()))
-        parent_fd = os.environ.pop("TETHER_PARENT_FD", None)
-        if parent_fd is not None and parent_fd.isdigit():
-            cleanups.append(self._watch_parent(loop, int(parent_fd)))
 
     def _heartbeat(self) -> None:
         if self.notifier is not None:
             self.notifier.send("WATCHDOG=1")
 
-    def _watch_parent(self, loop: asyncio.AbstractEventLoop, fd: int) -> Callable[[], None]:
-        """Stop when the pipe from the parent reaches end-of-file: the parent is gone."""
+    def _watch_parent(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Stop when the pipe from the parent (a master) reaches end-of-file: it is gone.
 
-        def readable() -> None:
-            try:
-                data = os.read(fd, 512)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data:
-                loop.remove_reader(fd)
-                self.request_stop("the master process exited", budget=PARENT_DEATH_BUDGET)
+        A thread, not a loop reader, so that it works from the first moment:
+        while the app is still being imported or starting up, the loop is busy.
+        """
+        fd_text = os.environ.pop("TETHER_PARENT_FD", None)
+        if fd_text is None or not fd_text.isdigit():
+            return
+        fd = int(fd_text)
 
-        os.set_blocking(fd, False)
-        loop.add_reader(fd, readable)
+        def watch() -> None:
+            with contextlib.suppress(OSError):
+                while os.read(fd, 512):
+                    pass
+            self._arm_hard_stop(budget=PARENT_DEATH_BUDGET)
+            stop = functools.partial(
+                self.request_stop, "the master process exited", budget=PARENT_DEATH_BUDGET
+            )
+            with contextlib.suppress(RuntimeError):  # the loop has closed: we are exiting anyway
+                loop.call_soon_threadsafe(stop)
 
-        def cleanup() -> None:
-            loop.remove_reader(fd)
-            os.close(fd)
-
-        return cleanup
+        threading.Thread(target=watch, name="tether-parent-watch", daemon=True).start()
 
     def _debug_member(self, debug: HttpServer) -> Callable[[StopToken], Any]:
         """The debug server stays up while the rest drains, so a stuck drain can be inspected."""

@@ -123,3 +123,13 @@ async def starts_and_forgets(stop: tether.StopToken) -> None:
 
 
 _forgotten: list[asyncio.Task[None]] = []
+
+
+async def slow_startup(scope: Any, receive: Any, send: Any) -> None:
+    """An app whose lifespan startup takes a minute."""
+    if scope["type"] == "lifespan":
+        await receive()
+        await asyncio.sleep(60)
+        await send({"type": "lifespan.startup.complete"})
+        return
+    await _respond(send, b"hello\n")
