@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tether.errors import AbandonedWork, ConfigError, TetherError
 from tether.tracker import (
@@ -608,6 +610,72 @@ def test_work_cancelled_by_its_owner_is_counted_as_cancelled() -> None:
     run(main)
 
 
+OUTCOME = {
+    "instant": "completed",
+    "yields": "completed",
+    "fails": "failed",
+    "cancels_itself": "cancelled",
+    "hangs": "abandoned",
+}
+
+
+async def behave(kind: str) -> None:
+    if kind == "yields":
+        await asyncio.sleep(0)
+    elif kind == "fails":
+        raise ValueError(kind)
+    elif kind == "cancels_itself":
+        raise asyncio.CancelledError
+    elif kind == "hangs":
+        await asyncio.Event().wait()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    kinds=st.lists(st.sampled_from(sorted(OUTCOME)), max_size=12),
+    limit=st.sampled_from([None, 1, 3]),
+)
+def test_every_accepted_task_is_accounted_for(kinds: list[str], limit: int | None) -> None:
+    """Whatever the mix of work and limit, each accepted task ends in exactly one counter."""
+    accepted: list[str] = []
+
+    async def spawner(tracker: Tracker) -> None:
+        for kind in kinds:
+            try:
+                await tracker.spawn(behave(kind))
+            except TrackerClosed:
+                return
+            accepted.append(kind)
+
+    async def main() -> TrackerReport:
+        tracker = Tracker(limit)
+        feeding = asyncio.create_task(spawner(tracker))
+        await asyncio.sleep(0.01)
+        report = await tracker.shutdown(0.05, cancel_timeout=1)
+        await feeding
+        stats = tracker.stats()
+        assert stats.running == 0
+        assert stats.spawned == len(accepted)
+        assert_invariant(tracker)
+        return report
+
+    logging.getLogger("tether.tracker").disabled = True
+    try:
+        report = run(main)
+    finally:
+        logging.getLogger("tether.tracker").disabled = False
+    expected = {outcome: 0 for outcome in OUTCOME.values()}
+    for kind in accepted:
+        expected[OUTCOME[kind]] += 1
+    got = {
+        "completed": report.completed,
+        "failed": report.failed,
+        "cancelled": report.cancelled,
+        "abandoned": len(report.abandoned),
+    }
+    assert got == expected
+
+
 # -- the process's tracker -------------------------------------------------------------------
 
 
@@ -621,7 +689,7 @@ def test_module_spawn_without_a_tracker_says_how_to_fix_it() -> None:
         assert str(info.value) == (
             "tether.spawn(nap(...)) needs the process's tracker, and none is installed; "
             "run the app with `tether run`, or in a script or test install one with "
-            "`tether.set_current_tracker(tether.Tracker())` and shut it down at the end"
+            "`tether.tracker.set_current_tracker(tether.Tracker())` and shut it down at the end"
         )
         assert_closed(coro)
         with pytest.raises(NoCurrentTracker, match=r"^tether\.current_tracker\(\) needs"):
@@ -829,6 +897,40 @@ def test_uninstall_under_a_later_factory_keeps_the_chain() -> None:
             await asyncio.create_task(noop())
         assert tracker.stats().spawned == 0
         loop.set_task_factory(None)
+
+    run(main)
+
+
+@pytest.mark.parametrize("adoption_first", [True, False])
+def test_adoption_chains_with_leak_detection(adoption_first: bool) -> None:
+    """Adoption and tether.leaks' creation tracking chain in either order, and unwind."""
+    from tether import leaks
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        before = loop.get_task_factory()  # tether's pytest plugin may have installed one
+        tracker = Tracker()
+        if adoption_first:
+            adoption = install_adoption(tracker)
+            leaks.install_creation_tracking()
+        else:
+            leaks.install_creation_tracking()
+            adoption = install_adoption(tracker)
+        with request_scope():
+            await asyncio.create_task(nap(0))
+        assert tracker.stats().adopted == 1
+        if adoption_first:
+            leaks.uninstall_creation_tracking()
+            adoption.uninstall()
+        else:
+            adoption.uninstall()
+            leaks.uninstall_creation_tracking()
+        if before is None:  # no plugin's recorder left in place: everything unwound
+            assert loop.get_task_factory() is None
+        with request_scope():
+            assert await asyncio.create_task(nap(0)) == "rested"
+        assert tracker.stats().adopted == 1  # no longer adopting
+        await tracker.shutdown(5)
 
     run(main)
 

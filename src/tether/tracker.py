@@ -106,7 +106,7 @@ class NoCurrentTracker(TetherError, RuntimeError):
         super().__init__(
             f"{call} needs the process's tracker, and none is installed; "
             "run the app with `tether run`, or in a script or test install one with "
-            "`tether.set_current_tracker(tether.Tracker())` and shut it down at the end"
+            "`tether.tracker.set_current_tracker(tether.Tracker())` and shut it down at the end"
         )
         self.call = call
 
@@ -354,15 +354,17 @@ class Tracker:
     def _start(self, coro: Coroutine[Any, Any, T], name: str | None) -> asyncio.Task[T]:
         if name is None:
             name = getattr(coro, "__qualname__", None) or type(coro).__name__
+        wrapped = _guarded(coro, name)
         self._spawning = True
         try:
             loop = asyncio.get_running_loop()
             if loop is not self._loop:
                 self._bind(loop)
-            task = loop.create_task(_guarded(coro, name), name=name)
+            task = loop.create_task(wrapped, name=name)
         except BaseException:
             if self.limit is not None and self._phase == _OPEN:
                 self._release_slot()
+            wrapped.close()
             coro.close()
             raise
         finally:
@@ -436,11 +438,16 @@ class Tracker:
             if not task.done():
                 tasks[task] = origin
                 task.add_done_callback(on_done)
-            elif no_slots and not task.cancelled() and task.exception() is None:
-                completed += 1  # _on_done's common case, inlined
-            else:
-                tasks[task] = origin
-                on_done(task)
+                continue
+            if no_slots:  # _on_done's common case, inlined
+                try:
+                    if task.exception() is None:
+                        completed += 1
+                        continue
+                except asyncio.CancelledError:
+                    pass
+            tasks[task] = origin
+            on_done(task)
         self._completed += completed
         if not self._busy():
             self._wake_idle()
@@ -777,7 +784,10 @@ def _make_factory(
     ) -> asyncio.Future[Any]:
         task: asyncio.Future[Any]
         if previous is None:
-            task = make_task(coro, loop=loop, context=context, **kwargs)
+            if kwargs:
+                task = make_task(coro, loop=loop, context=context, **kwargs)
+            else:
+                task = make_task(coro, loop=loop, context=context)
         elif context is None and not kwargs:
             task = previous(loop, coro)  # the legacy call, for factories without **kwargs
         else:
