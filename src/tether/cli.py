@@ -73,7 +73,8 @@ def _hard_stop() -> None:
 
     sys.stderr.write(
         "tether: the shutdown deadline passed long ago and the event loop does not answer "
-        f"(blocked in code that cannot be cancelled); exiting. Threads:{format_thread_dump(thread_dump())}\n"
+        "(blocked in code that cannot be cancelled); exiting. Threads:"
+        f"{format_thread_dump(thread_dump())}\n"
     )
     sys.stderr.flush()
     os._exit(EXIT_ABANDONED)
@@ -84,7 +85,9 @@ def _run_single(config: RunConfig) -> int:
 
     from tether.runtime import Service
 
-    service = Service(config, hard_stop=_hard_stop)
+    # A reload (HUP) starts this same command again, from the same directory.
+    argv = [sys.executable, "-m", "tether", *sys.argv[1:]]
+    service = Service(config, hard_stop=_hard_stop, argv=argv)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         try:
             runner.run(service.run())
@@ -95,7 +98,7 @@ def _run_single(config: RunConfig) -> int:
             if code == EXIT_FAILED:
                 for leaf in _leaves(exc):
                     if not isinstance(leaf, TetherError):
-                        logger.error("a member failed", exc_info=leaf)
+                        logger.error("a member failed", exc_info=leaf)  # noqa: TRY400
             click.echo(f"tether: error: {_summary(exc)}", err=True)
             return code
     logger.info("stopped cleanly")

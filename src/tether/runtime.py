@@ -28,12 +28,14 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from tether import leaks
 from tether import sockets as sockets_mod
+from tether._handoff import HANDOFF_ENV, hand_over
 from tether.app import App, load_app
 from tether.config import RunConfig
 from tether.debug import (
@@ -66,8 +68,12 @@ class _Listeners:
     app: list[socket.socket]
     debug: socket.socket | None
 
+    def named(self) -> list[tuple[str, socket.socket]]:
+        """The sockets with their roles, as ``LISTEN_FDNAMES`` carries them."""
+        return [("app", s) for s in self.app] + ([("debug", self.debug)] if self.debug else [])
+
     def close(self) -> None:
-        for sock in [*self.app, *([self.debug] if self.debug else [])]:
+        for _, sock in self.named():
             sock.close()
 
 
@@ -146,8 +152,18 @@ class Service:
         *,
         listeners: _Listeners | None = None,
         hard_stop: Callable[[], None] | None = None,
+        argv: Sequence[str] | None = None,
     ) -> None:
         self.config = config
+        #: How to start a fresh copy of this process (for HUP); None: HUP is not supported.
+        self._argv = list(argv) if argv is not None else None
+        self._cwd = os.getcwd()
+        self._handoff: asyncio.Task[None] | None = None
+        self._reload_again = False
+        self._supervisor_notify: str | None = None
+        self._handoff_notify: str | None = None
+        self._is_worker = False
+        self._open: _Listeners | None = listeners
         self._listeners = listeners
         self._hard_stop = hard_stop
         self._hard_timer: threading.Timer | None = None
@@ -169,7 +185,12 @@ class Service:
     # -- stop requests ------------------------------------------------------------
 
     def request_stop(
-        self, reason: str, *, force: bool = False, budget: float | None = None
+        self,
+        reason: str,
+        *,
+        force: bool = False,
+        budget: float | None = None,
+        drain_delay: bool = True,
     ) -> None:
         """Begin a graceful stop (drain delay, then the group); ``force`` cancels at once."""
         loop = asyncio.get_running_loop()
@@ -182,7 +203,7 @@ class Service:
             return
         self._begin(reason)
         total = self.config.graceful_timeout if budget is None else budget
-        delay = min(self.config.drain_delay, total) if budget is None else 0.0
+        delay = min(self.config.drain_delay, total) if budget is None and drain_delay else 0.0
         logger.info("%s: stopping gracefully within %.1fs", reason, total)
         if delay > 0:
             self.status = "draining (drain delay)"
@@ -220,6 +241,8 @@ class Service:
                 self.request_stop(f"second {name} received", force=True)
             else:
                 self.request_stop(f"{name} received")
+        elif signum in (signal.SIGHUP, signal.SIGUSR2):
+            self._reload(signal.Signals(signum).name)
         elif signum == signal.SIGUSR1:
             # Thread stacks were written by faulthandler already, even if the loop was stuck.
             logger.warning("task dump (SIGUSR1):\n%s", format_task_dump(task_dump()))
@@ -229,6 +252,7 @@ class Service:
     async def run(self) -> None:
         """Serve until stopped; raise an ExceptionGroup if anything failed or was abandoned."""
         listeners = self._listeners or open_listeners(self.config)
+        self._open = listeners
         self._watch_parent(asyncio.get_running_loop())
         # What exists now is ours; what the app starts and leaves behind is reported at the end.
         since = leaks.snapshot()
@@ -240,8 +264,17 @@ class Service:
             listeners.close()
             raise
         loop = asyncio.get_running_loop()
+        self._supervisor_notify = os.environ.get("NOTIFY_SOCKET") or None
+        self._handoff_notify = os.environ.pop(HANDOFF_ENV, None)
         self.notifier = Notifier.from_env(unset=True)
-        handled = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1}
+        handled = {
+            signal.SIGTERM,
+            signal.SIGINT,
+            signal.SIGQUIT,
+            signal.SIGUSR1,
+            signal.SIGHUP,
+            signal.SIGUSR2,
+        }
         try:
             with handle_signals(
                 loop, dict.fromkeys(handled, self._on_signal), immediate=self._arm_hard_stop
@@ -340,6 +373,10 @@ class Service:
         logger.info(
             "serving %s on %s (pid %d)", self.config.app, where or "no sockets", os.getpid()
         )
+        if self._handoff_notify is not None:
+            # The process that started us with its sockets drains once it hears this.
+            with Notifier(self._handoff_notify) as predecessor:
+                predecessor.send("READY=1")
         if self.notifier is not None:
             self.notifier.send(
                 "READY=1", f"STATUS=serving {self.config.app}", f"MAINPID={os.getpid()}"
@@ -347,6 +384,48 @@ class Service:
             interval = watchdog_interval()
             if interval is not None:
                 cleanups.append(_every(loop, interval, lambda: self._heartbeat()))
+
+    def _reload(self, signame: str) -> None:
+        """HUP/USR2 in one process: hand the sockets to a fresh copy, then drain."""
+        if self._is_worker:
+            logger.info("%s ignored: reloads of a worker are its master's job", signame)
+            return
+        if self._argv is None or self._open is None:
+            logger.warning("%s ignored: this service was not started by `tether run`", signame)
+            return
+        if self._stop_requested or not self.ready:
+            logger.info("%s ignored: not serving (%s)", signame, self.status)
+            return
+        if self._handoff is not None and not self._handoff.done():
+            logger.info("%s: a reload is in progress; one more will follow it", signame)
+            self._reload_again = True
+            return
+        self._handoff = asyncio.get_running_loop().create_task(
+            self._hand_over(signame), name="tether-reload"
+        )
+
+    async def _hand_over(self, signame: str) -> None:
+        assert self._argv is not None and self._open is not None
+        logger.info("%s received: handing the sockets to a fresh copy of this process", signame)
+        if self.notifier is not None:
+            self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        pid = await hand_over(
+            self._open.named(),
+            argv=self._argv,
+            cwd=self._cwd,
+            supervisor_notify=self._supervisor_notify,
+            ready_within=self.config.reload_timeout,
+        )
+        again, self._reload_again = self._reload_again, False
+        if pid is not None:
+            self.request_stop(f"reloaded: pid {pid} now serves", drain_delay=False)
+            if again:  # HUPs that came during this reload: the new process owns them now
+                os.kill(pid, signal.SIGHUP)
+            return
+        if self.notifier is not None:
+            self.notifier.send("READY=1", "STATUS=reload failed; still serving the previous code")
+        if again:
+            self._reload("a HUP received during the failed reload")
 
     def _heartbeat(self) -> None:
         if self.notifier is not None:
@@ -361,6 +440,7 @@ class Service:
         fd_text = os.environ.pop("TETHER_PARENT_FD", None)
         if fd_text is None or not fd_text.isdigit():
             return
+        self._is_worker = True
         fd = int(fd_text)
 
         def watch() -> None:
