@@ -107,8 +107,13 @@ class Tether:
 
 @contextlib.contextmanager
 def tether(target: str, *extra: str, debug: bool = True, **env: str) -> Iterator[Tether]:
-    """A started `tether run target` on free loopback ports; killed if still alive at the end."""
+    """A started `tether run target` on free loopback ports; killed if still alive at the end.
+
+    One process (``--workers 0``) unless ``extra`` chooses ``--workers``.
+    """
     t = Tether([])
+    if "--workers" not in extra:
+        extra = ("--workers", "0", *extra)
     binds = ["--bind", f"127.0.0.1:{t.port}"]
     dbg = ["--debug-bind", f"127.0.0.1:{t.debug_port}"] if debug else ["--no-debug"]
     t.args = [target, *binds, *dbg, *extra]

@@ -30,6 +30,19 @@ def test_ten_slow_requests_all_complete_after_sigterm() -> None:
         assert t.wait() == 0
 
 
+def test_default_master_mode_drains_slow_requests_on_sigterm() -> None:
+    """The default (a master and one worker): 10 slow requests survive SIGTERM; exit code 0."""
+    with tether("plain:app", "--workers", "1") as t:
+        t.ready()
+        with ThreadPoolExecutor(10) as pool:
+            futures = [pool.submit(get, t.port, "/slow?seconds=2") for _ in range(10)]
+            time.sleep(0.5)  # the requests are in flight: this is the scenario, not a wait
+            t.signal(signal.SIGTERM)
+            results = [f.result() for f in futures]
+        assert [status for status, _, _ in results] == [200] * 10
+        assert t.wait() == 0
+
+
 def test_drain_delay_turns_readiness_off_while_still_serving() -> None:
     """With --drain-delay 1, /readyz is 503 within 100 ms of SIGTERM while / still answers 200."""
     with tether("plain:app", "--drain-delay", "1") as t:
@@ -319,6 +332,8 @@ def test_parent_death_during_startup_stops_the_process() -> None:
                 "tether",
                 "run",
                 "plain:slow_startup",
+                "--workers",
+                "0",
                 "--no-debug",
                 "--bind",
                 f"127.0.0.1:{port}",

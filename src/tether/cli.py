@@ -175,7 +175,7 @@ def main() -> None:
 @click.option(
     "--workers",
     type=int,
-    default=0,
+    default=1,
     show_default=True,
     help="0 runs one process; N >= 1 runs a master that holds the sockets and N workers.",
 )

@@ -87,8 +87,30 @@ class RunConfig:
         if self.interface not in ("auto", "asgi", "wsgi"):
             msg = f"--interface must be auto, asgi or wsgi, got {self.interface!r}"
             raise ConfigError(msg)
+        self._check_addresses()
         if ":" not in self.app or self.app.startswith(":") or self.app.endswith(":"):
             msg = f"APP must look like module:attribute (for example myapp:app), got {self.app!r}"
+            raise ConfigError(msg)
+
+    def _check_addresses(self) -> None:
+        """Every address parses; the debug server has its own, on loopback unless guarded."""
+        from tether.sockets import is_loopback, parse_address
+
+        app_addresses = [parse_address(b, flag="--bind") for b in self.binds]
+        if self.debug_bind is None:
+            return
+        debug = parse_address(self.debug_bind, flag="--debug-bind")
+        if debug in app_addresses:
+            msg = (
+                f"--debug-bind {debug} is also an app --bind; give the debug server its own "
+                "port (default 127.0.0.1:8001) or use --no-debug"
+            )
+            raise ConfigError(msg)
+        if not is_loopback(debug) and not self.debug_token:
+            msg = (
+                f"--debug-bind {debug} is not a loopback address; the debug server shows "
+                "every task's stack, so pass --debug-token TOKEN to expose it"
+            )
             raise ConfigError(msg)
 
     def replace(self, **changes: object) -> RunConfig:

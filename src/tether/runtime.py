@@ -44,7 +44,7 @@ from tether.debug import (
     format_task_dump,
     task_dump,
 )
-from tether.errors import AbandonedWork, ConfigError, ShutdownAbandoned
+from tether.errors import AbandonedWork, ShutdownAbandoned
 from tether.group import Group, StopToken
 from tether.notify import Notifier, watchdog_interval
 from tether.serving import ASGIApp, DrainHooks, HttpServer, ServeOptions
@@ -80,7 +80,8 @@ class _Listeners:
 def open_listeners(config: RunConfig) -> _Listeners:
     """Inherit the sockets passed by ``LISTEN_FDS``, or bind the configured addresses.
 
-    Raises ConfigError / BindError before anything is left bound.
+    The addresses were checked by :class:`RunConfig`; raises BindError with
+    nothing left bound.
     """
     app_addresses = [sockets_mod.parse_address(b, flag="--bind") for b in config.binds]
     debug_address = (
@@ -88,19 +89,6 @@ def open_listeners(config: RunConfig) -> _Listeners:
         if config.debug_bind is not None
         else None
     )
-    if debug_address is not None:
-        if debug_address in app_addresses:
-            msg = (
-                f"--debug-bind {debug_address} is also an app --bind; "
-                "give the debug server its own port (default 127.0.0.1:8001) or use --no-debug"
-            )
-            raise ConfigError(msg)
-        if not sockets_mod.is_loopback(debug_address) and not config.debug_token:
-            msg = (
-                f"--debug-bind {debug_address} is not a loopback address; the debug server "
-                "shows every task's stack, so pass --debug-token TOKEN to expose it"
-            )
-            raise ConfigError(msg)
     inherited = sockets_mod.inherit()
     if inherited:
         app_socks = [s for name, s in inherited if name != "debug"]
