@@ -131,9 +131,7 @@ class _State(ServerState):
         self.default_headers = [(b"date", formatdate(now, usegmt=True).encode()), *self._extra]
         if self._clock is not None:
             # Fire just after the next second starts, so the header is never a second behind.
-            self._clock = asyncio.get_running_loop().call_later(
-                1.0 - now % 1.0, self._refresh_date
-            )
+            self._clock = asyncio.get_running_loop().call_later(1.0 - now % 1.0, self._refresh_date)
 
     def _start_clock(self) -> None:
         self._clock = asyncio.get_running_loop().call_later(0, self._refresh_date)
