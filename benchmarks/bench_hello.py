@@ -80,6 +80,8 @@ def server_argv(name: str, port: int) -> list[str]:
         str(BIN / "tether"),
         "run",
         "hello:app",
+        "--workers",
+        "0",
         "--bind",
         f"127.0.0.1:{port}",
         "--debug-bind",
