@@ -19,28 +19,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-HERE = Path(__file__).parent
-PEERS = HERE / ".venv-peers"
-TETHER = Path(sys.executable).parent / "tether"
-
-
-def ensure_peers() -> None:
-    if not (PEERS / "bin" / "granian").exists():
-        subprocess.run([sys.executable, "-m", "venv", str(PEERS)], check=True)
-        pip = [str(PEERS / "bin" / "pip"), "install", "-q"]
-        subprocess.run([*pip, "uvicorn", "uvloop", "httptools", "gunicorn", "granian"], check=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from peers import HERE, PEERS, TETHER, ensure_peers, free_port
 
 
 def argv(name: str, port: int) -> list[str]:

@@ -25,25 +25,10 @@ import sys
 import time
 from pathlib import Path
 
+from peers import ensure_wrk, free_port
+
 HERE = Path(__file__).parent
 BIN = Path(sys.executable).parent
-
-
-def ensure_wrk() -> str:
-    found = shutil.which("wrk")
-    if found:
-        return found
-    subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, capture_output=True)
-    found = shutil.which("wrk")
-    if not found:
-        raise SystemExit("wrk is not installed and apt-get could not install it")
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:

@@ -27,7 +27,6 @@ import json
 import os
 import re
 import select
-import shutil
 import signal
 import socket
 import statistics
@@ -38,9 +37,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-HERE = Path(__file__).parent
-PEERS = HERE / ".venv-peers"
-TETHER = Path(sys.executable).parent / "tether"
+from peers import PEERS, TETHER, ensure_peers, ensure_wrk, free_port
 
 APP = """\
 import os
@@ -66,18 +63,8 @@ async def app(scope, receive, send):
 
 
 def ensure_tools() -> None:
-    if not shutil.which("wrk"):
-        subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, capture_output=True)
-    if not (PEERS / "bin" / "granian").exists():
-        subprocess.run([sys.executable, "-m", "venv", str(PEERS)], check=True)
-        pip = [str(PEERS / "bin" / "pip"), "install", "-q"]
-        subprocess.run([*pip, "uvicorn", "uvloop", "httptools", "gunicorn", "granian"], check=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    ensure_wrk()
+    ensure_peers()
 
 
 def server_argv(name: str, port: int) -> list[str]:

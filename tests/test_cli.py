@@ -17,22 +17,10 @@ import pytest
 from proc import APPS, free_port, get, run_cli, tether
 
 
-def test_ten_slow_requests_all_complete_after_sigterm() -> None:
-    """10 concurrent 2 s requests, SIGTERM after 0.5 s: all answer 200 and the exit code is 0."""
-    with tether("plain:app") as t:
-        t.ready()
-        with ThreadPoolExecutor(10) as pool:
-            futures = [pool.submit(get, t.port, "/slow?seconds=2") for _ in range(10)]
-            time.sleep(0.5)  # the requests are in flight: this is the scenario, not a wait
-            t.signal(signal.SIGTERM)
-            results = [f.result() for f in futures]
-        assert [status for status, _, _ in results] == [200] * 10
-        assert t.wait() == 0
-
-
-def test_default_master_mode_drains_slow_requests_on_sigterm() -> None:
-    """The default (a master and one worker): 10 slow requests survive SIGTERM; exit code 0."""
-    with tether("plain:app", "--workers", "1") as t:
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_ten_slow_requests_all_complete_after_sigterm(workers: str) -> None:
+    """10 concurrent 2 s requests, SIGTERM after 0.5 s: all answer 200, exit code 0 (both modes)."""
+    with tether("plain:app", "--workers", workers) as t:
         t.ready()
         with ThreadPoolExecutor(10) as pool:
             futures = [pool.submit(get, t.port, "/slow?seconds=2") for _ in range(10)]

@@ -1,0 +1,45 @@
+"""What the side-by-side benchmarks share: the peers' environment, wrk, free ports.
+
+Peers (uvicorn, gunicorn with uvicorn workers, granian) live in
+benchmarks/.venv-peers, never in the project's environment; wrk comes from
+Debian's packages. Both are installed on first use.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+PEERS = HERE / ".venv-peers"
+TETHER = Path(sys.executable).parent / "tether"
+
+
+def ensure_peers() -> Path:
+    """The peers' bin directory, creating the environment if needed."""
+    if not (PEERS / "bin" / "granian").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(PEERS)], check=True)
+        pip = [str(PEERS / "bin" / "pip"), "install", "-q"]
+        subprocess.run([*pip, "uvicorn", "uvloop", "httptools", "gunicorn", "granian"], check=True)
+    return PEERS / "bin"
+
+
+def ensure_wrk() -> str:
+    """The path of wrk, installing Debian's package if it is missing."""
+    found = shutil.which("wrk")
+    if not found:
+        subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, capture_output=True)
+        found = shutil.which("wrk")
+    if not found:
+        raise SystemExit("wrk is not installed and apt-get could not install it")
+    return found
+
+
+def free_port() -> int:
+    """A loopback port free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
