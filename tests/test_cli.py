@@ -364,3 +364,24 @@ def test_usr1_dumps_thread_stacks_even_when_the_loop_is_blocked() -> None:
         err = t.stderr()
     assert "Current thread" in err or "Thread 0x" in err
     assert "in blocking" in err
+
+
+def test_idle_keep_alive_connection_is_closed_after_the_idle_grace() -> None:
+    """An idle keep-alive connection is closed about idle-grace after SIGTERM, not at once."""
+    with tether("plain:app", "--graceful-timeout", "10") as t:
+        t.ready()
+        idle = socket.create_connection(("127.0.0.1", t.port), timeout=5)
+        idle.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"hello" in idle.recv(4096)
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(get, t.port, "/slow?seconds=3")
+            time.sleep(0.3)  # the slow request is in flight: the scenario
+            t.signal(signal.SIGTERM)
+            t.wait_for("STOPPING", timeout=5)
+            stopping = time.monotonic()
+            assert idle.recv(4096) == b""  # the server closed it
+            closed_after = time.monotonic() - stopping
+            assert 0.3 < closed_after < 2.0  # the default grace is 0.5 s
+            assert slow.result()[0] == 200
+        idle.close()
+        assert t.wait() == 0
