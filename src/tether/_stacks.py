@@ -13,20 +13,21 @@ import asyncio
 import sys
 import threading
 import traceback
-from collections.abc import Iterable
-from types import CoroutineType, FrameType, GeneratorType
+from collections.abc import Iterable, Iterator
+from types import CodeType, CoroutineType, FrameType, GeneratorType
 from typing import Any
 
-__all__ = ["format_frames", "task_frames", "task_stack", "thread_stacks", "waiting_on"]
+__all__ = ["await_frames", "format_frames", "task_frames", "task_stack", "thread_stacks"]
 
 
-def task_frames(task: asyncio.Task[Any]) -> list[traceback.FrameSummary]:
-    """The task's await chain, outermost first, as frame summaries."""
-    frames: list[traceback.FrameSummary] = []
+def await_frames(task: asyncio.Task[Any]) -> Iterator[FrameType]:
+    """The frames of the task's await chain, outermost first.
+
+    The one walker of await chains: the debug server, shutdown reports, the
+    tracker and leak detection all read stacks through it.
+    """
     awaitable: Any = task.get_coro()
-    seen = 0
-    while awaitable is not None and seen < 256:
-        seen += 1
+    for _ in range(256):  # a bound, in case a broken awaitable awaits itself
         frame: FrameType | None
         if isinstance(awaitable, CoroutineType):
             frame, nxt = awaitable.cr_frame, awaitable.cr_await
@@ -37,29 +38,22 @@ def task_frames(task: asyncio.Task[Any]) -> list[traceback.FrameSummary]:
             frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "ag_frame", None)
             nxt = getattr(awaitable, "cr_await", None) or getattr(awaitable, "ag_await", None)
         if frame is None:
-            break
-        code = frame.f_code
-        frames.append(
-            traceback.FrameSummary(code.co_filename, frame.f_lineno, code.co_name, lookup_line=True)
-        )
+            return
+        yield frame
         awaitable = nxt
-    return frames
 
 
-def waiting_on(task: asyncio.Task[Any]) -> str:
-    """What the innermost await of the task waits on, in a few words ("" if unknown)."""
-    awaitable: Any = task.get_coro()
-    last: Any = None
-    for _ in range(256):
-        nxt = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom", None)
-        if nxt is None:
-            break
-        last, awaitable = nxt, nxt
-    if isinstance(last, asyncio.Future) and not isinstance(last, asyncio.Task):
-        return "a future"
-    if isinstance(last, asyncio.Task):
-        return f"task {last.get_name()!r}"
-    return ""
+def task_frames(
+    task: asyncio.Task[Any], hide: CodeType | None = None
+) -> list[traceback.FrameSummary]:
+    """The task's await chain, outermost first, as frame summaries; without ``hide``'s frames."""
+    return [
+        traceback.FrameSummary(
+            frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name, lookup_line=True
+        )
+        for frame in await_frames(task)
+        if frame.f_code is not hide
+    ]
 
 
 def format_frames(frames: Iterable[traceback.FrameSummary]) -> str:

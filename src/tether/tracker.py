@@ -25,25 +25,36 @@ Two ways in, besides :meth:`Tracker.spawn`:
 Written by hand: asyncio's ``TaskGroup`` cancels everything on the first
 failure and cannot report what it abandoned, and no maintained library offers
 a drain with a deadline, a report and adoption.
+
+This module is the tracker's machinery and the process's tracker; the errors
+and report types live in :mod:`tether._trackertypes`, the adoption factory in
+:mod:`tether._adoption`. Every name is importable from here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
-import traceback
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterator
-from contextvars import Context, ContextVar
-from dataclasses import dataclass
-from types import CoroutineType, FrameType, GeneratorType
+from collections.abc import Coroutine
+from types import CoroutineType
 from typing import Any, Literal, TypeVar
 
+from tether._adoption import REQUEST_SCOPE, Adoption, install_adoption, no_adoption, request_scope
+from tether._stacks import format_frames, task_frames
+from tether._trackertypes import (
+    AbandonedTask,
+    BaseExceptionInWork,
+    NoCurrentTracker,
+    TrackerClosed,
+    TrackerFull,
+    TrackerReport,
+    TrackerStats,
+)
 from tether.config import check_timeout
-from tether.errors import AbandonedWork, ConfigError, TetherError
+from tether.errors import ConfigError
 
 __all__ = [
     "Tracker",
@@ -72,130 +83,7 @@ WhenClosed = Literal["refuse", "inline"]
 #: Seconds cancelled work gets to unwind before it is reported as ignoring cancellation.
 DEFAULT_CANCEL_TIMEOUT = 2.0
 
-
-class TrackerClosed(TetherError, RuntimeError):
-    """Work was offered to a tracker whose shutdown has begun."""
-
-    def __init__(self, tracker: str, work: str) -> None:
-        super().__init__(
-            f"tracker {tracker!r} is shutting down and refused new work {work!r}; "
-            "start work before shutdown begins, or create the tracker with "
-            'when_closed="inline" to run late work in the caller'
-        )
-        self.tracker = tracker
-        self.work = work
-
-
-class TrackerFull(TetherError, RuntimeError):
-    """``try_spawn`` found every slot of a limited tracker taken."""
-
-    def __init__(self, tracker: str, work: str, limit: int) -> None:
-        super().__init__(
-            f"tracker {tracker!r} is full ({limit} tasks running) and refused {work!r}; "
-            "use `await tracker.spawn(...)` to wait for a free slot, or raise the limit"
-        )
-        self.tracker = tracker
-        self.work = work
-        self.limit = limit
-
-
-class NoCurrentTracker(TetherError, RuntimeError):
-    """``tether.spawn`` was called in a process where no tracker is installed."""
-
-    def __init__(self, call: str) -> None:
-        super().__init__(
-            f"{call} needs the process's tracker, and none is installed; "
-            "run the app with `tether run`, or in a script or test install one with "
-            "`tether.tracker.set_current_tracker(tether.Tracker())` and shut it down at the end"
-        )
-        self.call = call
-
-
-class BaseExceptionInWork(TetherError):
-    """Tracked work raised ``KeyboardInterrupt`` or ``SystemExit``; it counts as a failure.
-
-    Letting either escape would stop the event loop and lose every other task,
-    which is what the tracker exists to prevent; the original is the ``__cause__``.
-    """
-
-    def __init__(self, work: str, original: BaseException) -> None:
-        super().__init__(
-            f"tracked work {work!r} raised {original!r}; tracked work cannot stop the "
-            "process, so this was recorded as a failure; to stop the service, let a "
-            "Group member exit instead"
-        )
-        self.work = work
-        self.original = original
-
-
-@dataclass(frozen=True)
-class TrackerStats:
-    """Counters of one tracker.
-
-    ``spawned == running + completed + failed + cancelled + abandoned`` always holds.
-    """
-
-    spawned: int  #: tasks accepted, explicitly or by adoption
-    running: int  #: tasks not finished yet
-    completed: int  #: returned normally
-    failed: int  #: raised (logged at once)
-    cancelled: int  #: cancelled by someone else before shutdown reached them
-    abandoned: int  #: still running at the shutdown deadline
-    adopted: int  #: of ``spawned``, how many came in through adoption
-    waiting: int  #: ``spawn`` calls waiting for a free slot
-
-
-@dataclass(frozen=True)
-class AbandonedTask:
-    """A task still running when the shutdown deadline passed."""
-
-    name: str
-    #: Where it was suspended when the deadline passed, outermost frame first.
-    stack: str
-    #: True if it was still running after the hard deadline that followed its cancellation.
-    ignored_cancellation: bool
-    #: The request scope it was adopted from, or None for explicitly spawned work.
-    origin: str | None = None
-
-    def to_abandoned_work(self) -> AbandonedWork:
-        """This item as the runtime's shutdown report entry."""
-        detail = "ignored cancellation" if self.ignored_cancellation else "cancelled"
-        if self.origin is not None:
-            detail += f"; started by {self.origin}"
-        return AbandonedWork(kind="task", name=self.name, stack=self.stack, detail=detail)
-
-
-@dataclass(frozen=True)
-class TrackerReport:
-    """What :meth:`Tracker.shutdown` found: lifetime counts, and what it abandoned."""
-
-    completed: int
-    failed: int
-    cancelled: int
-    abandoned: tuple[AbandonedTask, ...]
-    #: Seconds the shutdown took.
-    elapsed: float
-
-    @property
-    def clean(self) -> bool:
-        """True if nothing was abandoned."""
-        return not self.abandoned
-
-    def abandoned_work(self) -> list[AbandonedWork]:
-        """The abandoned items, ready for :class:`tether.errors.ShutdownAbandoned`."""
-        return [item.to_abandoned_work() for item in self.abandoned]
-
-    def summary(self) -> str:
-        """One line for the log."""
-        text = (
-            f"{self.completed} completed, {self.failed} failed, {self.cancelled} cancelled, "
-            f"{len(self.abandoned)} abandoned in {self.elapsed:.2f}s"
-        )
-        if self.abandoned:
-            text += ": " + ", ".join(repr(item.name) for item in self.abandoned)
-        return text
-
-
+# The phases of a tracker's life; the adoption factory reads them too.
 _OPEN, _DRAINING, _CANCELLING, _DONE = range(4)
 
 
@@ -352,8 +240,7 @@ class Tracker:
         return task
 
     def _start(self, coro: Coroutine[Any, Any, T], name: str | None) -> asyncio.Task[T]:
-        if name is None:
-            name = getattr(coro, "__qualname__", None) or type(coro).__name__
+        name = _work_name(coro, name)
         wrapped = _guarded(coro, name)
         self._spawning = True
         try:
@@ -577,7 +464,8 @@ class Tracker:
                 self._on_done(task)
                 continue
             # Take the stack first: where it was stuck is what the report is for.
-            item = AbandonedTask(_display_name(task), _task_stack(task), False, origin)
+            stack = format_frames(task_frames(task, hide=_GUARD_CODE))  # without the guard
+            item = AbandonedTask(_display_name(task), stack, False, origin)
             cancelled.append((task, item))
             task.remove_done_callback(self._on_done_cb)
             del self._tasks[task]
@@ -644,26 +532,6 @@ def _log_failure(task: asyncio.Task[Any], exc: BaseException, what: str) -> None
     logger.error("tracked task %r %s", _display_name(task), what, exc_info=exc)
 
 
-def _task_stack(task: asyncio.Task[Any]) -> str:
-    """The task's chain of awaits, outermost first, formatted like a traceback body."""
-    frames: list[FrameType] = []
-    awaitable: Any = task.get_coro()
-    for _ in range(256):
-        if isinstance(awaitable, CoroutineType):
-            frame, nxt = awaitable.cr_frame, awaitable.cr_await
-        elif isinstance(awaitable, GeneratorType):
-            frame, nxt = awaitable.gi_frame, awaitable.gi_yieldfrom
-        else:
-            break
-        if frame is None:
-            break
-        if frame.f_code is not _GUARD_CODE:
-            frames.append(frame)
-        awaitable = nxt
-    summary = traceback.StackSummary.extract((f, f.f_lineno) for f in frames)
-    return "".join(summary.format())
-
-
 # -- the process's tracker ----------------------------------------------------------------
 
 _current: Tracker | None = None
@@ -697,120 +565,3 @@ def spawn(coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.T
         coro.close()
         raise NoCurrentTracker(call=f"tether.spawn({_work_name(coro, name)}(...))")
     return tracker.try_spawn(coro, name=name)
-
-
-# -- adoption -----------------------------------------------------------------------------
-
-#: Set (to a short label such as ``"GET /events"``) while a request is handled.
-#: Tasks copy their creator's context, so every task created, directly or
-#: transitively, from a request handler sees it; the adoption factory looks here.
-REQUEST_SCOPE: ContextVar[str | None] = ContextVar("tether_request_scope", default=None)
-
-
-@contextlib.contextmanager
-def request_scope(label: str = "a request") -> Iterator[None]:
-    """Mark the code inside as handling a request: tasks it creates are adopted."""
-    token = REQUEST_SCOPE.set(label)
-    try:
-        yield
-    finally:
-        REQUEST_SCOPE.reset(token)
-
-
-@contextlib.contextmanager
-def no_adoption() -> Iterator[None]:
-    """Tasks created inside are not adopted, even in a request (for lazily started loops)."""
-    token = REQUEST_SCOPE.set(None)
-    try:
-        yield
-    finally:
-        REQUEST_SCOPE.reset(token)
-
-
-TaskFactory = Callable[..., "asyncio.Future[Any]"]
-
-
-class Adoption:
-    """An installed adoption factory; :meth:`uninstall` or leaving ``with`` removes it."""
-
-    def __init__(self, tracker: Tracker, loop: asyncio.AbstractEventLoop) -> None:
-        tracker._bind(loop)
-        self.tracker = tracker
-        self.loop = loop
-        self._previous: TaskFactory | None = loop.get_task_factory()
-        self._factory, self._disable = _make_factory(tracker, self._previous)
-        self._installed = True
-        loop.set_task_factory(self._factory)
-
-    def uninstall(self) -> None:
-        """Stop adopting; restore the previous factory if ours is still the loop's."""
-        if not self._installed:
-            return
-        self._installed = False
-        if self.loop.get_task_factory() is self._factory:
-            self.loop.set_task_factory(self._previous)
-        else:
-            # Another factory was installed on top and chains to ours: keep the chain
-            # intact and only stop adopting.
-            self._disable()
-
-    def __enter__(self) -> Adoption:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.uninstall()
-
-
-def install_adoption(tracker: Tracker, loop: asyncio.AbstractEventLoop | None = None) -> Adoption:
-    """Make ``loop`` (default: the running one) adopt request-scope tasks into ``tracker``."""
-    return Adoption(tracker, loop if loop is not None else asyncio.get_running_loop())
-
-
-def _make_factory(
-    tracker: Tracker, previous: TaskFactory | None
-) -> tuple[TaskFactory, Callable[[], None]]:
-    scope = REQUEST_SCOPE
-    current_scope = scope.get
-    make_task = asyncio.Task
-    enabled = True
-
-    # Runs on every create_task in the process, so it is kept flat: outside a request
-    # it costs one ContextVar read; inside, two list appends (see Tracker._settle).
-    def factory(
-        loop: asyncio.AbstractEventLoop,
-        coro: Coroutine[Any, Any, Any],
-        context: Context | None = None,
-        **kwargs: Any,
-    ) -> asyncio.Future[Any]:
-        task: asyncio.Future[Any]
-        if previous is None:
-            if kwargs:
-                task = make_task(coro, loop=loop, context=context, **kwargs)
-            else:
-                task = make_task(coro, loop=loop, context=context)
-        elif context is None and not kwargs:
-            task = previous(loop, coro)  # the legacy call, for factories without **kwargs
-        else:
-            task = previous(loop, coro, context=context, **kwargs)
-        origin = current_scope() if context is None else context.get(scope)
-        if (
-            origin is not None
-            and enabled
-            and not tracker._spawning  # Tracker._start registers its own task
-            and isinstance(task, asyncio.Task)
-        ):
-            if tracker._phase == _CANCELLING:
-                tracker._adopt_late(task, origin)
-            else:
-                fresh = tracker._fresh
-                if not fresh:
-                    loop.call_soon(tracker._hop, loop)
-                fresh.append(task)
-                tracker._fresh_origins.append(origin)
-        return task
-
-    def disable() -> None:
-        nonlocal enabled
-        enabled = False
-
-    return factory, disable

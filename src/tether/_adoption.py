@@ -1,0 +1,148 @@
+"""Adoption: plain ``asyncio.create_task`` inside a request becomes tracked work.
+
+A handler that calls ``asyncio.create_task`` leaves a task nobody owns. The
+adoption factory, installed on a loop with :func:`install_adoption`, registers
+every task created, directly or transitively, inside a :func:`request_scope`
+with a :class:`~tether.tracker.Tracker`, so existing code is tracked without a
+change.
+
+Invariant: the factory creates exactly the task the loop would have created
+without it (through the factory installed before it, if any, which is how it
+chains with leak detection's); adoption only adds a registration, and
+uninstalling never breaks a chain another factory built on top of it.
+
+The factory is on the path of every ``create_task`` in the process, so it is
+one flat function that reaches into the tracker's registration lists directly
+(as ``Tracker._start`` does for spawned work), without a method call between.
+Everything here is re-exported from :mod:`tether.tracker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine, Iterator
+from contextvars import Context, ContextVar
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tether.tracker import Tracker
+
+__all__ = ["REQUEST_SCOPE", "Adoption", "install_adoption", "no_adoption", "request_scope"]
+
+#: Set (to a short label such as ``"GET /events"``) while a request is handled.
+#: Tasks copy their creator's context, so every task created, directly or
+#: transitively, from a request handler sees it; the adoption factory looks here.
+REQUEST_SCOPE: ContextVar[str | None] = ContextVar("tether_request_scope", default=None)
+
+
+@contextlib.contextmanager
+def request_scope(label: str = "a request") -> Iterator[None]:
+    """Mark the code inside as handling a request: tasks it creates are adopted."""
+    token = REQUEST_SCOPE.set(label)
+    try:
+        yield
+    finally:
+        REQUEST_SCOPE.reset(token)
+
+
+@contextlib.contextmanager
+def no_adoption() -> Iterator[None]:
+    """Tasks created inside are not adopted, even in a request (for lazily started loops)."""
+    token = REQUEST_SCOPE.set(None)
+    try:
+        yield
+    finally:
+        REQUEST_SCOPE.reset(token)
+
+
+TaskFactory = Callable[..., "asyncio.Future[Any]"]
+
+
+class Adoption:
+    """An installed adoption factory; :meth:`uninstall` or leaving ``with`` removes it."""
+
+    def __init__(self, tracker: Tracker, loop: asyncio.AbstractEventLoop) -> None:
+        tracker._bind(loop)
+        self.tracker = tracker
+        self.loop = loop
+        self._previous: TaskFactory | None = loop.get_task_factory()
+        self._factory, self._disable = _make_factory(tracker, self._previous)
+        self._installed = True
+        loop.set_task_factory(self._factory)
+
+    def uninstall(self) -> None:
+        """Stop adopting; restore the previous factory if ours is still the loop's."""
+        if not self._installed:
+            return
+        self._installed = False
+        if self.loop.get_task_factory() is self._factory:
+            self.loop.set_task_factory(self._previous)
+        else:
+            # Another factory was installed on top and chains to ours: keep the chain
+            # intact and only stop adopting.
+            self._disable()
+
+    def __enter__(self) -> Adoption:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.uninstall()
+
+
+def install_adoption(tracker: Tracker, loop: asyncio.AbstractEventLoop | None = None) -> Adoption:
+    """Make ``loop`` (default: the running one) adopt request-scope tasks into ``tracker``."""
+    return Adoption(tracker, loop if loop is not None else asyncio.get_running_loop())
+
+
+def _make_factory(
+    tracker: Tracker, previous: TaskFactory | None
+) -> tuple[TaskFactory, Callable[[], None]]:
+    # Imported here, not at the top: tether.tracker imports this module to re-export it.
+    from tether.tracker import _CANCELLING as cancelling
+
+    scope = REQUEST_SCOPE
+    current_scope = scope.get
+    make_task = asyncio.Task
+    enabled = True
+
+    # Runs on every create_task in the process, so it is kept flat: outside a request
+    # it costs one ContextVar read; inside, two list appends (see Tracker._settle).
+    def factory(
+        loop: asyncio.AbstractEventLoop,
+        coro: Coroutine[Any, Any, Any],
+        context: Context | None = None,
+        **kwargs: Any,
+    ) -> asyncio.Future[Any]:
+        task: asyncio.Future[Any]
+        if previous is None:
+            if kwargs:
+                task = make_task(coro, loop=loop, context=context, **kwargs)
+            else:
+                task = make_task(coro, loop=loop, context=context)
+        elif context is None and not kwargs:
+            task = previous(loop, coro)  # the legacy call, for factories without **kwargs
+        else:
+            task = previous(loop, coro, context=context, **kwargs)
+        origin = current_scope() if context is None else context.get(scope)
+        if (
+            origin is not None
+            and enabled
+            and not tracker._spawning  # Tracker._start registers its own task
+            and isinstance(task, asyncio.Task)
+        ):
+            if tracker._phase == cancelling:
+                tracker._adopt_late(task, origin)
+            else:
+                fresh = tracker._fresh
+                if not fresh:
+                    loop.call_soon(tracker._hop, loop)
+                fresh.append(task)
+                tracker._fresh_origins.append(origin)
+        return task
+
+    def disable() -> None:
+        nonlocal enabled
+        enabled = False
+
+    return factory, disable
