@@ -27,7 +27,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from tether import leaks
+from tether import _leakscan, leaks
 
 PEERS = Path(__file__).parent / "out" / "venv-pyleak"
 
@@ -192,7 +192,7 @@ def cleanup() -> None:
         while True:
             pid, _ = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
-                for child in leaks._proc.children():
+                for child in _leakscan._proc.children():
                     os.kill(child.pid, 9)
                     os.waitpid(child.pid, 0)
                 break

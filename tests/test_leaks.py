@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tether import leaks
+from tether import _creation, _leakscan, leaks
 from tether.errors import TetherError
 from tether.leaks import Leak, LeakError, LeakOptions
 
@@ -24,11 +24,11 @@ QUICK = LeakOptions(timeout=0.05)
 @pytest.fixture
 def tracking() -> Iterator[None]:
     """Record creation sites for the test, whether or not the pytest plugin already does."""
-    leaks._track_new_loops()
+    _creation._track_new_loops()
     try:
         yield
     finally:
-        leaks._untrack_new_loops()
+        _creation._untrack_new_loops()
 
 
 def only(found: list[Leak], kind: str) -> Leak:
@@ -249,7 +249,7 @@ def test_tasks_are_found_by_asking_each_loop_too() -> None:
     loop = asyncio.new_event_loop()
     try:
         task = loop.create_task(asyncio.sleep(10))
-        assert task in leaks._tasks_from_loops()
+        assert task in _leakscan._tasks_from_loops()
         task.cancel()
         loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
     finally:
@@ -464,7 +464,7 @@ def test_creation_tracking_chains_to_the_previous_factory_and_restores_it() -> N
             task = asyncio.create_task(asyncio.sleep(0), name="chained")
             assert task.get_name() == "chained"
             assert made == ["previous"]
-            site = leaks._task_sites[task]
+            site = _creation._task_sites[task]
             assert site[0].co_name == "main"
             await task
         assert loop.get_task_factory() is previous
@@ -488,10 +488,10 @@ def test_a_factory_installed_after_tracking_still_gets_the_right_site() -> None:
         task = asyncio.create_task(asyncio.sleep(0))
         leaks.uninstall_creation_tracking(loop)
         assert loop.get_task_factory() is outer  # ours stays in the chain, passing through
-        assert leaks._task_sites[task][0].co_name == "main"
+        assert _creation._task_sites[task][0].co_name == "main"
         await task
         untracked = asyncio.create_task(asyncio.sleep(0))
-        assert untracked not in leaks._task_sites
+        assert untracked not in _creation._task_sites
         await untracked
         loop.set_task_factory(None)
 

@@ -12,36 +12,43 @@ whole retry window (``LeakOptions.timeout``, half a second by default, polled
 with backoff), so work that is about to finish is never a leak; and a check
 that finds nothing returns after one scan, without waiting.
 
-Creation sites: :func:`install_creation_tracking` puts a task factory on a loop
-that records where each task was created. It chains to the factory already
-installed (tether's Tracker installs one too) and uninstalling restores it. The
-same call turns on a process-wide audit hook that records where sockets and
-subprocesses are created. Python cannot remove an audit hook, so once installed
-it stays, reduced to one flag test per audited event.
-
-Python's task registry changed in 3.12 and again in 3.14; :func:`_live_tasks`
-reads the one this interpreter has and falls back to asking each loop.
+This module is the API, the report types and the retrying check. The scan
+of what is alive lives in :mod:`tether._leakscan`; recording where things
+were created (:func:`install_creation_tracking`, re-exported here) in
+:mod:`tether._creation`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import gc
 import inspect
 import linecache
-import os
-import sys
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from types import CodeType, FrameType, TracebackType
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from dataclasses import dataclass, replace
+from types import CodeType, TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
 
-from tether._procfs import ChildProcess, OpenFd, ProcFS
+from tether._creation import (
+    _RawFrame,
+    creation_tracking,
+    install_creation_tracking,
+    uninstall_creation_tracking,
+)
+from tether._leakscan import (
+    _AWAIT_MARKER,
+    _add_stacks,
+    _await_chain,
+    _Found,
+    _proc,
+    _scan,
+    _site_of_fd,
+    _site_of_pid,
+)
+from tether._procfs import ChildProcess, OpenFd
 from tether.errors import TetherError
 
 __all__ = [
@@ -73,8 +80,6 @@ ALL_KINDS: frozenset[str] = frozenset({"task", "thread", "process", "fd"})
 #: matched against ``module.qualname`` whole, by suffix ("Queue.get") or by
 #: module prefix ("uvicorn" matches every function in uvicorn).
 FunctionRef = str | Callable[..., Any]
-
-_proc = ProcFS()
 
 
 # -- data -------------------------------------------------------------------
@@ -206,21 +211,6 @@ class LeakOptions:
 # -- snapshot ---------------------------------------------------------------
 
 
-# A frame as the scan keeps it: code object, line, module name. Turned into a Frame only
-# for the report, so that matching by function object stays exact.
-_RawFrame = tuple[CodeType, int, str]
-
-
-@dataclass
-class _Found:
-    """One live thing seen by a scan, before it becomes a Leak."""
-
-    kind: str
-    key: object  # the task or thread itself, or a ("fd"/"process", ...) tuple
-    stack: list[_RawFrame] = field(default_factory=list)
-    site: _RawFrame | None = None
-
-
 class Snapshot:
     """What was alive at one moment; :func:`find` reports only what is not in it."""
 
@@ -257,142 +247,6 @@ def snapshot(kinds: frozenset[str] = ALL_KINDS) -> Snapshot:
     for found in _scan(kinds):
         snap._add(found)
     return snap
-
-
-# -- scanning ---------------------------------------------------------------
-
-
-def _copy(collection: Any) -> list[Any]:
-    # Another thread's loop may add a task while we copy: retry like asyncio.all_tasks does.
-    for _ in range(1000):
-        try:
-            return list(collection)
-        except RuntimeError:
-            continue
-    return []
-
-
-def _live_tasks() -> list[asyncio.Task[Any]]:
-    """Every pending task of every event loop in the process."""
-    registry = getattr(asyncio.tasks, "_all_tasks", None)  # 3.11: one WeakSet for all loops
-    if registry is None and sys.version_info < (3, 14):
-        # 3.12, 3.13: scheduled tasks, plus eager tasks while they run their first step.
-        scheduled = getattr(asyncio.tasks, "_scheduled_tasks", None)
-        eager = getattr(asyncio.tasks, "_eager_tasks", None)
-        if scheduled is not None:
-            registry = _copy(scheduled) + _copy(eager or ())
-    if registry is not None:
-        return [t for t in _copy(registry) if not t.done()]
-    return _tasks_from_loops()
-
-
-def _tasks_from_loops() -> list[asyncio.Task[Any]]:
-    # 3.14+: native tasks live in per-thread lists that only all_tasks(loop) reads.
-    tasks: list[asyncio.Task[Any]] = []
-    for loop in _known_loops():
-        tasks.extend(asyncio.all_tasks(loop))
-    return tasks
-
-
-def _known_loops() -> list[asyncio.AbstractEventLoop]:
-    loops: dict[int, asyncio.AbstractEventLoop] = {id(loop): loop for loop in _copy(_recorders)}
-    for obj in gc.get_objects():
-        if isinstance(obj, asyncio.AbstractEventLoop) and not obj.is_closed():
-            loops[id(obj)] = obj
-    return list(loops.values())
-
-
-def _current_task() -> asyncio.Task[Any] | None:
-    try:
-        return asyncio.current_task()
-    except RuntimeError:
-        return None
-
-
-def _scan(kinds: frozenset[str]) -> Iterator[_Found]:
-    """Everything alive of the given kinds, identities only (stacks come later, if needed)."""
-    if "task" in kinds:
-        me = _current_task()
-        for task in _live_tasks():
-            if task is not me:
-                yield _Found("task", task)
-    if "thread" in kinds:
-        current = threading.current_thread()
-        for thread in threading.enumerate():
-            if thread is not current and thread.is_alive():
-                yield _Found("thread", thread)
-    if "process" in kinds:
-        for child in _proc.children():
-            yield _Found("process", child.key)
-    if "fd" in kinds:
-        for fd in _proc.open_fds():
-            yield _Found("fd", fd.key)
-
-
-def _add_stacks(found: list[_Found]) -> None:
-    frames = sys._current_frames() if any(f.kind == "thread" for f in found) else {}
-    for item in found:
-        if item.kind == "task":
-            task = cast("asyncio.Task[Any]", item.key)
-            item.stack = _await_chain(task)[0]
-            item.site = _task_sites.get(task)
-        elif item.kind == "thread":
-            ident = cast(threading.Thread, item.key).ident
-            if ident in frames:
-                item.stack = _frame_stack(frames[ident])
-
-
-def _frame_stack(frame: FrameType | None) -> list[_RawFrame]:
-    stack = []
-    while frame is not None:
-        stack.append(_raw(frame))
-        frame = frame.f_back
-    stack.reverse()
-    return stack
-
-
-def _raw(frame: FrameType) -> _RawFrame:
-    return (frame.f_code, frame.f_lineno, frame.f_globals.get("__name__", "?"))
-
-
-def _await_chain(task: asyncio.Future[Any], depth: int = 0) -> tuple[list[_RawFrame], str]:
-    """The frames of a task from its coroutine down what it awaits, and what it waits on."""
-    stack: list[_RawFrame] = []
-    obj: Any = task.get_coro() if isinstance(task, asyncio.Task) else None
-    while obj is not None:
-        if hasattr(obj, "cr_frame"):
-            frame, obj = obj.cr_frame, obj.cr_await
-        elif hasattr(obj, "gi_frame"):
-            frame, obj = obj.gi_frame, obj.gi_yieldfrom
-        elif hasattr(obj, "ag_frame"):
-            frame, obj = obj.ag_frame, obj.ag_await
-        else:
-            break  # a future's iterator or an async generator step: see _fut_waiter below
-        if frame is not None:
-            stack.append(_raw(frame))
-    waiter = getattr(task, "_fut_waiter", None)
-    if waiter is None:
-        return stack, ""
-    if isinstance(waiter, asyncio.Task) and depth < 8:
-        inner, waits = _await_chain(waiter, depth + 1)
-        marker = (_AWAIT_MARKER, 0, f"awaiting task {waiter.get_name()!r}")
-        return [*stack, marker, *inner], waits
-    return stack, _describe_future(waiter)
-
-
-def _describe_future(future: object) -> str:
-    children = getattr(future, "_children", None)  # asyncio.gather's future
-    if children:
-        names = ", ".join(repr(c.get_name()) for c in children if isinstance(c, asyncio.Task))
-        return f"gather of {len(children)}: {names}" if names else repr(future)
-    return repr(future)
-
-
-def _marker() -> None:
-    """Stands in a stack where one task awaits another."""
-
-
-_AWAIT_MARKER = _marker.__code__
 
 
 # -- matching and reporting -------------------------------------------------
@@ -469,14 +323,16 @@ class _Reporter:
             pid = cast("tuple[str, int, int]", found.key)[1]
             site = _site_of_pid(pid)
             state = child.describe_state() if child else ""
-            return Leak("process", str(pid), _proc.command_line(pid), (), state, site)
+            created = _frame(site) if site is not None else None
+            return Leak("process", str(pid), _proc.command_line(pid), (), state, created)
         fd = self._fd(found.key)
         number = cast("tuple[str, int, int, int]", found.key)[1]
         if self._sockets is None:
             self._sockets = _proc.socket_table()
         target = _proc.describe_fd(fd, self._sockets) if fd else "?"
         site = _site_of_fd(number) if fd is not None and fd.kind == "socket" else None
-        return Leak("fd", str(number), target, (), "", site, fd.kind if fd else "")
+        created = _frame(site) if site is not None else None
+        return Leak("fd", str(number), target, (), "", created, fd.kind if fd else "")
 
     def _where(self, task: asyncio.Task[Any]) -> str:
         loop = task.get_loop()
@@ -658,205 +514,3 @@ class no_leaks:
             return result
 
         return check
-
-
-# -- creation sites ---------------------------------------------------------
-
-_ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
-# Frames in these files are plumbing between the caller and the thing created; the
-# creation site is the first frame outside them.
-_PLUMBING = (
-    _ASYNCIO_DIR,
-    os.path.dirname(threading.__file__) + os.sep + "threading.py",
-    os.path.dirname(threading.__file__) + os.sep + "socket.py",
-    os.path.dirname(threading.__file__) + os.sep + "subprocess.py",
-    os.path.dirname(threading.__file__) + os.sep + "selectors.py",
-    os.path.dirname(threading.__file__) + os.sep + "ssl.py",
-    __file__,
-)
-
-_task_sites: weakref.WeakKeyDictionary[asyncio.Future[Any], _RawFrame] = weakref.WeakKeyDictionary()
-_object_sites: weakref.WeakKeyDictionary[object, _RawFrame] = weakref.WeakKeyDictionary()
-_recorders: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Recorder] = (
-    weakref.WeakKeyDictionary()
-)
-_audit = {"installed": False, "users": 0, "policy_users": 0}
-
-
-def _site(frame: FrameType | None) -> _RawFrame | None:
-    while frame is not None and frame.f_code.co_filename.startswith(_PLUMBING):
-        frame = frame.f_back
-    return _raw(frame) if frame is not None else None
-
-
-TaskFactory = Callable[..., "asyncio.Future[Any]"]
-
-
-class _Recorder:
-    """The task factory: creates the task through the previous factory, then records its site."""
-
-    __slots__ = ("active", "depth", "previous")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.previous: TaskFactory | None = loop.get_task_factory()
-        self.active = True
-        # Frames between this call and the caller of create_task: the loop's create_task,
-        # if it is Python code. Factories installed after this one add a frame each; the
-        # first of them is skipped as create_task would be, the others would be recorded.
-        python_create_task = inspect.isfunction(getattr(type(loop), "create_task", None))
-        self.depth = 2 if python_create_task else 1
-
-    def __call__(self, loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
-        if self.previous is not None:
-            task = self.previous(loop, coro, **kwargs)
-        else:
-            task = _Task(coro, loop=loop, **kwargs)
-        if not self.active:
-            return task
-        # sys._getframe(depth) materialises only the frame asked for (3.11+), and each frame
-        # object made costs; so jump straight past the loop's create_task (the depth is 1
-        # where create_task is not Python, as in uvloop), then past asyncio's own frames.
-        frame: FrameType | None = sys._getframe(self.depth)
-        while frame is not None and frame.f_code.co_filename.startswith(_PLUMBING):
-            frame = frame.f_back
-        if frame is not None:
-            _task_sites[task] = (frame.f_code, frame.f_lineno, frame.f_globals.get("__name__", "?"))
-        return task
-
-
-_Task = asyncio.Task
-
-
-def _on_audit(event: str, args: tuple[Any, ...]) -> None:
-    # Called for every audited event in the process: return at once for all but two.
-    if not _audit["users"] or event not in ("socket.__new__", "subprocess.Popen"):
-        return
-    caller = sys._getframe(1)
-    owner = args[0] if event == "socket.__new__" else caller.f_locals.get("self")
-    site = _site(caller)
-    if owner is not None and site is not None:
-        with contextlib.suppress(TypeError):  # not weak-referenceable: no site for it
-            _object_sites[owner] = site
-
-
-def _site_of_pid(pid: int) -> Frame | None:
-    for owner, site in _copy(_object_sites.items()):
-        if getattr(owner, "pid", None) == pid and hasattr(owner, "poll"):
-            return _frame(site)
-    return None
-
-
-def _site_of_fd(fd: int) -> Frame | None:
-    for owner, site in _copy(_object_sites.items()):
-        fileno = getattr(owner, "fileno", None)
-        if callable(fileno) and not hasattr(owner, "poll"):
-            try:
-                if fileno() == fd:
-                    return _frame(site)
-            except OSError:
-                continue
-    return None
-
-
-def install_creation_tracking(loop: asyncio.AbstractEventLoop | None = None) -> None:
-    """Record where tasks on ``loop`` (default: the running one), sockets, processes are created.
-
-    The task factory chains: it creates each task through the factory that was installed
-    before (or ``asyncio.Task``) and only adds a record. Installing twice on one loop is a
-    no-op. Sockets and subprocesses are tracked process-wide while any loop (or
-    :func:`creation_tracking` block) has tracking on.
-    """
-    loop = loop or asyncio.get_running_loop()
-    if loop in _recorders and _recorders[loop].active:
-        return
-    recorder = _Recorder(loop)
-    loop.set_task_factory(recorder)
-    _recorders[loop] = recorder
-    _enable_audit(+1)
-
-
-def uninstall_creation_tracking(loop: asyncio.AbstractEventLoop | None = None) -> None:
-    """Stop recording on ``loop`` and give it back the task factory it had before."""
-    loop = loop or asyncio.get_running_loop()
-    recorder = _recorders.pop(loop, None)
-    if recorder is None:
-        return
-    recorder.active = False
-    previous = recorder.previous
-    if loop.get_task_factory() is recorder:
-        loop.set_task_factory(previous)
-    # else another factory chained after ours: ours stays in its chain as a pass-through.
-    _enable_audit(-1)
-
-
-class creation_tracking:
-    """``with creation_tracking(loop):`` installs creation tracking for the block."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self.loop = loop
-
-    def __enter__(self) -> None:
-        self.loop = self.loop or asyncio.get_running_loop()
-        install_creation_tracking(self.loop)
-
-    def __exit__(self, *exc: object) -> None:
-        uninstall_creation_tracking(self.loop)
-
-
-def _enable_audit(delta: int) -> None:
-    if not _audit["installed"]:
-        sys.addaudithook(_on_audit)
-        _audit["installed"] = True
-    _audit["users"] = max(0, _audit["users"] + delta)
-
-
-class _TrackingPolicy(asyncio.AbstractEventLoopPolicy):
-    """Wraps the event loop policy so every new loop (``asyncio.run``'s too) records sites."""
-
-    def __init__(self, inner: asyncio.AbstractEventLoopPolicy) -> None:
-        self.inner = inner
-
-    def get_event_loop(self) -> asyncio.AbstractEventLoop:
-        return self.inner.get_event_loop()
-
-    def set_event_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        self.inner.set_event_loop(loop)
-
-    def new_event_loop(self) -> asyncio.AbstractEventLoop:
-        loop = self.inner.new_event_loop()
-        install_creation_tracking(loop)
-        return loop
-
-    # 3.11's asyncio asks the policy for a child watcher to run subprocesses.
-    def get_child_watcher(self) -> Any:
-        return self.inner.get_child_watcher()  # type: ignore[attr-defined,unused-ignore]
-
-    def set_child_watcher(self, watcher: Any) -> None:
-        self.inner.set_child_watcher(watcher)  # type: ignore[attr-defined,unused-ignore]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
-def _track_new_loops() -> None:
-    """Record creation sites from now on: sockets, processes, and tasks on every new loop.
-
-    Tasks only where Python still has event loop policies (they are deprecated in 3.14);
-    there, loops need :func:`install_creation_tracking`. Calls nest (pytest's own tests
-    run sessions inside a session); each needs an :func:`_untrack_new_loops`.
-    """
-    _enable_audit(+1)
-    _audit["policy_users"] += 1
-    if sys.version_info < (3, 14):
-        policy = asyncio.get_event_loop_policy()
-        if not isinstance(policy, _TrackingPolicy):
-            asyncio.set_event_loop_policy(_TrackingPolicy(policy))
-
-
-def _untrack_new_loops() -> None:
-    _enable_audit(-1)
-    _audit["policy_users"] = max(0, _audit["policy_users"] - 1)
-    if _audit["policy_users"] == 0 and sys.version_info < (3, 14):
-        policy = asyncio.get_event_loop_policy()
-        if isinstance(policy, _TrackingPolicy):
-            asyncio.set_event_loop_policy(policy.inner)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tether import leaks
+from tether import _creation, _leakscan, leaks
 from tether.leaks import LeakOptions, Snapshot
 
 _MODES = ("test", "session", "off")
@@ -132,7 +132,7 @@ class _LeakChecker:
                 if session.exitstatus == pytest.ExitCode.OK:
                     session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if self.tracking:
-            leaks._untrack_new_loops()
+            _creation._untrack_new_loops()
             self.tracking = False
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -151,7 +151,7 @@ class _LeakChecker:
 
     def _start_tracking(self) -> None:
         if not self.tracking:
-            leaks._track_new_loops()
+            _creation._track_new_loops()
             self.tracking = True
 
     # -- fixtures -----------------------------------------------------------
@@ -162,7 +162,7 @@ class _LeakChecker:
             return (yield)
         before = leaks.snapshot()
         result = yield
-        created = [f for f in leaks._scan(leaks.ALL_KINDS) if f not in before]
+        created = [f for f in _leakscan._scan(leaks.ALL_KINDS) if f not in before]
         for found in created:
             self.fixtures._add(found)
 
@@ -249,5 +249,5 @@ class _LeakChecker:
         return result
 
     @staticmethod
-    def _new(baselines: list[Snapshot]) -> list[leaks._Found]:
-        return [f for f in leaks._scan(leaks.ALL_KINDS) if not any(f in b for b in baselines)]
+    def _new(baselines: list[Snapshot]) -> list[_leakscan._Found]:
+        return [f for f in _leakscan._scan(leaks.ALL_KINDS) if not any(f in b for b in baselines)]
