@@ -21,7 +21,7 @@ import pytest
 from tether import WalkError, awalk, walk
 from tether.errors import ConfigError, TetherError
 
-walk_module = importlib.import_module("tether._walk")
+walk_os = importlib.import_module("tether._walkos")  # the OS seam of both walks
 
 # -- helpers ------------------------------------------------------------------
 
@@ -80,7 +80,7 @@ def fail_listing(
             raise exc(os.fsdecode(target))
         return real(target)
 
-    monkeypatch.setattr(walk_module, "_scandir", scandir)
+    monkeypatch.setattr(walk_os, "_scandir", scandir)
 
 
 def denied(path: str) -> OSError:
@@ -570,7 +570,7 @@ def test_awalk_reads_at_most_one_batch_ahead(
                 read[0] += 1
                 yield entry
 
-    monkeypatch.setattr(walk_module, "_scandir", counting_scandir)
+    monkeypatch.setattr(walk_os, "_scandir", counting_scandir)
 
     async def run() -> int:
         worst = 0
@@ -595,7 +595,7 @@ def test_awalk_break_leaves_no_task_thread_or_fd(
         opened[0] += 1
         return real(path)
 
-    monkeypatch.setattr(walk_module, "_scandir", scandir)
+    monkeypatch.setattr(walk_os, "_scandir", scandir)
     threads, fds = set(threading.enumerate()), open_fds()
 
     async def run() -> None:
@@ -657,7 +657,7 @@ def test_aclose_after_cancellation_waits_for_the_reader(
         finally:
             open_scans[0] -= 1
 
-    monkeypatch.setattr(walk_module, "_scandir", slow_scandir)
+    monkeypatch.setattr(walk_os, "_scandir", slow_scandir)
 
     async def run() -> None:
         with ThreadPoolExecutor(max_workers=1) as executor:
