@@ -86,9 +86,13 @@ def pids_gone(pids: list[int], within: float) -> list[int]:
 class MasterProc:
     """One master process under test."""
 
-    def __init__(self, directory: Path, *args: str, workers: int = 2) -> None:
+    def __init__(
+        self, directory: Path, *args: str, workers: int = 2, debug: bool = False
+    ) -> None:
         self.dir = directory
         self.port = free_port()
+        #: The master's debug listener (with ``debug=True``), else 0.
+        self.debug_port = free_port() if debug else 0
         self.control = str(directory / "control.sock")
         self.log_path = directory / "master.log"
         self.args = [
@@ -97,7 +101,7 @@ class MasterProc:
             str(workers),
             "--bind",
             f"127.0.0.1:{self.port}",
-            "--no-debug",
+            *(["--debug-bind", f"127.0.0.1:{self.debug_port}"] if debug else ["--no-debug"]),
             "--control",
             self.control,
             "--graceful-timeout",

@@ -2,6 +2,11 @@
 
 Both are views of the same state (``status()``) plus requests the master
 queues (reload, upgrade, scale, stop); this module only translates.
+
+The debug listener offers what a single process offers (``/healthz``,
+``/readyz``, ``/metrics``, ``/debug/tasks``, ``/debug/threads``), plus
+``/debug/workers``; ``/debug/tasks`` is every worker's dump, ``/debug/threads``
+and ``/metrics`` describe the master itself.
 """
 
 from __future__ import annotations
@@ -11,10 +16,15 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from tether._control import Reply
 from tether._masterhttp import Route, fetch_unix, json_body
+from tether.debug import format_thread_dump, thread_dump
 
 if TYPE_CHECKING:
     from tether._generations import Generation, Worker
@@ -35,6 +45,10 @@ class MasterAPI:
     stopping: bool
     last_reload: dict[str, Any] | None
     reloads: int
+    reloads_failed: int
+    reloading: bool
+    restarts: int
+    _reload_waiters: list[asyncio.Future[dict[str, Any]]]
     _started: float
     _pid: int
 
@@ -76,6 +90,10 @@ class MasterAPI:
                 "workers": self.size,
                 "uptime": round(now - self._started, 3),
                 "reloads": self.reloads,
+                "reloads_failed": self.reloads_failed,
+                "reloading": self.reloading,
+                "reload_queued": bool(self._reload_waiters),
+                "restarts": self.restarts,
             },
             "generations": [
                 g.snapshot(now) for _, g in sorted(self.generations.items()) if g.workers()
@@ -174,18 +192,34 @@ class MasterAPI:
                 return 200, "application/json", json_body(dumps)
             return 200, "text/plain", format_dumps(dumps).encode()
 
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collector(self))
+
+        async def metrics(_q: dict[str, list[str]]) -> tuple[int, str, bytes]:
+            return 200, "text/plain; version=0.0.4", generate_latest(registry)
+
+        async def threads(q: dict[str, list[str]]) -> tuple[int, str, bytes]:
+            dump = thread_dump()
+            if (q.get("format") or [""])[0] == "json":
+                return 200, "application/json", json_body(dump)
+            text = f"tether master {self._pid}: {len(dump)} thread(s)\n" + format_thread_dump(dump)
+            return 200, "text/plain", text.encode()
+
         async def index(_q: dict[str, list[str]]) -> tuple[int, str, bytes]:
             body = (
-                f"tether master {os.getpid()}\n\n/healthz\n/readyz\n/debug/workers\n"
-                "/debug/tasks (?format=json)\n"
+                f"tether master {os.getpid()}\n\n/healthz\n/readyz\n/metrics\n"
+                "/debug/workers\n/debug/tasks (every worker's; ?format=json)\n"
+                "/debug/threads (the master's; ?format=json)\n"
             )
             return 200, "text/plain", body.encode()
 
         return {
             "/healthz": healthz,
             "/readyz": readyz,
+            "/metrics": metrics,
             "/debug/workers": workers,
             "/debug/tasks": tasks,
+            "/debug/threads": threads,
             "/debug": index,
             "/": index,
         }
@@ -201,3 +235,58 @@ def format_dumps(dumps: list[dict[str, Any]]) -> str:
         parts.append(header)
         parts.append(entry.get("text") or entry.get("error", ""))
     return "\n".join(parts) + "\n" if parts else "no workers\n"
+
+
+class _Collector:
+    """The master's metrics, read from its state at scrape time."""
+
+    def __init__(self, master: MasterAPI) -> None:
+        self.master = master
+
+    def collect(self) -> Iterable[Metric]:
+        m = self.master
+        yield GaugeMetricFamily(
+            "tether_ready",
+            "1 while a generation serves and the master is not stopping",
+            value=float(m.is_ready()),
+        )
+        states = GaugeMetricFamily(
+            "tether_master_workers", "worker processes alive, by state", labels=["state"]
+        )
+        live = m.live_workers()
+        for state in ("starting", "ready", "stopping"):
+            states.add_metric([state], float(sum(1 for w in live if w.state == state)))
+        yield states
+        yield GaugeMetricFamily(
+            "tether_master_workers_wanted",
+            "workers per generation (--workers, TTIN/TTOU)",
+            value=float(m.size),
+        )
+        yield GaugeMetricFamily(
+            "tether_master_generation",
+            "number of the generation that serves (0: none yet)",
+            value=float(m.active.number if m.active is not None else 0),
+        )
+        yield GaugeMetricFamily(
+            "tether_master_reloading", "1 while a reload runs", value=float(m.reloading)
+        )
+        yield CounterMetricFamily(
+            "tether_master_reloads",
+            "reloads started (HUP, tether ctl reload)",
+            value=float(m.reloads),
+        )
+        yield CounterMetricFamily(
+            "tether_master_reloads_failed",
+            "reloads whose new generation failed to start",
+            value=float(m.reloads_failed),
+        )
+        yield CounterMetricFamily(
+            "tether_master_worker_restarts",
+            "workers replaced after they died unexpectedly (crash, watchdog)",
+            value=float(m.restarts),
+        )
+        yield GaugeMetricFamily(
+            "tether_master_uptime_seconds",
+            "seconds since this master started",
+            value=time.monotonic() - m._started,
+        )

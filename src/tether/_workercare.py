@@ -191,6 +191,7 @@ class WorkerCare(MasterAPI):
             "while serving" if was_ready else "before it was ready",
             f" in {delay:.1f}s (failure {failures} in a row)" if delay else "",
         )
+        self.restarts += 1
         task = self._spawn_task(
             self._replace(gen, w.slot, delay, w.restarts + 1), f"replace-{w.slot}"
         )

@@ -100,11 +100,17 @@ class Master(WorkerCare):
         self._successor_ready = asyncio.Event()
         self.last_reload: dict[str, Any] | None = None
         self.reloads = 0
+        self.reloads_failed = 0
+        self.reloading = False
+        self.restarts = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._rundir = ""
         self._app_socks: list[socket.socket] = []
         self._debug_sock: socket.socket | None = None
         self._control_sock: socket.socket | None = None
+        #: The control socket's path once this master owns it (bound or inherited):
+        #: only then is it removed on the way out, never a file that was there before.
+        self._control_path: str | None = None
         self._servers: list[ControlServer | DebugServer] = []
         self._parent_r = self._parent_w = -1
         self._rx: NotifyReceiver | None = None
@@ -165,6 +171,10 @@ class Master(WorkerCare):
         cfg = self.config
         if self._control_sock is None and cfg.control:
             self._control_sock = bind_control(cfg.control)
+            self._control_path = cfg.control
+        elif self._control_sock is not None:
+            name = self._control_sock.getsockname()
+            self._control_path = name if isinstance(name, str) and name else None
         if not self._app_socks:
             for text in cfg.binds:
                 address = sockets_mod.parse_address(text, flag="--bind")
@@ -240,9 +250,9 @@ class Master(WorkerCare):
         if not self._handover:
             if self.config.pidfile:
                 remove_pidfile(self.config.pidfile, self._pid)
-            if self.config.control:
+            if self._control_path is not None:
                 with contextlib.suppress(OSError):
-                    os.unlink(self.config.control)
+                    os.unlink(self._control_path)
         if self._upstream is not None:
             self._upstream.close()
         self.systemd.close()
@@ -361,7 +371,11 @@ class Master(WorkerCare):
                     outcome = await self._upgrade()
                 else:
                     waiters, self._reload_waiters = self._reload_waiters, []
-                    outcome = await self._reload()
+                    self.reloading = True
+                    try:
+                        outcome = await self._reload()
+                    finally:
+                        self.reloading = False
                 for fut in waiters:
                     if not fut.done():
                         fut.set_result(outcome)
@@ -446,6 +460,7 @@ class Master(WorkerCare):
         except WorkerFailed as exc:
             failure = exc
         if failure is not None:
+            self.reloads_failed += 1
             log.error(
                 "master %d: reload failed: %s; generation %d keeps serving",
                 self._pid,
