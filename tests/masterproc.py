@@ -86,9 +86,7 @@ def pids_gone(pids: list[int], within: float) -> list[int]:
 class MasterProc:
     """One master process under test."""
 
-    def __init__(
-        self, directory: Path, *args: str, workers: int = 2, debug: bool = False
-    ) -> None:
+    def __init__(self, directory: Path, *args: str, workers: int = 2, debug: bool = False) -> None:
         self.dir = directory
         self.port = free_port()
         #: The master's debug listener (with ``debug=True``), else 0.

@@ -16,6 +16,8 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -102,6 +104,9 @@ async def crash_right_after_ready(stop):
             raise RuntimeError("crashed right after READY")
     await stop
 """
+
+
+TETHER_RUN = (sys.executable, "-m", "tether", "run", "hello:app")
 
 
 def write_fault_app(directory: Path, version: str, mode: str = "ok") -> None:
@@ -449,7 +454,7 @@ def unwritable_control_path(tmp_path: Path) -> str:
     ],
 )
 def test_bad_control_path_is_one_line_and_exit_2(tmp_path: Path, where: str, expected: str) -> None:
-    """A --control path that is a file, or in a missing or unwritable directory: exit 2, one line."""
+    """A --control path that is a file, or in a missing or unwritable directory: exit 2."""
     write_fault_app(tmp_path, "v1")
     (tmp_path / "file").write_text("precious\n")
     path = {
@@ -458,7 +463,7 @@ def test_bad_control_path_is_one_line_and_exit_2(tmp_path: Path, where: str, exp
         "unwritable": unwritable_control_path(tmp_path),
     }[where]
     port = free_port()
-    before = set(os.listdir(tempfile_dir()))
+    before = set(os.listdir(tempfile.gettempdir()))
     code, stderr = run_tether(
         tmp_path, "hello:app", "--bind", f"127.0.0.1:{port}", "--no-debug", "--control", path
     )
@@ -469,15 +474,9 @@ def test_bad_control_path_is_one_line_and_exit_2(tmp_path: Path, where: str, exp
     assert expected in lines[0]
     assert (tmp_path / "file").read_text() == "precious\n"
     assert not os.path.exists(path) or where == "file"
-    assert set(os.listdir(tempfile_dir())) <= before  # no private directory left behind
+    assert set(os.listdir(tempfile.gettempdir())) <= before  # no private directory left behind
     with socket.socket() as s:  # nothing stays bound
         s.bind(("127.0.0.1", port))
-
-
-def tempfile_dir() -> str:
-    import tempfile
-
-    return tempfile.gettempdir()
 
 
 def test_negative_workers_is_exit_2(tmp_path: Path) -> None:
@@ -497,8 +496,7 @@ def test_foreign_listen_pid_is_ignored(tmp_path: Path, workers: str) -> None:
     port = free_port()
     env = dict(os.environ, LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="app")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tether", "run", "hello:app", "--workers", workers]
-        + ["--bind", f"127.0.0.1:{port}", "--no-debug"],
+        [*TETHER_RUN, "--workers", workers, "--bind", f"127.0.0.1:{port}", "--no-debug"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -519,8 +517,6 @@ def test_foreign_listen_pid_is_ignored(tmp_path: Path, workers: str) -> None:
 
 def http_get_when_up(port: int, limit: float = 20.0) -> tuple[int, str]:
     """GET / once something accepts on ``port`` (connection refused means not yet bound)."""
-    import time
-
     deadline = time.monotonic() + limit
     while True:
         try:
@@ -537,9 +533,9 @@ def test_listen_fds_that_are_not_sockets_is_exit_2(tmp_path: Path, workers: str)
     write_fault_app(tmp_path, "v1")
     port = free_port()
     script = 'exec 3</dev/null; LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"'
+    flags = ["--workers", workers, "--bind", f"127.0.0.1:{port}", "--no-debug"]
     proc = subprocess.run(
-        ["/bin/sh", "-c", script, "sh", sys.executable, "-m", "tether", "run", "hello:app"]
-        + ["--workers", workers, "--bind", f"127.0.0.1:{port}", "--no-debug"],
+        ["/bin/sh", "-c", script, "sh", *TETHER_RUN, *flags],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -569,10 +565,10 @@ def test_socket_activation_serves_on_the_inherited_socket(tmp_path: Path, worker
     write_fault_app(tmp_path, "v1")
     port = free_port()
     unused = free_port()  # --bind names a port tether must not touch: the socket is inherited
+    activate = [ACTIVATE, "-l", f"127.0.0.1:{port}", "--fdname=app", "-E", "PATH"]
+    flags = ["--workers", workers, "--bind", f"127.0.0.1:{unused}", "--no-debug"]
     proc = subprocess.Popen(
-        [ACTIVATE, "-l", f"127.0.0.1:{port}", "--fdname=app", "-E", "PATH"]
-        + [sys.executable, "-m", "tether", "run", "hello:app", "--workers", workers]
-        + ["--bind", f"127.0.0.1:{unused}", "--no-debug"],
+        [*activate, *TETHER_RUN, *flags],
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
