@@ -5,10 +5,12 @@ app or anything heavy, must keep answering while it reloads, and must not
 hand its signals to a server library. It answers a handful of GET requests,
 one per connection (``Connection: close``), from loopback tooling.
 
-Endpoints: ``/healthz`` (the master's loop answers), ``/readyz`` (200 when a
-generation serves and the master is not stopping), ``/debug/workers`` (the
-same JSON as ``tether ctl status``), ``/debug/tasks`` (every worker's task
-dump, fetched from its private debug socket; ``?format=json``).
+Endpoints (the routes come from :mod:`tether._masterapi`): ``/healthz`` (the
+master's loop answers), ``/readyz`` (200 when a generation serves and the
+master is not stopping), ``/metrics``, ``/debug/workers`` (the same JSON as
+``tether ctl status``), ``/debug/tasks`` (every worker's task dump, fetched
+from its private debug socket; ``?format=json``), ``/debug/threads`` (the
+master's own threads).
 """
 
 from __future__ import annotations
