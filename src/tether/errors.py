@@ -1,4 +1,12 @@
-"""Every error tether raises, in one hierarchy rooted in :class:`TetherError`.
+"""The root of tether's error hierarchy, and the errors of running a service.
+
+Every error tether raises on purpose derives from :class:`TetherError`.
+The errors of running a service (configuration, binding, loading, starting,
+abandoning work at the deadline) live here; each subsystem's own errors live
+beside their code and derive from the same root: ``TrackerClosed``,
+``TrackerFull`` and ``NoCurrentTracker`` (tracker), ``LeakError`` (leaks),
+``WalkError`` (walk), ``MemberExitedEarly`` (group), all re-exported from
+``tether``.
 
 Errors subclass the stdlib error a caller would already catch where one fits
 (``ValueError`` for bad configuration, ``RuntimeError`` for misuse), carry
