@@ -15,6 +15,7 @@ from tether.errors import (
     TetherError,
 )
 from tether.group import Group, GroupReport, MemberExitedEarly, StopToken
+from tether.leaks import LeakError
 from tether.serving import HttpServer, ServeOptions
 from tether.tracker import (
     NoCurrentTracker,
@@ -59,6 +60,7 @@ __all__ = [
     "AsyncWalk",
     "WalkError",
     # errors
+    "LeakError",
     "AbandonedWork",
     "AppLoadError",
     "BindError",
