@@ -49,7 +49,13 @@ class Tether:
         env = {**os.environ, "NOTIFY_SOCKET": path, **self.env}
         argv = [sys.executable, "-m", "tether", "run", *self.args]
         self.proc = subprocess.Popen(
-            argv, cwd=self.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            argv,
+            cwd=self.cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its own process group, as a shell gives a job
         )
         return self
 
@@ -80,6 +86,11 @@ class Tether:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
+    def ctrl_c(self) -> None:
+        """What a terminal does on Ctrl-C: SIGINT to the whole process group."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGINT)
+
     def wait(self, timeout: float = 30.0) -> int:
         assert self.proc is not None
         return self.proc.wait(timeout)
@@ -93,7 +104,8 @@ class Tether:
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # workers too, if any
             self.proc.wait(10)
         if self.proc is not None:
             for stream in (self.proc.stdout, self.proc.stderr):

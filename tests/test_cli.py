@@ -31,6 +31,20 @@ def test_ten_slow_requests_all_complete_after_sigterm(workers: str) -> None:
         assert t.wait() == 0
 
 
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_ctrl_c_drains_gracefully(workers: str) -> None:
+    """Ctrl-C (SIGINT to the process group) drains in-flight requests once; exit code 0."""
+    with tether("plain:app", "--workers", workers) as t:
+        t.ready()
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(get, t.port, "/slow?seconds=1") for _ in range(3)]
+            time.sleep(0.3)  # the requests are in flight: the scenario
+            t.ctrl_c()
+            assert [f.result()[0] for f in futures] == [200] * 3
+        assert t.wait() == 0
+        assert "second SIG" not in t.stderr()
+
+
 def test_drain_delay_turns_readiness_off_while_still_serving() -> None:
     """With --drain-delay 1, /readyz is 503 within 100 ms of SIGTERM while / still answers 200."""
     with tether("plain:app", "--drain-delay", "1") as t:

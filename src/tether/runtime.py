@@ -263,6 +263,11 @@ class Service:
             signal.SIGHUP,
             signal.SIGUSR2,
         }
+        if self._is_worker:
+            # Ctrl-C reaches the whole process group; the master turns it into one TERM
+            # for us. Taking the INT too would make that TERM a "second signal".
+            handled.discard(signal.SIGINT)
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN) if self._is_worker else None
         try:
             with handle_signals(
                 loop, dict.fromkeys(handled, self._on_signal), immediate=self._arm_hard_stop
@@ -274,6 +279,8 @@ class Service:
                 finally:
                     faulthandler.unregister(signal.SIGUSR1)
         finally:
+            if previous_int is not None:
+                signal.signal(signal.SIGINT, previous_int)
             listeners.close()
             if self._hard_timer is not None:
                 self._hard_timer.cancel()
