@@ -317,7 +317,7 @@ def test_watchdog_replaces_a_blocked_worker_and_logs_its_stacks(tmp_path: Path) 
     write_fault_app(tmp_path, "v1")
 
     async def scenario() -> None:
-        async with MasterProc(tmp_path, "--watchdog-timeout", "1.5", workers=1) as master:
+        async with MasterProc(tmp_path, "--watchdog-timeout", "2", workers=1) as master:
             await master.wait_for("READY")
             (victim,) = await master.worker_pids()
             reader, writer = await asyncio.open_connection("127.0.0.1", master.port)
@@ -331,9 +331,9 @@ def test_watchdog_replaces_a_blocked_worker_and_logs_its_stacks(tmp_path: Path) 
             finally:
                 writer.close()
             assert pids_gone([victim], 5) == []
-            assert status["master"]["restarts"] == 1
             log = master.log()
-            assert "sent no heartbeat for 1.5s (--watchdog-timeout)" in log
+            assert status["master"]["restarts"] == 1, log
+            assert "sent no heartbeat for 2s (--watchdog-timeout)" in log
             # faulthandler's thread dump, written while the loop was still blocked:
             assert "most recent call first" in log
             assert re.search(r'File ".*hello\.py", line \d+ in blocks_the_event_loop', log), log
