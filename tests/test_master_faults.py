@@ -50,6 +50,17 @@ VERSION = _read("version.txt")
 MODE = _read("mode.txt", "ok")
 
 
+def _claim_crash():
+    try:
+        os.unlink(os.path.join(HERE, "crash.marker"))  # only one worker gets to crash
+    except FileNotFoundError:
+        return False
+    return True
+
+
+CRASHER = MODE in ("crash-once", "crash-first") and _claim_crash()
+
+
 async def startup_hangs_here():
     await asyncio.Event().wait()
 
@@ -65,6 +76,8 @@ async def http(scope, receive, send):
             if message["type"] == "lifespan.startup":
                 if MODE == "hang":
                     await startup_hangs_here()
+                elif MODE == "crash-first" and not CRASHER:
+                    await asyncio.sleep(2)  # still starting when the crasher is gone
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
@@ -94,14 +107,9 @@ app = tether.App(http)
 
 @app.member
 async def crash_right_after_ready(stop):
-    if MODE == "crash-once":
-        try:
-            os.unlink(os.path.join(HERE, "crash.marker"))  # only one worker gets to crash
-        except FileNotFoundError:
-            pass
-        else:
-            await asyncio.sleep(0.3)
-            raise RuntimeError("crashed right after READY")
+    if CRASHER:
+        await asyncio.sleep(0.3)
+        raise RuntimeError("crashed right after READY")
     await stop
 """
 
@@ -114,7 +122,7 @@ def write_fault_app(directory: Path, version: str, mode: str = "ok") -> None:
     (directory / "hello.py").write_text(FAULT_APP)
     (directory / "version.txt").write_text(version + "\n")
     (directory / "mode.txt").write_text(mode + "\n")
-    if mode == "crash-once":
+    if mode in ("crash-once", "crash-first"):
         (directory / "crash.marker").write_text("")
 
 
@@ -308,6 +316,34 @@ def test_worker_that_dies_right_after_ready_is_replaced(tmp_path: Path) -> None:
             assert load.stats.failed == 0, load.stats.errors
             assert (await asyncio.to_thread(http_get, master.port))[1].startswith("v2 ")
             master.seen_workers.update(started_workers(log))
+
+    asyncio.run(scenario())
+
+
+def test_worker_that_dies_after_ready_before_the_switch_fails_the_reload(tmp_path: Path) -> None:
+    """A new worker that crashes after READY while its generation still starts: old serves on."""
+    write_fault_app(tmp_path, "v1")
+
+    async def scenario() -> None:
+        async with MasterProc(tmp_path) as master:
+            await master.wait_for("READY")
+            async with Load(master.port, connections=8) as load:
+                write_fault_app(tmp_path, "v2", mode="crash-first")
+                outcome = await asyncio.wait_for(master.ctl("reload"), 30)
+                status = await until(master, lambda s: settled(s, 2))
+                await after_more_requests(load)
+            log = master.log()
+            assert outcome["ok"] is False, log
+            assert re.search(
+                r"generation 2\) exited with code 1 right after READY", outcome["error"]
+            ), outcome
+            assert "RuntimeError: crashed right after READY" in outcome["error"]
+            assert status["generations"][0]["number"] == 1
+            assert status["master"]["restarts"] == 0
+            assert load.stats.failed == 0, load.stats.errors
+            assert set(load.stats.versions) == {"v1"}
+            assert pids_gone(sorted(started_workers(log) - set(pids_of(status))), 5) == []
+            master.seen_workers.update(pids_of(status))
 
     asyncio.run(scenario())
 
