@@ -650,3 +650,20 @@ def test_control_path_of_a_running_master_is_refused_and_kept(tmp_path: Path) ->
             assert (await master.ctl("status"))["ok"]
 
     asyncio.run(scenario())
+
+
+def test_sigterm_while_a_replacement_starts_exits_0(tmp_path: Path) -> None:
+    """SIGTERM while a crashed worker's replacement is still starting: the master exits 0."""
+    write_fault_app(tmp_path, "v1")
+
+    async def scenario() -> None:
+        async with MasterProc(tmp_path, workers=1) as master:
+            await master.wait_for("READY")
+            (victim,) = await master.worker_pids()
+            write_fault_app(tmp_path, "v1", mode="hang")  # the replacement hangs in startup
+            os.kill(victim, signal.SIGKILL)
+            status = await until(master, lambda s: pids_of(s) not in ([], [victim]))
+            master.seen_workers.update(pids_of(status))
+            assert await master.stop() == 0, master.log()
+
+    asyncio.run(scenario())

@@ -511,7 +511,11 @@ class Master(WorkerCare):
     # -- stopping -----------------------------------------------------------------
 
     async def _shutdown(self, main: asyncio.Task[None]) -> int:
-        """Stop everything within the budget; 0 if all drained, 4 if any was killed or abandoned."""
+        """Stop everything within the budget; the exit code follows the workers that served.
+
+        0 if every one drained, 4 if one abandoned work at the deadline or had
+        to be killed, 1 if one failed while stopping.
+        """
         self.stopping = True
         self.systemd.stopping()
         main.cancel()
@@ -547,11 +551,12 @@ class Master(WorkerCare):
             else self.config.graceful_timeout + self.config.cancel_timeout
         )
         stuck = await self._wait_or_kill(workers, budget)
-        codes = [
-            w.child.exited.result() for w in workers if w.child.exited.done() and w not in stuck
-        ]
+        # Only workers that served count: one still starting had no work to lose, and
+        # SIGTERM during its import ends it by the signal, which is not a failure.
+        served = [w for w in workers if w.ready_at is not None]
+        codes = [w.child.exited.result() for w in served if w not in stuck]
         log.info("master %d: stopped (%d worker(s) drained)", self._pid, len(workers))
-        if stuck or any(c == 4 for c in codes):
+        if any(w in stuck for w in served) or any(c == 4 for c in codes):
             return 4
         if any(c != 0 for c in codes):
             return 1
