@@ -274,3 +274,16 @@ def test_stale_listen_env_is_ignored(tmp_path: Path) -> None:
     asyncio.run(scenario())
     with socket.socket() as s:  # the port was released
         s.bind(("127.0.0.1", 0))
+
+
+def test_ctl_status_line_shows_reload_state_and_restarts() -> None:
+    """`tether ctl status` says when a reload runs or is queued, failed reloads and restarts."""
+    from tether.ctl import format_status
+
+    master = {"pid": 7, "state": "generation 3 serving with 2 worker(s)", "workers": 2}
+    master |= {"uptime": 5.0, "reloads": 4, "reloads_failed": 1, "reloading": True}
+    master |= {"reload_queued": True, "restarts": 2}
+    assert format_status({"master": master, "generations": []}) == (
+        "master 7: generation 3 serving with 2 worker(s); 2 worker(s) wanted; up 5.0s; "
+        "4 reload(s) (1 failed); reloading now, one more queued; 2 worker restart(s)"
+    )

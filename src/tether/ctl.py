@@ -136,9 +136,15 @@ def tasks(obj: dict[str, Any]) -> None:
 def format_status(status: dict[str, Any]) -> str:
     """The status reply as a few aligned lines for a terminal."""
     master = status["master"]
+    # .get: a master started by an older tether (before an upgrade) may not send these.
+    extra = f" ({master['reloads_failed']} failed)" if master.get("reloads_failed") else ""
+    if master.get("reloading"):
+        extra += "; reloading now" + (", one more queued" if master.get("reload_queued") else "")
+    if master.get("restarts"):
+        extra += f"; {master['restarts']} worker restart(s)"
     lines = [
         f"master {master['pid']}: {master['state']}; {master['workers']} worker(s) wanted; "
-        f"up {_age(master['uptime'])}; {master['reloads']} reload(s)"
+        f"up {_age(master['uptime'])}; {master['reloads']} reload(s){extra}"
     ]
     for gen in status["generations"]:
         lines.append(f"  generation {gen['number']} ({gen['state']}, age {_age(gen['age'])})")
