@@ -403,3 +403,13 @@ def test_idle_keep_alive_connection_is_closed_after_the_idle_grace() -> None:
             assert slow.result()[0] == 200
         idle.close()
         assert t.wait() == 0
+
+
+def test_service_without_http_still_drains_its_background_work() -> None:
+    """An App of members only: tether.spawn work started before SIGTERM still finishes."""
+    with tether("plain:worker_only", "--no-debug") as t:
+        t.ready()
+        t.signal(signal.SIGTERM)
+        assert t.wait() == 0, t.stderr()
+        assert t.proc is not None and t.proc.stdout is not None
+        assert "background job finished" in t.proc.stdout.read()

@@ -213,6 +213,11 @@ class Group:
     # -- stopping -----------------------------------------------------------------
 
     @property
+    def deadline(self) -> float | None:
+        """Event-loop time at which the graceful period ends (None while running)."""
+        return self._state.deadline if self._state is not None else None
+
+    @property
     def stopping(self) -> bool:
         """True once ``stop`` was called or a member exited."""
         return self._state is not None and self._state.event.is_set()

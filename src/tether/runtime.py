@@ -349,6 +349,11 @@ class Service:
             problems: list[Exception] = []
         except ExceptionGroup as exc:
             problems = list(exc.exceptions)
+        try:
+            if self.http is None:
+                # No HTTP server ran phase 5: drain background work here, in what is left.
+                left = max(0.0, (group.deadline or loop.time()) - loop.time())
+                self.hooks.abandoned.extend(await self._drain_background(left))
         finally:
             for cleanup in cleanups:
                 cleanup()

@@ -133,3 +133,18 @@ async def slow_startup(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "lifespan.startup.complete"})
         return
     await _respond(send, b"hello\n")
+
+
+worker_only = tether.App()
+
+
+@worker_only.member
+async def scheduler(stop: tether.StopToken) -> None:
+    """A service with no HTTP at all: it spawns background work, then stops when told."""
+
+    async def job() -> None:
+        await asyncio.sleep(0.5)
+        print("background job finished", flush=True)
+
+    tether.spawn(job(), name="nightly job")
+    await stop
