@@ -14,6 +14,7 @@ and killed; every wait on a worker's exit is bounded, then SIGKILL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -95,6 +96,8 @@ class WorkerCare(MasterAPI):
             new_process_group=True,  # terminal signals go to the master, which decides
         )
         assert str(fds[0]) == env["TETHER_PARENT_FD"]
+        if self.active is not None and self.active is not gen:
+            _yield_cpu(child.pid)  # a reload: the serving generation keeps the CPU first
         w = Worker(wid, gen.number, slot, child, debug_path, restarts=restarts)
         old = gen.slots.get(slot)
         if old is not None and old.child.alive:
@@ -260,6 +263,7 @@ class WorkerCare(MasterAPI):
         if "STATUS" in fields:
             w.status = fields["STATUS"]
         if fields.get("READY") == "1" and not w.ready.is_set():
+            _reclaim_cpu(w.pid)
             w.mark_ready()
             took = time.monotonic() - w.started_at
             gen = self.generations.get(w.generation)
@@ -360,3 +364,23 @@ class WorkerCare(MasterAPI):
         log.error("master %d: upgrade failed: %s; this master keeps serving", self._pid, why)
         self.systemd.ready(self.status_line())
         return {"ok": False, "error": why}
+
+
+#: Niceness of a worker of a new generation until it is READY. Importing and starting
+#: an app is CPU-heavy; on a small machine it would take CPU from the workers that are
+#: serving. Only where the master may undo it (root), so no worker stays niced.
+STARTING_NICENESS = 10
+
+
+def _yield_cpu(pid: int) -> None:
+    if os.geteuid() != 0:
+        return
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, pid, STARTING_NICENESS)
+
+
+def _reclaim_cpu(pid: int) -> None:
+    if os.geteuid() != 0:
+        return
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, pid, 0)
