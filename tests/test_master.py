@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from loadclient import Load
-from masterproc import MasterProc, free_port, pids_gone, write_app
+from masterproc import APP, MasterProc, free_port, pids_gone, write_app
 from tether._control import bind_control
 from tether._mastersupport import worker_argv, worker_base_env, write_pidfile
 from tether.config import RunConfig
@@ -287,3 +287,40 @@ def test_ctl_status_line_shows_reload_state_and_restarts() -> None:
         "master 7: generation 3 serving with 2 worker(s); 2 worker(s) wanted; up 5.0s; "
         "4 reload(s) (1 failed); reloading now, one more queued; 2 worker restart(s)"
     )
+
+
+def _niceness(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[16])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may give a worker its niceness back")
+def test_new_generation_starts_niced_until_ready(tmp_path: Path) -> None:
+    """During a reload the new worker runs at niceness 10 until READY, then at 0 like the old."""
+    write_app(tmp_path, "v1")
+
+    async def scenario() -> None:
+        async with MasterProc(tmp_path, workers=1) as master:
+            await master.wait_for("READY")
+            (old,) = await master.worker_pids()
+            assert _niceness(old) == 0
+            # The next deploy takes a second to import: long enough to look at it.
+            (tmp_path / "hello.py").write_text("import time\ntime.sleep(1.5)\n" + APP)
+            os.kill(master.pid, signal.SIGHUP)
+            starting: list[int] = []
+            while not starting:
+                status = (await master.ctl("status"))["status"]
+                starting = [
+                    w["pid"]
+                    for g in status["generations"]
+                    for w in g["workers"]
+                    if w["state"] == "starting" and w["exit"] is None
+                ]
+            master.seen_workers.update(starting)
+            assert _niceness(starting[0]) == 10
+            while "generation 2" not in (await master.wait_for("STATUS"))["STATUS"]:
+                pass
+            assert starting[0] in await master.worker_pids()
+            assert _niceness(starting[0]) == 0
+
+    asyncio.run(scenario())
