@@ -318,7 +318,7 @@ def test_new_generation_starts_niced_until_ready(tmp_path: Path) -> None:
                 ]
             master.seen_workers.update(starting)
             assert _niceness(starting[0]) == 10
-            while "generation 2" not in (await master.wait_for("STATUS"))["STATUS"]:
+            while "generation 2 serving" not in (await master.wait_for("STATUS"))["STATUS"]:
                 pass
             assert starting[0] in await master.worker_pids()
             assert _niceness(starting[0]) == 0
