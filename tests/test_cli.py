@@ -413,3 +413,22 @@ def test_service_without_http_still_drains_its_background_work() -> None:
         assert t.wait() == 0, t.stderr()
         assert t.proc is not None and t.proc.stdout is not None
         assert "background job finished" in t.proc.stdout.read()
+
+
+def test_websocket_gets_a_close_frame_when_draining() -> None:
+    """An open websocket is closed with code 1012 (service restart) during the drain."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    with tether("plain:echo_ws", "--graceful-timeout", "10") as t:
+        t.ready()
+        with connect(f"ws://127.0.0.1:{t.port}/chat", open_timeout=5) as ws:
+            ws.send("ping")
+            assert ws.recv(timeout=5) == "ping"
+            t.signal(signal.SIGTERM)
+            t.wait_for("STOPPING", timeout=5)
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=5)
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 1012
+        assert t.wait() == 0

@@ -109,6 +109,11 @@ class _Connections(set[Any]):
             self.empty.set()
             self._on_empty()
 
+    def remove(self, item: Any) -> None:  # uvicorn's websocket protocols use remove
+        if item not in self:
+            raise KeyError(item)
+        self.discard(item)
+
 
 class _State(ServerState):
     """uvicorn's shared server state, with a watched connection set and a dated header.

@@ -148,3 +148,18 @@ async def scheduler(stop: tether.StopToken) -> None:
 
     tether.spawn(job(), name="nightly job")
     await stop
+
+
+async def echo_ws(scope: Any, receive: Any, send: Any) -> None:
+    """A websocket echo endpoint at any path."""
+    if scope["type"] == "lifespan":
+        return await _lifespan(receive, send)
+    if scope["type"] != "websocket":
+        return await _respond(send, b"websockets only\n", status=400)
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        await send({"type": "websocket.send", "text": message.get("text") or ""})
