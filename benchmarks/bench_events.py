@@ -17,14 +17,13 @@ import argparse
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from peers import HERE, PEERS, TETHER, ensure_peers, free_port
+from peers import HERE, PEERS, TETHER, ensure_peers, free_port, wait_listening
 
 
 def argv(name: str, port: int) -> list[str]:
@@ -81,19 +80,6 @@ def get(port: int, path: str) -> int:
         conn.close()
 
 
-def wait_serving(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode} before serving")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("server did not start")
-
-
 def run(name: str, requests: int, path: str = "/") -> tuple[int, int, float]:
     """(events recorded, exit code, seconds from SIGTERM to exit)."""
     port = free_port()
@@ -102,7 +88,7 @@ def run(name: str, requests: int, path: str = "/") -> tuple[int, int, float]:
         env = {**os.environ, "EVENTS_FILE": str(events)}
         proc = subprocess.Popen(argv(name, port), cwd=HERE / "apps", env=env)
         try:
-            wait_serving(port, proc)
+            wait_listening(port, proc)
             get(port, "/?warm-up")  # not counted: its event may land or not
             time.sleep(0.6)
             events.unlink(missing_ok=True)

@@ -18,30 +18,15 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from peers import ensure_wrk, free_port
+from peers import ensure_wrk, free_port, wait_listening
 
 HERE = Path(__file__).parent
 BIN = Path(sys.executable).parent
-
-
-def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("server did not start listening")
 
 
 def server_argv(name: str, port: int) -> list[str]:
