@@ -42,7 +42,7 @@ def import_pyleak() -> Any:
         subprocess.run([str(python), "-m", "pip", "install", "-q", "pyleak"], check=True)
     site = subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip()
     sys.path.append(site)
-    import pyleak
+    import pyleak  # type: ignore[import-not-found]  # lives in its own venv
 
     return pyleak
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import MutableMapping
 from typing import Any
 
 from tether.debug import DebugApp, DebugSource, format_task_dump, task_dump
@@ -12,12 +13,12 @@ from tether.debug import DebugApp, DebugSource, format_task_dump, task_dump
 def call(
     app: DebugApp, path: str, query: str = "", headers: list[tuple[bytes, bytes]] | None = None
 ) -> tuple[int, str]:
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> MutableMapping[str, Any]:
         return {"type": "http.request", "body": b""}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
     scope = {"type": "http", "path": path, "query_string": query.encode(), "headers": headers or []}
