@@ -26,16 +26,15 @@ import functools
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 from tether import leaks
 from tether import sockets as sockets_mod
 from tether._handoff import HANDOFF_ENV, hand_over
+from tether._listeners import Listeners, open_listeners
 from tether.app import App, load_app
 from tether.config import RunConfig
 from tether.debug import (
@@ -63,57 +62,6 @@ LEAK_CHECK_TIMEOUT = 0.2
 _HOSTING_THREADS = ("concurrent.futures.thread._worker",)
 
 
-@dataclass
-class _Listeners:
-    app: list[socket.socket]
-    debug: socket.socket | None
-
-    def named(self) -> list[tuple[str, socket.socket]]:
-        """The sockets with their roles, as ``LISTEN_FDNAMES`` carries them."""
-        return [("app", s) for s in self.app] + ([("debug", self.debug)] if self.debug else [])
-
-    def close(self) -> None:
-        for _, sock in self.named():
-            sock.close()
-
-
-def open_listeners(config: RunConfig) -> _Listeners:
-    """Inherit the sockets passed by ``LISTEN_FDS``, or bind the configured addresses.
-
-    The addresses were checked by :class:`RunConfig`; raises BindError with
-    nothing left bound.
-    """
-    app_addresses = [sockets_mod.parse_address(b, flag="--bind") for b in config.binds]
-    debug_address = (
-        sockets_mod.parse_address(config.debug_bind, flag="--debug-bind")
-        if config.debug_bind is not None
-        else None
-    )
-    inherited = sockets_mod.inherit()
-    if inherited:
-        app_socks = [s for name, s in inherited if name != "debug"]
-        debug_socks = [s for name, s in inherited if name == "debug"]
-        debug = debug_socks[0] if debug_socks else None
-        if debug is None and debug_address is not None and debug_address.kind == "unix":
-            debug = sockets_mod.bind(debug_address, flag="--debug-bind")
-        logger.info("using %d inherited socket(s) (LISTEN_FDS)", len(inherited))
-        return _Listeners(app_socks, debug)
-    bound: list[socket.socket] = []
-    try:
-        for address in app_addresses:
-            bound.append(sockets_mod.bind(address, flag="--bind"))
-        debug = (
-            sockets_mod.bind(debug_address, flag="--debug-bind")
-            if debug_address is not None
-            else None
-        )
-    except BaseException:
-        for sock in bound:
-            sock.close()
-        raise
-    return _Listeners(bound, debug)
-
-
 def as_asgi(app: App, kind: str | None) -> ASGIApp | None:
     """The app's HTTP part as ASGI (WSGI apps run in a thread pool through a2wsgi)."""
     if app.http is None:
@@ -138,7 +86,7 @@ class Service:
         self,
         config: RunConfig,
         *,
-        listeners: _Listeners | None = None,
+        listeners: Listeners | None = None,
         hard_stop: Callable[[], None] | None = None,
         argv: Sequence[str] | None = None,
     ) -> None:
@@ -151,7 +99,7 @@ class Service:
         self._supervisor_notify: str | None = None
         self._handoff_notify: str | None = None
         self._is_worker = False
-        self._open: _Listeners | None = listeners
+        self._open: Listeners | None = listeners
         self._listeners = listeners
         self._hard_stop = hard_stop
         self._hard_timer: threading.Timer | None = None
@@ -304,7 +252,7 @@ class Service:
         report = await self.tracker.shutdown(budget, cancel_timeout=self.config.cancel_timeout / 2)
         return report.abandoned_work()
 
-    async def _run(self, app: App, kind: str | None, listeners: _Listeners) -> None:
+    async def _run(self, app: App, kind: str | None, listeners: Listeners) -> None:
         group = self.group
         loop = asyncio.get_running_loop()
         previous = set_current_tracker(self.tracker)

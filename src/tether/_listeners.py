@@ -1,0 +1,78 @@
+"""The listening sockets of one process: inherited through ``LISTEN_FDS``, or bound.
+
+Invariant: either every socket is open and owned by the returned
+:class:`Listeners`, or none is (a failure closes what was already bound or
+inherited).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+
+from tether import sockets as sockets_mod
+from tether.config import RunConfig
+
+__all__ = ["Listeners", "open_listeners"]
+
+logger = logging.getLogger("tether.runtime")
+
+
+@dataclass
+class Listeners:
+    """The listening sockets of one process, by role."""
+
+    app: list[socket.socket]
+    debug: socket.socket | None
+
+    def named(self) -> list[tuple[str, socket.socket]]:
+        """The sockets with their roles, as ``LISTEN_FDNAMES`` carries them."""
+        return [("app", s) for s in self.app] + ([("debug", self.debug)] if self.debug else [])
+
+    def close(self) -> None:
+        for _, sock in self.named():
+            sock.close()
+
+
+def open_listeners(config: RunConfig) -> Listeners:
+    """Inherit the sockets passed by ``LISTEN_FDS``, or bind the configured addresses.
+
+    The addresses were checked by :class:`RunConfig`; raises BindError with
+    nothing left bound.
+    """
+    app_addresses = [sockets_mod.parse_address(b, flag="--bind") for b in config.binds]
+    debug_address = (
+        sockets_mod.parse_address(config.debug_bind, flag="--debug-bind")
+        if config.debug_bind is not None
+        else None
+    )
+    inherited = sockets_mod.inherit()
+    if inherited:
+        app_socks = [s for name, s in inherited if name != "debug"]
+        debug_socks = [s for name, s in inherited if name == "debug"]
+        debug = debug_socks[0] if debug_socks else None
+        if debug is None and debug_address is not None:
+            # Passed only the app's sockets (systemd, a master): the debug server is ours.
+            try:
+                debug = sockets_mod.bind(debug_address, flag="--debug-bind")
+            except BaseException:
+                for _, sock in inherited:
+                    sock.close()
+                raise
+        logger.info("using %d inherited socket(s) (LISTEN_FDS)", len(inherited))
+        return Listeners(app_socks, debug)
+    bound: list[socket.socket] = []
+    try:
+        for address in app_addresses:
+            bound.append(sockets_mod.bind(address, flag="--bind"))
+        debug = (
+            sockets_mod.bind(debug_address, flag="--debug-bind")
+            if debug_address is not None
+            else None
+        )
+    except BaseException:
+        for sock in bound:
+            sock.close()
+        raise
+    return Listeners(bound, debug)
