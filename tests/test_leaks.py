@@ -466,7 +466,8 @@ def test_creation_tracking_chains_to_the_previous_factory_and_restores_it() -> N
             task = asyncio.create_task(asyncio.sleep(0), name="chained")
             assert task.get_name() == "chained"
             assert made == ["previous"]
-            site = _creation._task_sites[task]
+            site = _creation.task_site(task)
+            assert site is not None
             assert site[0].co_name == "main"
             await task
         assert loop.get_task_factory() is previous
@@ -490,10 +491,12 @@ def test_a_factory_installed_after_tracking_still_gets_the_right_site() -> None:
         task = asyncio.create_task(asyncio.sleep(0))
         leaks.uninstall_creation_tracking(loop)
         assert loop.get_task_factory() is outer  # ours stays in the chain, passing through
-        assert _creation._task_sites[task][0].co_name == "main"
+        site = _creation.task_site(task)
+        assert site is not None
+        assert site[0].co_name == "main"
         await task
         untracked = asyncio.create_task(asyncio.sleep(0))
-        assert untracked not in _creation._task_sites
+        assert _creation.task_site(untracked) is None
         await untracked
         loop.set_task_factory(None)
 

@@ -89,7 +89,7 @@ class _Recorder:
         if self.previous is not None:
             task = self.previous(loop, coro, **kwargs)
         else:
-            task = _Task(coro, loop=loop, **kwargs)
+            task = _SitedTask(coro, loop=loop, **kwargs)
         if not self.active:
             return task
         # sys._getframe(depth) materialises only the frame asked for (3.11+), and each frame
@@ -99,11 +99,25 @@ class _Recorder:
         while frame is not None and frame.f_code.co_filename.startswith(_PLUMBING):
             frame = frame.f_back
         if frame is not None:
-            _task_sites[task] = (frame.f_code, frame.f_lineno, frame.f_globals.get("__name__", "?"))
+            site = (frame.f_code, frame.f_lineno, frame.f_globals.get("__name__", "?"))
+            if type(task) is _SitedTask:
+                task.tether_site = site
+            else:  # made by a factory before ours: a weak mapping, slower but general
+                _task_sites[task] = site
         return task
 
 
-_Task = asyncio.Task
+class _SitedTask(asyncio.Task[Any]):
+    """A task with room for its creation site: one slot store instead of a weak mapping."""
+
+    __slots__ = ("tether_site",)
+    tether_site: _RawFrame
+
+
+def task_site(task: asyncio.Future[Any]) -> _RawFrame | None:
+    """Where ``task`` was created, if creation tracking saw it."""
+    site: _RawFrame | None = getattr(task, "tether_site", None)
+    return site if site is not None else _task_sites.get(task)
 
 
 def _on_audit(event: str, args: tuple[Any, ...]) -> None:

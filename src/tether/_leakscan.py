@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, cast
 
-from tether._creation import _object_sites, _raw, _RawFrame, _recorders, _task_sites
+from tether._creation import _object_sites, _raw, _RawFrame, _recorders, task_site
 from tether._procfs import ProcFS
 from tether._stacks import await_frames
 
@@ -114,7 +114,7 @@ def _add_stacks(found: list[_Found]) -> None:
         if item.kind == "task":
             task = cast("asyncio.Task[Any]", item.key)
             item.stack = _await_chain(task)[0]
-            item.site = _task_sites.get(task)
+            item.site = task_site(task)
         elif item.kind == "thread":
             ident = cast(threading.Thread, item.key).ident
             if ident in frames:
