@@ -21,6 +21,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from tether._streamserver import StreamServer
 from tether.errors import BindError, ConfigError
 from tether.sockets import bind, parse_address
 
@@ -56,22 +57,14 @@ def bind_control(path: str) -> socket.socket:
         ) from exc
 
 
-class ControlServer:
+class ControlServer(StreamServer):
     """Serves the control socket; each request goes to ``handler``."""
 
     def __init__(self, sock: socket.socket, handler: Handler) -> None:
-        self._sock = sock
+        super().__init__(sock)
         self._handler = handler
-        self._server: asyncio.AbstractServer | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_unix_server(self._serve, sock=self._sock)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), 10)
             if len(line) > _MAX_REQUEST:
@@ -92,21 +85,6 @@ class ControlServer:
             await _send(writer, {"done": True, **result})
         except (ConnectionError, TimeoutError):
             pass
-        finally:
-            self._tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
-                await writer.wait_closed()
-
-    async def close(self) -> None:
-        """Stop accepting and end every open conversation (the socket file is left alone)."""
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=2)
-        self._sock.close()
 
 
 async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:

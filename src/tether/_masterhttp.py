@@ -24,6 +24,8 @@ import socket
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
 
+from tether._streamserver import StreamServer
+
 __all__ = ["DebugServer", "fetch_unix"]
 
 log = logging.getLogger("tether.master")
@@ -34,26 +36,15 @@ _REASONS = {200: "OK", 401: "Unauthorized", 404: "Not Found", 405: "Method Not A
 _REASONS |= {400: "Bad Request", 503: "Service Unavailable"}
 
 
-class DebugServer:
+class DebugServer(StreamServer):
     """Serves ``routes`` (path → coroutine returning status, content type, body) on ``sock``."""
 
     def __init__(self, sock: socket.socket, routes: dict[str, Route], token: str | None) -> None:
-        self._sock = sock
+        super().__init__(sock)
         self._routes = routes
         self._token = token
-        self._server: asyncio.AbstractServer | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
-        if self._sock.family == socket.AF_UNIX:
-            self._server = await asyncio.start_unix_server(self._serve, sock=self._sock)
-        else:
-            self._server = await asyncio.start_server(self._serve, sock=self._sock)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(30):
                 status, ctype, body = await self._answer(reader)
@@ -66,11 +57,6 @@ class DebugServer:
                 await writer.drain()
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError, ValueError):
             pass
-        finally:
-            self._tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
-                await writer.wait_closed()
 
     async def _answer(self, reader: asyncio.StreamReader) -> tuple[int, str, bytes]:
         head = await reader.readuntil(b"\r\n\r\n")
@@ -97,15 +83,6 @@ class DebugServer:
             if not hmac.compare_digest(given.encode(), self._token.encode()):
                 return 401, "text/plain", b"a token is required: Authorization: Bearer TOKEN\n"
         return await route(query)
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=2)
-        self._sock.close()
 
 
 async def fetch_unix(path: str, target: str, limit: float = 5.0) -> tuple[int, bytes]:
