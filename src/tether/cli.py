@@ -153,6 +153,14 @@ def main() -> None:
     help="Seconds /readyz answers 503 before the listeners close (for load balancers).",
 )
 @click.option(
+    "--idle-grace",
+    type=float,
+    default=0.5,
+    show_default=True,
+    metavar="S",
+    help="While draining, how long an idle keep-alive connection may still send a request.",
+)
+@click.option(
     "--interface",
     type=click.Choice(["auto", "asgi", "wsgi"]),
     default="auto",
@@ -209,6 +217,7 @@ def run(
     debug_token: str | None,
     graceful_timeout: float,
     drain_delay: float,
+    idle_grace: float,
     interface: Any,
     app_dir: str,
     log_level: str,
@@ -228,6 +237,7 @@ def run(
             debug_token=debug_token,
             graceful_timeout=graceful_timeout,
             drain_delay=drain_delay,
+            idle_grace=idle_grace,
             interface=interface,
             app_dir=app_dir,
             log_level=log_level,

@@ -73,7 +73,7 @@ class RunConfig:
         check_timeout("--drain-delay", self.drain_delay)
         check_timeout("--reload-timeout", self.reload_timeout, allow_zero=False)
         check_timeout("--watchdog-timeout", self.watchdog_timeout, allow_zero=False)
-        check_timeout("idle grace", self.idle_grace)
+        check_timeout("--idle-grace", self.idle_grace)
         check_timeout("cancel timeout", self.cancel_timeout)
         if not self.binds:
             msg = "at least one --bind is needed"
