@@ -22,6 +22,14 @@ class AsgiClass:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None: ...
 
 
+class PlainMiddleware:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
+        return self.app(scope, receive, send)
+
+
 class WsgiClass:
     def __call__(self, environ: Any, start_response: Any) -> list[bytes]:
         return []
@@ -31,6 +39,7 @@ def test_interfaces_are_detected_from_signatures() -> None:
     """ASGI and WSGI callables, functions or instances, are told apart; others are None."""
     assert interface_of(asgi) == "asgi"
     assert interface_of(AsgiClass()) == "asgi"
+    assert interface_of(PlainMiddleware(asgi)) == "asgi"
     assert interface_of(wsgi) == "wsgi"
     assert interface_of(WsgiClass()) == "wsgi"
     assert interface_of(42) is None

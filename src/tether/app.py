@@ -15,7 +15,6 @@ import importlib
 import inspect
 import sys
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,7 +64,13 @@ class App:
 
 
 def interface_of(obj: Any) -> Kind | None:
-    """ "asgi" or "wsgi" from the object's call signature, or None if it is neither."""
+    """ "asgi" or "wsgi" from how many positional arguments the callable takes, else None.
+
+    ASGI apps take ``(scope, receive, send)``, WSGI apps ``(environ,
+    start_response)``; counting is enough, and also recognises ASGI
+    middleware written as a plain method that returns the inner app's
+    coroutine.
+    """
     if not callable(obj):
         return None
     call = obj if inspect.isfunction(obj) or inspect.ismethod(obj) else type(obj).__call__
@@ -77,20 +82,11 @@ def interface_of(obj: Any) -> Kind | None:
         ]
     except (TypeError, ValueError):
         return None
-    if inspect.iscoroutinefunction(call) and len(params) == 3:
+    if len(params) == 3:
         return "asgi"
     if len(params) == 2:
         return "wsgi"
-    if len(params) == 3 and _returns_awaitable(call):
-        return "asgi"
     return None
-
-
-def _returns_awaitable(call: Callable[..., Any]) -> bool:
-    hints = getattr(call, "__annotations__", {})
-    return "Awaitable" in str(hints.get("return", "")) or "Coroutine" in str(
-        hints.get("return", "")
-    )
 
 
 def _is_factory(obj: Any) -> bool:
