@@ -99,8 +99,8 @@ class Service:
         self._supervisor_notify: str | None = None
         self._handoff_notify: str | None = None
         self._is_worker = False
+        #: This process's sockets: given, or opened by ``run``.
         self._open: Listeners | None = listeners
-        self._listeners = listeners
         self._hard_stop = hard_stop
         self._hard_timer: threading.Timer | None = None
         self.group = Group(
@@ -132,6 +132,8 @@ class Service:
         loop = asyncio.get_running_loop()
         if force:
             logger.warning("%s: cancelling everything now", reason)
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()  # the drain delay is over too
             self._begin(reason)
             self.group.stop(reason, force=True)
             return
@@ -187,8 +189,7 @@ class Service:
 
     async def run(self) -> None:
         """Serve until stopped; raise an ExceptionGroup if anything failed or was abandoned."""
-        listeners = self._listeners or open_listeners(self.config)
-        self._open = listeners
+        listeners = self._open = self._open or open_listeners(self.config)
         self._watch_parent(asyncio.get_running_loop())
         # What exists now is ours; what the app starts and leaves behind is reported at the end.
         since = leaks.snapshot()
@@ -288,7 +289,7 @@ class Service:
                 self._became_ready(cleanups)
         except BaseException as exc:
             group.stop(f"startup failed: {type(exc).__name__}", force=True)
-            await self._settle()
+            await group_wait_quietly(group)  # the first error is the story
             for cleanup in cleanups:
                 cleanup()
             raise
@@ -306,10 +307,6 @@ class Service:
             for cleanup in cleanups:
                 cleanup()
         self._raise_problems(problems)
-
-    async def _settle(self) -> None:
-        """After a failed start: wait for the group, keeping the first error as the story."""
-        await group_wait_quietly(self.group)
 
     def _became_ready(self, cleanups: list[Callable[[], object]]) -> None:
         loop = asyncio.get_running_loop()
