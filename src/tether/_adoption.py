@@ -21,19 +21,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextvars import Context, ContextVar
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tether.tracker import Tracker
 
-__all__ = ["REQUEST_SCOPE", "Adoption", "install_adoption", "no_adoption", "request_scope"]
+__all__ = [
+    "REQUEST_SCOPE",
+    "Adoption",
+    "install_adoption",
+    "no_adoption",
+    "origin_label",
+    "request_scope",
+]
 
-#: Set (to a short label such as ``"GET /events"``) while a request is handled.
-#: Tasks copy their creator's context, so every task created, directly or
-#: transitively, from a request handler sees it; the adoption factory looks here.
-REQUEST_SCOPE: ContextVar[str | None] = ContextVar("tether_request_scope", default=None)
+#: Set while a request is handled: to a label such as ``"GET /events"``, or to
+#: the request's ASGI scope itself (what tether's server does, so that no label
+#: is built for the many requests that adopt nothing). Tasks copy their
+#: creator's context, so every task created, directly or transitively, from a
+#: request handler sees it; the adoption factory looks here.
+REQUEST_SCOPE: ContextVar[object] = ContextVar("tether_request_scope", default=None)
+
+
+def origin_label(origin: object) -> str | None:
+    """The value of :data:`REQUEST_SCOPE` as a label for reports ("GET /events")."""
+    if origin is None or isinstance(origin, str):
+        return origin
+    if isinstance(origin, Mapping):
+        return f"{origin.get('method', 'WEBSOCKET')} {origin.get('path', '')}"
+    return str(origin)
 
 
 @contextlib.contextmanager

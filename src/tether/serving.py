@@ -75,9 +75,9 @@ class DrainHooks:
 
     #: Phase 5: drain background work within the given seconds; returns what was abandoned.
     background: Callable[[float], Awaitable[list[AbandonedWork]]] | None = None
-    #: Set to ``"METHOD /path"`` while each request (http or websocket) runs, so
-    #: that tasks the handler starts can be recognised (tether's adoption).
-    request_var: ContextVar[str | None] | None = None
+    #: Set to the request's scope while each request (http or websocket) runs,
+    #: so that tasks the handler starts can be recognised (tether's adoption).
+    request_var: ContextVar[object] | None = None
     #: Where abandoned requests and the lifespan are reported.
     abandoned: list[AbandonedWork] = field(default_factory=list)
 
@@ -173,8 +173,9 @@ class _DrainMiddleware:
         var = self.hooks.request_var
         if var is None:
             return await self.app(scope, receive, send)
-        # This runs for every request: a ContextVar set/reset, nothing heavier.
-        token = var.set(f"{scope.get('method', 'WEBSOCKET')} {scope['path']}")
+        # This runs for every request: a ContextVar set/reset, nothing heavier (the
+        # scope is turned into a label only if a report ever needs one).
+        token = var.set(scope)
         try:
             return await self.app(scope, receive, send)
         finally:

@@ -42,7 +42,14 @@ from collections.abc import Coroutine
 from types import CoroutineType
 from typing import Any, Literal, TypeVar
 
-from tether._adoption import REQUEST_SCOPE, Adoption, install_adoption, no_adoption, request_scope
+from tether._adoption import (
+    REQUEST_SCOPE,
+    Adoption,
+    install_adoption,
+    no_adoption,
+    origin_label,
+    request_scope,
+)
 from tether._stacks import format_frames, task_frames
 from tether._trackertypes import (
     AbandonedTask,
@@ -65,6 +72,7 @@ __all__ = [
     "current_tracker",
     "set_current_tracker",
     "REQUEST_SCOPE",
+    "origin_label",
     "request_scope",
     "no_adoption",
     "install_adoption",
@@ -124,12 +132,12 @@ class Tracker:
         self.when_closed: WhenClosed = when_closed
         # Settled tasks still running (see _settle): task -> the request scope it was
         # adopted from, None if spawned explicitly.
-        self._tasks: dict[asyncio.Task[Any], str | None] = {}
+        self._tasks: dict[asyncio.Task[Any], object] = {}
         # Registered, not settled yet: parallel lists of tasks and origins, then in flight.
         self._fresh: list[asyncio.Task[Any]] = []
-        self._fresh_origins: list[str | None] = []
+        self._fresh_origins: list[object] = []
         self._fresh_spawned = 0  # how many of _fresh were spawned (the rest were adopted)
-        self._batches: deque[tuple[list[asyncio.Task[Any]], list[str | None]]] = deque()
+        self._batches: deque[tuple[list[asyncio.Task[Any]], list[object]]] = deque()
         self._phase = _OPEN
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop it runs work on
         self._used = 0  # slots held by explicitly spawned tasks
@@ -140,7 +148,7 @@ class Tracker:
         self._shutdown_done: asyncio.Future[TrackerReport] | None = None
         self._stragglers: set[asyncio.Task[Any]] = set()  # abandoned, still referenced
         # adopted during the cancel phase, so cancelled at once
-        self._late: list[tuple[asyncio.Task[Any], str]] = []
+        self._late: list[tuple[asyncio.Task[Any], object]] = []
         self._completed = self._failed = self._cancelled = self._abandoned = self._adopted = 0
         self._on_done_cb = self._on_done
 
@@ -276,7 +284,7 @@ class Tracker:
             self._settle_all()  # the old loop closed before it could settle them
         self._loop = loop
 
-    def _adopt_late(self, task: asyncio.Task[Any], origin: str) -> None:
+    def _adopt_late(self, task: asyncio.Task[Any], origin: object) -> None:
         """Adopt a task created during the cancel phase: the drain is over, so it is abandoned."""
         self._adopted += 1
         self._abandoned += 1
@@ -300,7 +308,7 @@ class Tracker:
             self._batches.append(self._take_fresh())
             loop.call_soon(self._settle_next)  # after the first step of every task in it
 
-    def _take_fresh(self) -> tuple[list[asyncio.Task[Any]], list[str | None]]:
+    def _take_fresh(self) -> tuple[list[asyncio.Task[Any]], list[object]]:
         batch, origins = self._fresh, self._fresh_origins
         self._adopted += len(batch) - self._fresh_spawned
         self._fresh, self._fresh_origins, self._fresh_spawned = [], [], 0
@@ -316,7 +324,7 @@ class Tracker:
         if self._fresh:
             self._settle(*self._take_fresh())
 
-    def _settle(self, batch: list[asyncio.Task[Any]], origins: list[str | None]) -> None:
+    def _settle(self, batch: list[asyncio.Task[Any]], origins: list[object]) -> None:
         tasks = self._tasks
         on_done = self._on_done_cb
         no_slots = self.limit is None or self._phase != _OPEN
@@ -465,7 +473,7 @@ class Tracker:
                 continue
             # Take the stack first: where it was stuck is what the report is for.
             stack = format_frames(task_frames(task, hide=_GUARD_CODE))  # without the guard
-            item = AbandonedTask(_display_name(task), stack, False, origin)
+            item = AbandonedTask(_display_name(task), stack, False, origin_label(origin))
             cancelled.append((task, item))
             task.remove_done_callback(self._on_done_cb)
             del self._tasks[task]
@@ -477,7 +485,9 @@ class Tracker:
             # The hard deadline: work that ignores cancellation must not hold up the report.
             await asyncio.wait(set(self._stragglers), timeout=cancel_timeout)
         for task, origin in self._late:
-            cancelled.append((task, AbandonedTask(_display_name(task), "", False, origin)))
+            cancelled.append(
+                (task, AbandonedTask(_display_name(task), "", False, origin_label(origin)))
+            )
         self._late = []
         return [
             item if task.done() else dataclasses.replace(item, ignored_cancellation=True)
