@@ -115,15 +115,8 @@ class DebugApp:
         self.registry.register(_Collector(source))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            message = await receive()
-            await send({"type": "lifespan.startup.complete"})
-            message = await receive()
-            if message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-            return
         if scope["type"] != "http":
-            return
+            return  # served with lifespan off; no websockets here
         status, ctype, body = self.respond(scope)
         await send(
             {
