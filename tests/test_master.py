@@ -16,7 +16,7 @@ import pytest
 from loadclient import Load
 from masterproc import APP, MasterProc, free_port, pids_gone, write_app
 from tether._control import bind_control
-from tether._mastersupport import worker_argv, worker_base_env, write_pidfile
+from tether._mastersupport import worker_argv, worker_base_env
 from tether.config import RunConfig
 from tether.errors import ConfigError
 
@@ -211,17 +211,6 @@ def test_worker_command_line_and_environment() -> None:
     assert "--bind" not in argv and argv[argv.index("--drain-delay") + 1] == "0"
     env = worker_base_env({"NOTIFY_SOCKET": "/x", "LISTEN_FDS": "1", "HOME": "/h"}, config)
     assert env == {"HOME": "/h", "WATCHDOG_USEC": "7000000"}
-
-
-def test_pidfile_is_replaced_atomically(tmp_path: Path) -> None:
-    """The pidfile is written through a rename, so a reader never sees half of it."""
-    path = tmp_path / "tether.pid"
-    write_pidfile(str(path), 123)
-    inode = path.stat().st_ino
-    write_pidfile(str(path), 456)
-    assert path.read_text() == "456\n"
-    assert path.stat().st_ino != inode
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tether.pid"]
 
 
 def test_usr2_upgrade_hands_over_without_failures(tmp_path: Path) -> None:

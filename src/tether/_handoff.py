@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tether._children import describe_exit, start_child
+from tether.errors import RuntimeDirError
 from tether.notify import NotifyReceiver
 
 __all__ = ["HANDOFF_ENV", "hand_over"]
@@ -45,20 +46,34 @@ async def hand_over(
     cwd: str,
     supervisor_notify: str | None,
     ready_within: float,
+    extra_env: dict[str, str] | None = None,
 ) -> int | None:
     """Start ``argv`` with ``sockets``; return its pid once it is ready, else None.
 
-    Error handling: every failure (the copy exits, or is not ready in time) is
-    logged with the reason and returns None; the copy is then killed and reaped.
+    Error handling: every failure (no private socket, no new process, the copy
+    exits, or is not ready in time) is logged with the reason and returns None;
+    a copy that started is then killed and reaped.
     """
-    async with NotifyReceiver() as receiver:
+    try:
+        receiver = NotifyReceiver()
+    except RuntimeDirError as exc:
+        logger.error("reload failed: %s; still serving with this one", exc)  # noqa: TRY400
+        return None
+    async with receiver:
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", HANDOFF_ENV)}
+        env.update(extra_env or {})
         env[HANDOFF_ENV] = receiver.path
         if supervisor_notify:
             env["NOTIFY_SOCKET"] = supervisor_notify
-        child, _ = start_child(
-            argv, name="successor", env=env, sockets=sockets, capture_stderr=False, cwd=cwd
-        )
+        try:
+            child, _ = start_child(
+                argv, name="successor", env=env, sockets=sockets, capture_stderr=False, cwd=cwd
+            )
+        except OSError as exc:  # EMFILE, EAGAIN, ENOMEM: this process goes on serving
+            logger.error(  # noqa: TRY400 - the reason is the whole story
+                "reload failed: cannot start a new process: %s; still serving with this one", exc
+            )
+            return None
         logger.info("reload: started pid %d with the listening sockets", child.pid)
         try:
             async with asyncio.timeout(ready_within):

@@ -1,5 +1,5 @@
 """Small pieces of the master that need no state: worker command line and
-environment, the pidfile, systemd notifications, the working directory.
+environment, systemd notifications, the working directory.
 
 Kept apart from ``master.py`` so that file reads as the lifecycle only.
 """
@@ -20,11 +20,9 @@ __all__ = [
     "WORKER_PROGRAM",
     "SystemdLink",
     "logical_cwd",
-    "remove_pidfile",
     "upgrade_argv",
     "worker_argv",
     "worker_base_env",
-    "write_pidfile",
 ]
 
 log = logging.getLogger("tether.master")
@@ -93,24 +91,6 @@ def logical_cwd() -> str:
             if os.path.samefile(pwd, real):
                 return pwd
     return real
-
-
-def write_pidfile(path: str, pid: int) -> None:
-    """Write ``pid`` to ``path`` atomically (readers never see a partial file)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{pid}.tmp")
-    with open(tmp, "w", encoding="ascii") as f:
-        f.write(f"{pid}\n")
-    os.replace(tmp, path)
-
-
-def remove_pidfile(path: str, pid: int) -> None:
-    """Remove the pidfile if it still names ``pid`` (a successor may own it now)."""
-    with contextlib.suppress(OSError, ValueError):
-        with open(path, encoding="ascii") as f:
-            owner = int(f.read().strip() or "0")
-        if owner == pid:
-            os.unlink(path)
 
 
 class SystemdLink:

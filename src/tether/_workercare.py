@@ -308,6 +308,7 @@ class WorkerCare(MasterAPI):
         self.systemd.reloading("upgrading the master")
         env = {k: v for k, v in os.environ.items() if k not in ("WATCHDOG_PID",)}
         assert self._rx is not None
+        env.update(self.config.successor_env())
         env["TETHER_UPGRADE_FROM"] = str(self._pid)
         env["NOTIFY_SOCKET"] = self._rx.path
         if self._systemd_address:

@@ -16,7 +16,14 @@ from typing import Any
 
 import click
 
-from tether.config import DEFAULT_BIND, DEFAULT_DEBUG_BIND, RunConfig
+from tether._pidfile import PidFile
+from tether.config import (
+    DEBUG_TOKEN_ENV,
+    DEFAULT_BIND,
+    DEFAULT_DEBUG_BIND,
+    RunConfig,
+    read_token_file,
+)
 from tether.errors import AppLoadError, ConfigError, ShutdownAbandoned, StartupError, TetherError
 
 __all__ = ["exit_code_for", "main"]
@@ -131,10 +138,17 @@ def main() -> None:
 @click.option("--no-debug", is_flag=True, help="Run without the debug server.")
 @click.option(
     "--debug-token",
-    envvar="TETHER_DEBUG_TOKEN",
+    envvar=DEBUG_TOKEN_ENV,
     metavar="TOKEN",
     help="Require TOKEN on /debug/* (needed for a non-loopback --debug-bind). "
-    "Also read from $TETHER_DEBUG_TOKEN.",
+    "Visible to local users in the process list: prefer --debug-token-file or "
+    f"${DEBUG_TOKEN_ENV}, which is read and removed from the app's environment.",
+)
+@click.option(
+    "--debug-token-file",
+    metavar="PATH",
+    help="Read the debug token from PATH once at start (mode 600 or 640; "
+    "for example a mounted secret).",
 )
 @click.option(
     "--graceful-timeout",
@@ -203,7 +217,12 @@ def main() -> None:
     metavar="S",
     help="Seconds without a heartbeat from a worker's event loop before it is replaced.",
 )
-@click.option("--pidfile", metavar="PATH", help="Write the master's pid to PATH (atomically).")
+@click.option(
+    "--pidfile",
+    metavar="PATH",
+    help="Write the pid to signal to PATH: the master, or with --workers 0 the serving "
+    "process. Refuses to start while PATH names a live process.",
+)
 @click.option(
     "--control",
     metavar="PATH",
@@ -215,6 +234,7 @@ def run(
     debug_bind: str,
     no_debug: bool,
     debug_token: str | None,
+    debug_token_file: str | None,
     graceful_timeout: float,
     drain_delay: float,
     idle_grace: float,
@@ -229,7 +249,16 @@ def run(
 ) -> None:
     """Run APP (module:attribute) until stopped; see the README for signals and exit codes."""
     _setup_logging(log_level)
+    token_source = click.get_current_context().get_parameter_source("debug_token")
+    # The app and its workers never see the token; successors get it from successor_env().
+    os.environ.pop(DEBUG_TOKEN_ENV, None)
+    pidfile_claim: PidFile | None = None
     try:
+        if debug_token_file is not None:
+            if token_source is click.core.ParameterSource.COMMANDLINE:
+                msg = "give the debug token one way: --debug-token or --debug-token-file"
+                raise ConfigError(msg)
+            debug_token = read_token_file(debug_token_file)
         config = RunConfig(
             app=app,
             binds=binds or (DEFAULT_BIND,),
@@ -247,6 +276,8 @@ def run(
             pidfile=pidfile,
             control=control,
         )
+        if pidfile is not None:
+            pidfile_claim = PidFile.claim(pidfile)
         if workers == 0:
             code = _run_single(config)
         else:
@@ -256,6 +287,9 @@ def run(
     except TetherError as exc:
         click.echo(f"tether: error: {exc}", err=True)
         code = exit_code_for(exc)
+    finally:
+        if pidfile_claim is not None:
+            pidfile_claim.release()
     sys.exit(code)
 
 

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import stat
 from dataclasses import dataclass, field
 from typing import Literal
 
 from tether.errors import ConfigError
 
-__all__ = ["RunConfig", "check_timeout"]
+__all__ = ["DEBUG_TOKEN_ENV", "RunConfig", "check_timeout", "read_token_file"]
 
 Interface = Literal["auto", "asgi", "wsgi"]
+
+#: Where the debug token may come from; removed from the environment the app sees.
+DEBUG_TOKEN_ENV = "TETHER_DEBUG_TOKEN"
 
 DEFAULT_BIND = "127.0.0.1:8080"
 DEFAULT_DEBUG_BIND = "127.0.0.1:8001"
@@ -87,6 +92,12 @@ class RunConfig:
         if self.interface not in ("auto", "asgi", "wsgi"):
             msg = f"--interface must be auto, asgi or wsgi, got {self.interface!r}"
             raise ConfigError(msg)
+        if self.control and self.workers == 0:
+            msg = (
+                "--control needs a master (--workers 1 or more); with --workers 0, "
+                "signal the process instead (HUP reloads, TERM stops; --pidfile names it)"
+            )
+            raise ConfigError(msg)
         self._check_addresses()
         if ":" not in self.app or self.app.startswith(":") or self.app.endswith(":"):
             msg = f"APP must look like module:attribute (for example myapp:app), got {self.app!r}"
@@ -113,6 +124,34 @@ class RunConfig:
             )
             raise ConfigError(msg)
 
+    def successor_env(self) -> dict[str, str]:
+        """What a process started to succeed this one (reload, upgrade) needs in its environment.
+
+        The debug token travels here, never on a command line other users can read.
+        """
+        return {DEBUG_TOKEN_ENV: self.debug_token} if self.debug_token else {}
+
     def replace(self, **changes: object) -> RunConfig:
         """A copy with some options changed (validated again)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def read_token_file(path: str) -> str:
+    """The debug token in ``path``: read once; the file must not be readable by other users."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            token = f.read(4096).strip()
+    except OSError as exc:
+        msg = f"cannot read --debug-token-file {path}: {exc.strerror}; check the path"
+        raise ConfigError(msg) from exc
+    if mode & 0o037:  # group may read it, nobody else may touch it
+        msg = (
+            f"--debug-token-file {path} is open to other users (mode {stat.S_IMODE(mode):04o}); "
+            f"run `chmod 600 {path}` (or 640 to share it with a group)"
+        )
+        raise ConfigError(msg)
+    if not token:
+        msg = f"--debug-token-file {path} is empty; put the token in it"
+        raise ConfigError(msg)
+    return token

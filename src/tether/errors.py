@@ -24,6 +24,7 @@ __all__ = [
     "AppLoadError",
     "BindError",
     "ConfigError",
+    "RuntimeDirError",
     "ShutdownAbandoned",
     "StartupError",
     "TetherError",
@@ -49,6 +50,19 @@ class BindError(ConfigError):
     def __init__(self, address: str, reason: str, hint: str) -> None:
         super().__init__(f"cannot bind {address}: {reason}; {hint}")
         self.address = address
+        self.reason = reason
+
+
+class RuntimeDirError(ConfigError):
+    """tether could not make its private sockets: the temporary directory is unusable."""
+
+    def __init__(self, directory: str, cause: OSError) -> None:
+        reason = cause.strerror or str(cause)
+        super().__init__(
+            f"cannot create tether's private sockets in {directory}: {reason}; "
+            "point TMPDIR (or XDG_RUNTIME_DIR) at a short, writable directory"
+        )
+        self.directory = directory
         self.reason = reason
 
 

@@ -222,6 +222,12 @@ class Group:
         """True once ``stop`` was called or a member exited."""
         return self._state is not None and self._state.event.is_set()
 
+    async def wait_stopping(self) -> str:
+        """Wait until the group begins to stop (``stop`` or a member's exit); return the reason."""
+        state = self._shared()
+        await state.event.wait()
+        return state.reason or "stopped"
+
     def tasks(self) -> dict[str, asyncio.Task[Any]]:
         """The members' tasks by name (for waiting on some of them)."""
         return {m.name: m.task for m in self._members}

@@ -48,11 +48,10 @@ from tether._mastersupport import (
     WORKER_PROGRAM,
     SystemdLink,
     logical_cwd,
-    remove_pidfile,
     upgrade_argv,
     worker_base_env,
-    write_pidfile,
 )
+from tether._pidfile import PidFile
 from tether._workercare import WorkerCare
 from tether.config import RunConfig
 from tether.errors import ConfigError, StartupError
@@ -247,12 +246,9 @@ class Master(WorkerCare):
             self._rx.close()
         if self._rundir:
             shutil.rmtree(self._rundir, ignore_errors=True)
-        if not self._handover:
-            if self.config.pidfile:
-                remove_pidfile(self.config.pidfile, self._pid)
-            if self._control_path is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(self._control_path)
+        if not self._handover and self._control_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._control_path)
         if self._upstream is not None:
             self._upstream.close()
         self.systemd.close()
@@ -387,7 +383,7 @@ class Master(WorkerCare):
         assert self.active is not None
         status = self.status_line()
         if self.config.pidfile:
-            write_pidfile(self.config.pidfile, self._pid)
+            PidFile(self.config.pidfile).serving()  # an upgraded master takes it over now
         if self._upgraded_from is not None:
             log.info("master %d: ready; telling the old master %d", self._pid, self._upgraded_from)
             if self._upstream is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -30,11 +31,14 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 
+from tether.errors import RuntimeDirError
+
 __all__ = [
     "Notifier",
     "NotifyMessage",
     "NotifyReceiver",
     "parse_message",
+    "private_dir",
     "watchdog_interval",
 ]
 
@@ -43,6 +47,8 @@ log = logging.getLogger("tether.notify")
 _MAX_DATAGRAM = 4096
 _CREDS = struct.Struct("iII")  # struct ucred: pid, uid, gid
 _QUEUE_LIMIT = 1024
+#: Longest directory for private sockets: sun_path holds 107 bytes, names take up to 24.
+_SOCKET_DIR_LIMIT = 107 - 24
 
 
 def _socket_address(name: str) -> str | bytes | None:
@@ -162,20 +168,23 @@ class NotifyReceiver:
 
     def __init__(self, path: str | None = None) -> None:
         self._dir: str | None = None
-        if path is None:
-            self._dir = tempfile.mkdtemp(prefix="tether-notify-")
-            path = os.path.join(self._dir, "notify.sock")
-        self.path = path
+        self._queue: asyncio.Queue[NotifyMessage] = asyncio.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
+            if path is None:
+                self._dir = private_dir("tether-notify-")
+                path = os.path.join(self._dir, "notify.sock")
+            self.path = path
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             self._sock.setblocking(False)
-            self._sock.bind(path)
+            try:
+                self._sock.bind(path)
+            except OSError as exc:
+                raise RuntimeDirError(os.path.dirname(path), exc) from exc
         except BaseException:
             self.close()
             raise
-        self._queue: asyncio.Queue[NotifyMessage] = asyncio.Queue()
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
         """Start reading in the running event loop (done by ``async with``)."""
@@ -245,6 +254,26 @@ class NotifyReceiver:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def private_dir(prefix: str) -> str:
+    """A fresh directory only this user can enter, for private sockets.
+
+    Under ``$XDG_RUNTIME_DIR`` when it is set (systemd's per-user runtime
+    directory, or ``RuntimeDirectory=``), else under the temporary directory.
+    Raises :class:`~tether.errors.RuntimeDirError` naming the place and the fix.
+    """
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    parent = runtime if runtime and os.path.isdir(runtime) else tempfile.gettempdir()
+    try:
+        path = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    except OSError as exc:
+        raise RuntimeDirError(parent, exc) from exc
+    # A unix socket path must fit in sun_path (108 bytes), with room for its name.
+    if len(os.fsencode(path)) > _SOCKET_DIR_LIMIT:
+        os.rmdir(path)
+        raise RuntimeDirError(parent, OSError(errno.ENAMETOOLONG, "path too long for a socket"))
+    return path
 
 
 def watchdog_interval(

@@ -35,6 +35,7 @@ from tether import leaks
 from tether import sockets as sockets_mod
 from tether._handoff import HANDOFF_ENV, hand_over
 from tether._listeners import Listeners, open_listeners
+from tether._pidfile import PidFile
 from tether.app import App, load_app
 from tether.config import RunConfig
 from tether.debug import (
@@ -58,8 +59,14 @@ logger = logging.getLogger("tether.runtime")
 PARENT_DEATH_BUDGET = 1.0
 #: How long what the app left behind may take to end on its own before it is logged.
 LEAK_CHECK_TIMEOUT = 0.2
-#: Threads tether's own hosting keeps for the process's life (a2wsgi's pool).
-_HOSTING_THREADS = ("concurrent.futures.thread._worker",)
+#: Pooled threads that hosting keeps for the event loop's life and ends with it: the
+#: executor a2wsgi and ``run_in_executor`` use, and anyio's (FastAPI's sync endpoints).
+_HOSTING_THREADS = (
+    "concurrent.futures.thread._worker",
+    "anyio._backends._asyncio.WorkerThread.run",
+)
+#: Signals that begin a stop; only these arm the last-resort timer from the handler.
+_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 
 
 def as_asgi(app: App, kind: str | None) -> ASGIApp | None:
@@ -78,8 +85,10 @@ class Service:
     """Runs one process's members under tether's lifecycle.
 
     ``hard_stop`` is the last resort the CLI provides: it is armed when a stop
-    begins and called if the process is still alive well past the deadline
-    (an event loop blocked in C code cannot be cancelled).
+    begins (a stop signal, the parent's death, a member's exit, the drain after
+    a reload) and called if the process is still alive well past the deadline
+    (an event loop blocked in C code cannot be cancelled). Nothing else arms
+    it: USR1, HUP and USR2 leave a serving process serving.
     """
 
     def __init__(
@@ -116,6 +125,10 @@ class Service:
         self.status = "starting"
         self.notifier: Notifier | None = None
         self._stop_requested = False
+        #: TERM/INT received so far; the second one forces (a reload's drain is not a signal).
+        self._stop_signals = 0
+        #: The successor a reload handed the sockets to: ours, never a leak of the app's.
+        self._successor: int | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
 
     # -- stop requests ------------------------------------------------------------
@@ -155,28 +168,58 @@ class Service:
         if self._stop_requested:
             return
         self._stop_requested = True
+        self._arm_hard_stop()
         self.ready = False
         self.status = f"stopping: {reason}"
         if self.notifier is not None:
             self.notifier.send("STOPPING=1", f"STATUS=stopping: {reason}")
 
-    def _arm_hard_stop(self, _signum: int = 0, *, budget: float | None = None) -> None:
-        """Runs in the signal handler (or the parent watcher): start the last-resort timer once."""
+    def _arm_hard_stop(self, *, budget: float | None = None) -> None:
+        """Start the last-resort timer once, measured from now: a stop has begun.
+
+        Thread-safe enough for its callers (the signal handler, the parent
+        watcher, the loop): the worst race starts the timer twice, and both
+        copies are cancelled at the end.
+        """
         if self._hard_stop is None or self._hard_timer is not None:
             return
         total = self.config.graceful_timeout if budget is None else budget
         limit = total + 2 * self.config.cancel_timeout + 1.0
         self._hard_timer = threading.Timer(limit, self._hard_stop)
+        self._hard_timer.name = "tether-hard-stop"
         self._hard_timer.daemon = True
         self._hard_timer.start()
+
+    def _disarm_hard_stop(self) -> None:
+        timer, self._hard_timer = self._hard_timer, None
+        if timer is not None:
+            timer.cancel()
+            timer.join()  # returns at once; the thread must be gone before the leak check
+
+    async def _arm_when_stopping(self) -> None:
+        await self.group.wait_stopping()
+        left = (self.group.deadline or 0.0) - asyncio.get_running_loop().time()
+        self._arm_hard_stop(budget=max(0.0, left))
+
+    def _on_signal_now(self, signum: int) -> None:
+        """In the signal handler itself, even while the loop is stuck: a stop arms the timer."""
+        if signum in _STOP_SIGNALS:
+            self._arm_hard_stop()
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
         if signum == signal.SIGQUIT:
             self.request_stop(f"{name} received (fast stop)", force=True)
         elif signum in (signal.SIGTERM, signal.SIGINT):
-            if self._stop_requested:
+            self._stop_signals += 1
+            if self._stop_signals > 1:
                 self.request_stop(f"second {name} received", force=True)
+            elif self._stop_requested:
+                logger.info(
+                    "%s received: already stopping (%s); a second one cancels what is left",
+                    name,
+                    self.status,
+                )
             else:
                 self.request_stop(f"{name} received")
         elif signum in (signal.SIGHUP, signal.SIGUSR2):
@@ -219,7 +262,7 @@ class Service:
         previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN) if self._is_worker else None
         try:
             with handle_signals(
-                loop, dict.fromkeys(handled, self._on_signal), immediate=self._arm_hard_stop
+                loop, dict.fromkeys(handled, self._on_signal), immediate=self._on_signal_now
             ):
                 # USR1 also writes every thread's stack from C, which works while the loop is stuck.
                 faulthandler.register(signal.SIGUSR1, all_threads=True, chain=True)
@@ -231,8 +274,7 @@ class Service:
             if previous_int is not None:
                 signal.signal(signal.SIGINT, previous_int)
             listeners.close()
-            if self._hard_timer is not None:
-                self._hard_timer.cancel()
+            self._disarm_hard_stop()
             if self.notifier is not None:
                 self.notifier.close()
             await self._report_leaks(since)
@@ -243,10 +285,13 @@ class Service:
             since,
             timeout=LEAK_CHECK_TIMEOUT,
             ignore_any=_HOSTING_THREADS,
-            ignore=(_libuv_reserve_fd,),
+            ignore=(_libuv_reserve_fd, self._is_successor),
         )
         if found:
             logger.warning("%s", leaks.format_leaks(found, "the app"))
+
+    def _is_successor(self, leak: leaks.Leak) -> bool:
+        return leak.kind == "process" and leak.name == str(self._successor)
 
     async def _drain_background(self, budget: float) -> list[AbandonedWork]:
         """Phase 5: wait for tracked and adopted work, then cancel and report the rest."""
@@ -285,6 +330,9 @@ class Service:
                 await group.start(self.http.run, name="http")
             for name, member in app.members.items():
                 group.add(member, name=name)
+            # A member's exit stops the group without a signal: that is a stop too.
+            armer = loop.create_task(self._arm_when_stopping(), name="tether-hard-stop-armer")
+            cleanups.append(armer.cancel)
             if not group.stopping:
                 self._became_ready(cleanups)
         except BaseException as exc:
@@ -318,6 +366,8 @@ class Service:
         logger.info(
             "serving %s on %s (pid %d)", self.config.app, where or "no sockets", os.getpid()
         )
+        if self.config.pidfile:
+            PidFile(self.config.pidfile).serving()  # after a reload: name the successor now
         if self._handoff_notify is not None:
             # The process that started us with its sockets drains once it hears this.
             with Notifier(self._handoff_notify) as predecessor:
@@ -360,9 +410,11 @@ class Service:
             cwd=self._cwd,
             supervisor_notify=self._supervisor_notify,
             ready_within=self.config.reload_timeout,
+            extra_env=self.config.successor_env(),
         )
         again, self._reload_again = self._reload_again, False
         if pid is not None:
+            self._successor = pid
             self.request_stop(f"reloaded: pid {pid} now serves", drain_delay=False)
             if again:  # HUPs that came during this reload: the new process owns them now
                 os.kill(pid, signal.SIGHUP)
@@ -474,8 +526,8 @@ class Service:
 
 
 def _libuv_reserve_fd(leak: leaks.Leak) -> bool:
-    """uvloop keeps /dev/null open per loop once it listens (libuv's EMFILE reserve)."""
-    return leak.kind == "fd" and "/dev/null" in leak.headline()
+    """libuv's EMFILE reserve: /dev/null per listening loop, reopened on "/" after an EMFILE."""
+    return leak.kind == "fd" and leak.target in ("/dev/null", "/")
 
 
 async def group_wait_quietly(group: Group) -> None:
