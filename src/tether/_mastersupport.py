@@ -62,6 +62,7 @@ def worker_argv(
     argv += ["--idle-grace", repr(config.idle_grace)]
     argv += ["--interface", config.interface, "--app-dir", config.app_dir]
     argv += ["--log-level", config.log_level]
+    argv += [] if config.gc_freeze else ["--no-gc-freeze"]
     return argv
 
 

@@ -218,6 +218,13 @@ def main() -> None:
     help="Seconds without a heartbeat from a worker's event loop before it is replaced.",
 )
 @click.option(
+    "--gc-freeze/--no-gc-freeze",
+    default=True,
+    show_default=True,
+    help="Once the app has started, freeze the objects it made (gc.freeze) so the "
+    "garbage collector stops rescanning them on every collection.",
+)
+@click.option(
     "--pidfile",
     metavar="PATH",
     help="Write the pid to signal to PATH: the master, or with --workers 0 the serving "
@@ -244,6 +251,7 @@ def run(
     workers: int,
     reload_timeout: float,
     watchdog_timeout: float,
+    gc_freeze: bool,
     pidfile: str | None,
     control: str | None,
 ) -> None:
@@ -273,6 +281,7 @@ def run(
             workers=workers,
             reload_timeout=reload_timeout,
             watchdog_timeout=watchdog_timeout,
+            gc_freeze=gc_freeze,
             pidfile=pidfile,
             control=control,
         )

@@ -70,6 +70,8 @@ class RunConfig:
     watchdog_timeout: float = 30.0
     pidfile: str | None = None
     control: str | None = None
+    #: Freeze what startup made (``gc.freeze``) so the collector stops rescanning it.
+    gc_freeze: bool = True
     #: Extra data for modes that need it (kept out of the flag surface).
     extra: dict[str, str] = field(default_factory=dict)
 

@@ -327,9 +327,10 @@ class _Reporter:
             return Leak("process", str(pid), _proc.command_line(pid), (), state, created)
         fd = self._fd(found.key)
         number = cast("tuple[str, int, int, int]", found.key)[1]
-        if self._sockets is None:
+        if fd is not None and fd.kind == "socket" and self._sockets is None:
+            # Only a socket needs the system's socket tables, which grow with the host.
             self._sockets = _proc.socket_table()
-        target = _proc.describe_fd(fd, self._sockets) if fd else "?"
+        target = _proc.describe_fd(fd, self._sockets or {}) if fd else "?"
         site = _site_of_fd(number) if fd is not None and fd.kind == "socket" else None
         created = _frame(site) if site is not None else None
         return Leak("fd", str(number), target, (), "", created, fd.kind if fd else "")

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import faulthandler
 import functools
+import gc
 import logging
 import os
 import signal
@@ -358,6 +359,12 @@ class Service:
 
     def _became_ready(self, cleanups: list[Callable[[], object]]) -> None:
         loop = asyncio.get_running_loop()
+        if self.config.gc_freeze:
+            # What the import and startup made lives as long as the process: move it out
+            # of the collector's sight, so that a busy worker's collections scan only
+            # what requests make (what preloading before fork gives gunicorn's users).
+            gc.collect()
+            gc.freeze()
         self.ready = True
         self.status = "serving"
         where = ", ".join(

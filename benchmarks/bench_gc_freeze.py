@@ -1,0 +1,92 @@
+"""CPU per request on a realistic FastAPI app: tether with and without gc.freeze, and uvicorn.
+
+One worker each, pinned to CPU 0, loaded by ``wrk -t1 -c64`` pinned to CPU 1, in
+alternated rounds; the figure is the server's CPU time per completed request
+(from /proc), which a shared machine disturbs far less than requests per
+second.
+
+    python benchmarks/bench_gc_freeze.py [--rounds 5] [--duration 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from bench_hello import cpu_seconds
+
+from peers import ensure_wrk, free_port, wait_listening
+
+HERE = Path(__file__).parent
+BIN = Path(sys.executable).parent
+SERVERS = ("tether", "tether --no-gc-freeze", "uvicorn")
+
+
+def server_argv(name: str, port: int) -> list[str]:
+    if name == "uvicorn":
+        return [str(BIN / "uvicorn"), "fastapi_model:app", "--host", "127.0.0.1",
+                "--port", str(port), "--loop", "uvloop", "--http", "httptools",
+                "--no-access-log", "--log-level", "warning"]  # fmt: skip
+    extra = ["--no-gc-freeze"] if "no-gc-freeze" in name else []
+    return [str(BIN / "tether"), "run", "fastapi_model:app", "--workers", "0",
+            "--bind", f"127.0.0.1:{port}", "--debug-bind", f"127.0.0.1:{free_port()}",
+            "--log-level", "warning", *extra]  # fmt: skip
+
+
+def measure(wrk: str, name: str, path: str, duration: int) -> tuple[float, float]:
+    """Requests/s and CPU microseconds per request for one server, one round."""
+    port = free_port()
+    taskset = ["taskset", "-c", "0"] if shutil.which("taskset") else []
+    proc = subprocess.Popen([*taskset, *server_argv(name, port)], cwd=HERE / "apps")
+    try:
+        wait_listening(port, proc)
+        url = f"http://127.0.0.1:{port}{path}"
+        pin = ["taskset", "-c", "1"] if taskset else []
+        subprocess.run([*pin, wrk, "-t1", "-c64", "-d2s", url], capture_output=True, check=True)
+        before = cpu_seconds(proc.pid)
+        out = subprocess.run([*pin, wrk, "-t1", "-c64", f"-d{duration}s", "--latency", url],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+        cpu = cpu_seconds(proc.pid) - before
+        rps = float(out.split("Requests/sec:")[1].split()[0])
+        total = int(out.split(" requests in ")[0].split()[-1])
+        if "Non-2xx" in out or "Socket errors" in out:
+            print(f"  {name}: errors in wrk's output:\n{out}")
+        return rps, cpu / total * 1e6
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--path", default="/item")
+    args = parser.parse_args()
+    wrk = ensure_wrk()
+    cpu: dict[str, list[float]] = {name: [] for name in SERVERS}
+    rps: dict[str, list[float]] = {name: [] for name in SERVERS}
+    for i in range(args.rounds):
+        order = SERVERS if i % 2 == 0 else tuple(reversed(SERVERS))
+        for name in order:
+            r, c = measure(wrk, name, args.path, args.duration)
+            rps[name].append(r)
+            cpu[name].append(c)
+            print(f"round {i + 1} {name:22s} {r:9.0f} req/s {c:7.1f} us CPU/request", flush=True)
+    base = statistics.median(cpu["uvicorn"])
+    print(f"\nGET {args.path}, wrk -t1 -c64 -d{args.duration}s, {args.rounds} alternated rounds")
+    for name in SERVERS:
+        c = statistics.median(cpu[name])
+        print(
+            f"{name:22s} CPU/request median {c:6.1f} us (min {min(cpu[name]):.1f}, "
+            f"max {max(cpu[name]):.1f}), {c / base:.3f}x uvicorn; "
+            f"req/s median {statistics.median(rps[name]):.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
