@@ -56,14 +56,7 @@ def worker_argv(
     No ``--bind``: the sockets arrive by LISTEN_FDS. No drain delay: the
     master holds readiness for the whole service and applies the delay itself.
     """
-    argv = [*program, "run", config.app, "--workers", "0"]
-    argv += ["--debug-bind", f"unix:{debug_path}"] if debug_path else ["--no-debug"]
-    argv += ["--graceful-timeout", repr(config.graceful_timeout), "--drain-delay", "0"]
-    argv += ["--idle-grace", repr(config.idle_grace)]
-    argv += ["--interface", config.interface, "--app-dir", config.app_dir]
-    argv += ["--log-level", config.log_level]
-    argv += [] if config.gc_freeze else ["--no-gc-freeze"]
-    return argv
+    return [*program, *config.to_argv(debug_path=debug_path)]
 
 
 def worker_base_env(environ: Mapping[str, str], config: RunConfig) -> dict[str, str]:

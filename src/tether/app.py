@@ -141,11 +141,21 @@ def _failed_import(module_name: str, exc: BaseException) -> str:
 
 
 def load_app(
-    target: str, *, app_dir: str = ".", interface: Literal["auto", "asgi", "wsgi"] = "auto"
+    target: str,
+    *,
+    app_dir: str = ".",
+    interface: Literal["auto", "asgi", "wsgi"] = "auto",
+    factory: bool = False,
 ) -> tuple[App, Kind | None]:
-    """Import ``module:attr`` and return it as an :class:`App`, with its HTTP interface."""
+    """Import ``module:attr`` and return it as an :class:`App`, with its HTTP interface.
+
+    A factory is recognised by its signature; ``factory=True`` (``--factory``)
+    calls ``attr`` whatever its signature looks like.
+    """
     obj = _import(target, app_dir)
-    if not isinstance(obj, App) and interface_of(obj) is None and _is_factory(obj):
+    if factory and not callable(obj):
+        raise AppLoadError(target, f"--factory: {target!r} is not callable; drop --factory")
+    if factory or (not isinstance(obj, App) and interface_of(obj) is None and _is_factory(obj)):
         try:
             obj = obj()
         except Exception as exc:

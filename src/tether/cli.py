@@ -11,24 +11,28 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import click
 
+from tether._configsources import load_env_file, load_sources, resolve
 from tether._pidfile import PidFile
 from tether.config import (
     DEBUG_TOKEN_ENV,
     DEFAULT_BIND,
     DEFAULT_DEBUG_BIND,
+    SSL_PASSWORD_ENV,
     RunConfig,
-    read_token_file,
 )
 from tether.errors import AppLoadError, ConfigError, ShutdownAbandoned, StartupError, TetherError
+from tether.logs import setup_logging
 
 __all__ = ["exit_code_for", "main"]
 
 logger = logging.getLogger("tether")
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_START, EXIT_ABANDONED = 0, 1, 2, 3, 4
 
@@ -64,16 +68,6 @@ def _summary(exc: BaseException) -> str:
     return text + (f" (and {more} more problem(s), logged above)" if more else "")
 
 
-def _setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-
-
 def _hard_stop() -> None:
     """Last resort when the event loop cannot be reached: dump threads and leave with code 4."""
     from tether.debug import format_thread_dump, thread_dump
@@ -88,14 +82,17 @@ def _hard_stop() -> None:
 
 
 def _run_single(config: RunConfig) -> int:
-    import uvloop
-
     from tether.runtime import Service
 
     # A reload (HUP) starts this same command again, from the same directory.
     argv = [sys.executable, "-m", "tether", *sys.argv[1:]]
     service = Service(config, hard_stop=_hard_stop, argv=argv)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    loop_factory = None
+    if config.loop in ("auto", "uvloop"):
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
         try:
             runner.run(service.run())
         except BaseException as exc:
@@ -112,185 +109,438 @@ def _run_single(config: RunConfig) -> int:
     return EXIT_OK
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+RUN_EPILOG = (
+    "Every option can also come from the environment as TETHER_<OPTION> (dashes as "
+    "underscores, for example TETHER_WORKERS=4), and from [tool.tether] in ./pyproject.toml "
+    "or --config FILE (keys are the long option names). The command line wins over the "
+    "environment, which wins over the file. WEB_CONCURRENCY sets --workers and PORT serves "
+    "on 0.0.0.0:$PORT when no address is given, as in the rest of the ecosystem."
+)
+
+
+def _opt(*decls: str, **attrs: Any) -> Callable[[F], F]:
+    attrs.setdefault("show_default", "default" in attrs and not attrs.get("is_flag"))
+    return click.option(*decls, **attrs)
+
+
+def _secs(flag: str, default: float, text: str, *more: str) -> Callable[[F], F]:
+    return _opt(flag, *more, type=float, default=default, show_default=True, metavar="S", help=text)
+
+
+#: Every option of `tether run`, in the order `--help` shows them. The parameter names
+#: are RunConfig's (or HttpOptions') field names; config.RunConfig validates the values.
+RUN_OPTIONS: list[Callable[[F], F]] = [
+    # -- where to serve ------------------------------------------------------------
+    _opt(
+        "--bind",
+        multiple=True,
+        metavar="ADDR",
+        help=f"Serve the app on ADDR: HOST:PORT, [IPV6]:PORT, unix:PATH or fd:N. Repeatable. "
+        f"[default: {DEFAULT_BIND}, or 0.0.0.0:$PORT when PORT is set]",
+    ),
+    _opt(
+        "--host",
+        metavar="HOST",
+        help="uvicorn's: serve on HOST:--port (default port 8000, as uvicorn's). Adds to --bind.",
+    ),
+    _opt(
+        "--port",
+        type=int,
+        metavar="PORT",
+        help="uvicorn's: serve on --host:PORT (default host 127.0.0.1).",
+    ),
+    _opt("--uds", metavar="PATH", help="uvicorn's: serve on the unix socket PATH (unix:PATH)."),
+    _opt(
+        "--fd",
+        type=int,
+        metavar="N",
+        help="uvicorn's: serve on the listening socket inherited on descriptor N (fd:N).",
+    ),
+    _opt(
+        "--debug-bind",
+        default=DEFAULT_DEBUG_BIND,
+        metavar="ADDR",
+        help="Serve the debug server (health, readiness, metrics, dumps) on ADDR.",
+    ),
+    _opt("--no-debug", is_flag=True, help="Run without the debug server."),
+    _opt(
+        "--debug-token",
+        envvar=DEBUG_TOKEN_ENV,
+        metavar="TOKEN",
+        help="Require TOKEN on /debug/* (needed for a non-loopback --debug-bind). "
+        "Visible to local users in the process list: prefer --debug-token-file or "
+        f"${DEBUG_TOKEN_ENV}, which is read and removed from the app's environment.",
+    ),
+    _opt(
+        "--debug-token-file",
+        metavar="PATH",
+        help="Read the debug token from PATH once at start (mode 600 or 640; "
+        "for example a mounted secret).",
+    ),
+    # -- processes and shutdown ------------------------------------------------------
+    _opt(
+        "--workers",
+        type=int,
+        default=1,
+        help="0 runs one process; N >= 1 runs a master that holds the sockets and N workers. "
+        "Also read from $WEB_CONCURRENCY.",
+    ),
+    _secs(
+        "--graceful-timeout",
+        30.0,
+        "Budget in seconds for the whole graceful shutdown; then cancel and report. "
+        "--timeout-graceful-shutdown is uvicorn's name for it (uvicorn's default: no limit).",
+        "--timeout-graceful-shutdown",
+    ),
+    _secs(
+        "--drain-delay",
+        0.0,
+        "Seconds /readyz answers 503 before the listeners close (for load balancers).",
+    ),
+    _secs(
+        "--idle-grace",
+        0.5,
+        "While draining, how long an idle keep-alive connection may still send a request.",
+    ),
+    _secs(
+        "--reload-timeout",
+        60.0,
+        "Seconds a new worker generation has to become ready on reload (HUP).",
+    ),
+    _secs(
+        "--watchdog-timeout",
+        30.0,
+        "Seconds without a heartbeat from a worker's event loop before it is replaced "
+        "(--timeout-worker-healthcheck is uvicorn's name).",
+        "--timeout-worker-healthcheck",
+    ),
+    _opt(
+        "--limit-max-requests",
+        type=int,
+        metavar="N",
+        help="A serving process stops gracefully after N responses (a master replaces its worker).",
+    ),
+    _opt(
+        "--limit-max-requests-jitter",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Add 0..N at random to --limit-max-requests, per process.",
+    ),
+    _opt(
+        "--gc-freeze/--no-gc-freeze",
+        default=True,
+        show_default=True,
+        help="Once the app has started, freeze the objects it made (gc.freeze) so the "
+        "garbage collector stops rescanning them on every collection.",
+    ),
+    _opt(
+        "--pidfile",
+        metavar="PATH",
+        help="Write the pid to signal to PATH: the master, or with --workers 0 the serving "
+        "process. Refuses to start while PATH names a live process.",
+    ),
+    _opt(
+        "--control",
+        metavar="PATH",
+        help="Unix socket for `tether ctl` (reload, upgrade, stop, scale, status).",
+    ),
+    # -- the app -------------------------------------------------------------------
+    _opt(
+        "--interface",
+        type=click.Choice(["auto", "asgi", "asgi3", "asgi2", "wsgi"]),
+        default="auto",
+        help="How to call APP; auto reads its signature (asgi3 = asgi).",
+    ),
+    _opt(
+        "--factory",
+        is_flag=True,
+        help="Call APP to get the app (factories are also recognised without it).",
+    ),
+    _opt(
+        "--app-dir",
+        default=".",
+        metavar="DIR",
+        help="Directory to import APP from (put first on sys.path).",
+    ),
+    _opt(
+        "--lifespan",
+        type=click.Choice(["auto", "on", "off"]),
+        default="auto",
+        help="The ASGI lifespan protocol: auto runs it if the app supports it; on requires it.",
+    ),
+    _opt(
+        "--env-file",
+        metavar="PATH",
+        help="Load environment variables from the dotenv file PATH before importing APP.",
+    ),
+    _opt(
+        "--loop",
+        type=click.Choice(["auto", "asyncio", "uvloop", "none"]),
+        default="auto",
+        help="The event loop: auto and uvloop use uvloop; asyncio and none the stdlib's.",
+    ),
+    # -- HTTP ------------------------------------------------------------------------
+    _opt(
+        "--http",
+        type=click.Choice(["auto", "h11", "httptools"]),
+        default="auto",
+        help="The HTTP/1.1 parser (auto prefers httptools).",
+    ),
+    _opt(
+        "--timeout-keep-alive",
+        type=int,
+        default=5,
+        metavar="S",
+        help="Close an idle keep-alive connection after S seconds. Behind a load balancer, "
+        "make it longer than the balancer's idle timeout (AWS ALB: 60).",
+    ),
+    _opt(
+        "--proxy-headers/--no-proxy-headers",
+        default=True,
+        show_default=True,
+        help="Take the client address and scheme from X-Forwarded-For/-Proto, only when "
+        "the peer is in --forwarded-allow-ips.",
+    ),
+    _opt(
+        "--forwarded-allow-ips",
+        default="127.0.0.1,::1",
+        metavar="IPS",
+        help="Comma-separated addresses and networks (CIDRs) trusted with proxy headers; "
+        "* trusts every peer. Also read from $FORWARDED_ALLOW_IPS.",
+    ),
+    _opt(
+        "--root-path",
+        default="",
+        metavar="PATH",
+        help="The ASGI root_path, for an app mounted below a URL prefix.",
+    ),
+    _opt(
+        "--limit-concurrency",
+        type=int,
+        metavar="N",
+        help="Answer 503 to requests beyond N open connections or running requests.",
+    ),
+    _opt(
+        "--backlog",
+        type=int,
+        default=2048,
+        metavar="N",
+        help="How many connections the kernel queues before they are accepted.",
+    ),
+    _opt(
+        "--header",
+        "headers",
+        multiple=True,
+        metavar="NAME:VALUE",
+        help="Add this header to every response. Repeatable.",
+    ),
+    _opt(
+        "--server-header/--no-server-header",
+        default=True,
+        show_default=True,
+        help="Send `server: tether` (uvicorn sends `server: uvicorn`).",
+    ),
+    _opt(
+        "--date-header/--no-date-header",
+        default=True,
+        show_default=True,
+        help="Send the date header.",
+    ),
+    _opt(
+        "--h11-max-incomplete-event-size",
+        type=int,
+        metavar="BYTES",
+        help="With --http h11, the most bytes buffered for an incomplete request head.",
+    ),
+    _opt(
+        "--reset-contextvars", is_flag=True, help="Run each request in a fresh contextvars.Context."
+    ),
+    # -- TLS -------------------------------------------------------------------------
+    _opt("--ssl-certfile", metavar="PATH", help="Serve https with this certificate (PEM)."),
+    _opt("--ssl-keyfile", metavar="PATH", help="The certificate's private key (PEM)."),
+    _opt(
+        "--ssl-keyfile-password",
+        envvar=SSL_PASSWORD_ENV,
+        metavar="TEXT",
+        help=f"The private key's password (prefer ${SSL_PASSWORD_ENV}: a command line "
+        "is visible to local users).",
+    ),
+    _opt(
+        "--ssl-version",
+        type=int,
+        default=17,
+        metavar="N",
+        help="The ssl module's protocol constant (17 = PROTOCOL_TLS_SERVER).",
+    ),
+    _opt(
+        "--ssl-cert-reqs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Client certificates: 0 none, 1 optional, 2 required (ssl.CERT_*).",
+    ),
+    _opt("--ssl-ca-certs", metavar="PATH", help="CA certificates to verify clients against."),
+    _opt("--ssl-ciphers", metavar="TEXT", help="OpenSSL cipher list (default: OpenSSL's)."),
+    # -- websockets ------------------------------------------------------------------
+    _opt(
+        "--ws",
+        type=click.Choice(["auto", "none", "websockets", "websockets-sansio", "wsproto"]),
+        default="auto",
+        help="The websocket implementation; none refuses websockets.",
+    ),
+    _opt(
+        "--ws-max-size",
+        type=int,
+        default=16777216,
+        metavar="BYTES",
+        help="The largest websocket message accepted.",
+    ),
+    _opt(
+        "--ws-max-queue",
+        type=int,
+        default=32,
+        metavar="N",
+        help="Websocket messages queued before reading pauses.",
+    ),
+    _opt(
+        "--ws-ping-interval",
+        type=float,
+        default=20.0,
+        metavar="S",
+        help="Seconds between websocket pings.",
+    ),
+    _opt(
+        "--ws-ping-timeout",
+        type=float,
+        default=20.0,
+        metavar="S",
+        help="Seconds to wait for a pong before closing.",
+    ),
+    _opt(
+        "--ws-per-message-deflate",
+        type=bool,
+        default=True,
+        metavar="BOOLEAN",
+        help="Websocket per-message compression (true or false).",
+    ),
+    # -- logging ---------------------------------------------------------------------
+    _opt(
+        "--log-level",
+        type=click.Choice(["critical", "error", "warning", "info", "debug", "trace"]),
+        default="info",
+    ),
+    _opt(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        help="Every record as a text line, or as one JSON object per line (time, level, "
+        "logger, message, pid; access records also method, path, status, duration_ms, client).",
+    ),
+    _opt(
+        "--log-config",
+        metavar="PATH",
+        help="Logging configuration for every record, the access log included: dictConfig "
+        "as .json or .yaml (PyYAML), or fileConfig .ini. Overrides --log-format.",
+    ),
+    _opt(
+        "--access-log/--no-access-log",
+        default=True,
+        show_default=True,
+        help="One record per response, after it, with its duration (logger tether.access).",
+    ),
+    _opt(
+        "--access-logformat",
+        metavar="FORMAT",
+        help="The access line in gunicorn's atoms, for example "
+        "'%(h)s \"%(r)s\" %(s)s %(b)s %(M)sms'. [default: '%(h)s \"%(r)s\" %(s)s %(b)s %(L)ss']",
+    ),
+    _opt(
+        "--use-colors/--no-use-colors",
+        default=None,
+        help="Accepted for uvicorn command lines; tether's log has no colours.",
+    ),
+    # -- configuration ---------------------------------------------------------------
+    _opt(
+        "--config",
+        metavar="PATH",
+        envvar="TETHER_CONFIG",
+        is_eager=True,
+        callback=load_sources,
+        expose_value=False,
+        help="Read options from this TOML file (keys are long option names, at the top or "
+        "under [tool.tether]). [default: [tool.tether] in ./pyproject.toml]",
+    ),
+    _opt(
+        "--print-config",
+        is_flag=True,
+        help="Print the effective configuration and where each value came from, then exit.",
+    ),
+]
+
+
+def run_options(fn: F) -> F:
+    for decorate in reversed(RUN_OPTIONS):
+        fn = decorate(fn)
+    return fn
+
+
+class _Tether(click.Group):
+    """The command group, with usage errors on one line (exit 2), wherever the value came from."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.ClickException as exc:
+            hint = (
+                " (tether run --help lists the options)"
+                if isinstance(exc, click.UsageError)
+                else ""
+            )
+            text = " ".join(exc.format_message().split())
+            click.echo(f"tether: error: {text}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            sys.exit(1)
+
+
+@click.group(cls=_Tether, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tether")
 def main() -> None:
     """tether: run a service's parts together, stop them together, lose nothing."""
 
 
-@main.command()
-@click.argument("app")
-@click.option(
-    "--bind",
-    "binds",
-    multiple=True,
-    metavar="ADDR",
-    help=f"Serve the app on ADDR: HOST:PORT, [IPV6]:PORT or unix:PATH. Repeatable. "
-    f"[default: {DEFAULT_BIND}]",
-)
-@click.option(
-    "--debug-bind",
-    default=DEFAULT_DEBUG_BIND,
-    show_default=True,
-    metavar="ADDR",
-    help="Serve the debug server (health, readiness, metrics, dumps) on ADDR.",
-)
-@click.option("--no-debug", is_flag=True, help="Run without the debug server.")
-@click.option(
-    "--debug-token",
-    envvar=DEBUG_TOKEN_ENV,
-    metavar="TOKEN",
-    help="Require TOKEN on /debug/* (needed for a non-loopback --debug-bind). "
-    "Visible to local users in the process list: prefer --debug-token-file or "
-    f"${DEBUG_TOKEN_ENV}, which is read and removed from the app's environment.",
-)
-@click.option(
-    "--debug-token-file",
-    metavar="PATH",
-    help="Read the debug token from PATH once at start (mode 600 or 640; "
-    "for example a mounted secret).",
-)
-@click.option(
-    "--graceful-timeout",
-    type=float,
-    default=30.0,
-    show_default=True,
-    metavar="S",
-    help="Budget in seconds for the whole graceful shutdown; then cancel and report.",
-)
-@click.option(
-    "--drain-delay",
-    type=float,
-    default=0.0,
-    show_default=True,
-    metavar="S",
-    help="Seconds /readyz answers 503 before the listeners close (for load balancers).",
-)
-@click.option(
-    "--idle-grace",
-    type=float,
-    default=0.5,
-    show_default=True,
-    metavar="S",
-    help="While draining, how long an idle keep-alive connection may still send a request.",
-)
-@click.option(
-    "--interface",
-    type=click.Choice(["auto", "asgi", "wsgi"]),
-    default="auto",
-    show_default=True,
-    help="How to call APP; auto looks at its signature.",
-)
-@click.option(
-    "--app-dir",
-    default=".",
-    show_default=True,
-    metavar="DIR",
-    help="Directory to import APP from (put first on sys.path).",
-)
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-)
-@click.option(
-    "--workers",
-    type=int,
-    default=1,
-    show_default=True,
-    help="0 runs one process; N >= 1 runs a master that holds the sockets and N workers.",
-)
-@click.option(
-    "--reload-timeout",
-    type=float,
-    default=60.0,
-    show_default=True,
-    metavar="S",
-    help="Seconds a new worker generation has to become ready on reload (HUP).",
-)
-@click.option(
-    "--watchdog-timeout",
-    type=float,
-    default=30.0,
-    show_default=True,
-    metavar="S",
-    help="Seconds without a heartbeat from a worker's event loop before it is replaced.",
-)
-@click.option(
-    "--gc-freeze/--no-gc-freeze",
-    default=True,
-    show_default=True,
-    help="Once the app has started, freeze the objects it made (gc.freeze) so the "
-    "garbage collector stops rescanning them on every collection.",
-)
-@click.option(
-    "--pidfile",
-    metavar="PATH",
-    help="Write the pid to signal to PATH: the master, or with --workers 0 the serving "
-    "process. Refuses to start while PATH names a live process.",
-)
-@click.option(
-    "--control",
-    metavar="PATH",
-    help="Unix socket for `tether ctl` (reload, upgrade, stop, scale, status).",
-)
-def run(
-    app: str,
-    binds: tuple[str, ...],
-    debug_bind: str,
-    no_debug: bool,
-    debug_token: str | None,
-    debug_token_file: str | None,
-    graceful_timeout: float,
-    drain_delay: float,
-    idle_grace: float,
-    interface: Any,
-    app_dir: str,
-    log_level: str,
-    workers: int,
-    reload_timeout: float,
-    watchdog_timeout: float,
-    gc_freeze: bool,
-    pidfile: str | None,
-    control: str | None,
-) -> None:
+@main.command(epilog=RUN_EPILOG)
+@click.argument("app", required=False)
+@run_options
+def run(**opts: Any) -> None:
     """Run APP (module:attribute) until stopped; see the README for signals and exit codes."""
-    _setup_logging(log_level)
-    token_source = click.get_current_context().get_parameter_source("debug_token")
-    # The app and its workers never see the token; successors get it from successor_env().
+    ctx = click.get_current_context()
+    # The app and its workers never see the secrets; successors get them from successor_env().
     os.environ.pop(DEBUG_TOKEN_ENV, None)
+    os.environ.pop(SSL_PASSWORD_ENV, None)
     pidfile_claim: PidFile | None = None
     try:
-        if debug_token_file is not None:
-            if token_source is click.core.ParameterSource.COMMANDLINE:
-                msg = "give the debug token one way: --debug-token or --debug-token-file"
-                raise ConfigError(msg)
-            debug_token = read_token_file(debug_token_file)
-        config = RunConfig(
-            app=app,
-            binds=binds or (DEFAULT_BIND,),
-            debug_bind=None if no_debug else debug_bind,
-            debug_token=debug_token,
-            graceful_timeout=graceful_timeout,
-            drain_delay=drain_delay,
-            idle_grace=idle_grace,
-            interface=interface,
-            app_dir=app_dir,
-            log_level=log_level,
-            workers=workers,
-            reload_timeout=reload_timeout,
-            watchdog_timeout=watchdog_timeout,
-            gc_freeze=gc_freeze,
-            pidfile=pidfile,
-            control=control,
-        )
-        if pidfile is not None:
-            pidfile_claim = PidFile.claim(pidfile)
-        if workers == 0:
+        resolved = resolve(ctx, opts)
+        config = resolved.config
+        if opts["print_config"]:
+            click.echo(resolved.describe())
+            sys.exit(EXIT_OK)
+        setup_logging(config.log_level, config.log_format, config.log_config)
+        if config.pidfile is not None:
+            pidfile_claim = PidFile.claim(config.pidfile)
+        if config.workers == 0:
+            if config.env_file is not None:
+                load_env_file(config.env_file)
             code = _run_single(config)
         else:
             from tether.master import run_master
+
+            if config.http.ssl_keyfile_password is not None:
+                # Workers read it from here (the master never imports the app); each
+                # worker removes it again before it imports the app.
+                os.environ[SSL_PASSWORD_ENV] = config.http.ssl_keyfile_password
 
             code = run_master(config)
     except TetherError as exc:

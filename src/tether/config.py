@@ -9,20 +9,37 @@ started, with one line that names the flag and the fix.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from tether.errors import ConfigError
 
-__all__ = ["DEBUG_TOKEN_ENV", "RunConfig", "check_timeout", "read_token_file"]
+__all__ = [
+    "DEBUG_TOKEN_ENV",
+    "HttpOptions",
+    "RunConfig",
+    "check_timeout",
+    "read_token_file",
+]
 
-Interface = Literal["auto", "asgi", "wsgi"]
+Interface = Literal["auto", "asgi", "asgi3", "asgi2", "wsgi"]
+Lifespan = Literal["auto", "on", "off"]
+LogFormat = Literal["text", "json"]
+
+_LOOPS = ("auto", "asyncio", "uvloop", "none")
+_HTTPS = ("auto", "h11", "httptools")
+_WS = ("auto", "none", "websockets", "websockets-sansio", "wsproto")
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 #: Where the debug token may come from; removed from the environment the app sees.
 DEBUG_TOKEN_ENV = "TETHER_DEBUG_TOKEN"
+
+#: How the TLS key's password reaches a worker or a successor (not its command line).
+SSL_PASSWORD_ENV = "TETHER_SSL_KEYFILE_PASSWORD"
 
 DEFAULT_BIND = "127.0.0.1:8080"
 DEFAULT_DEBUG_BIND = "127.0.0.1:8001"
@@ -40,38 +57,219 @@ def check_timeout(flag: str, value: float, *, allow_zero: bool = True) -> float:
     return float(value)
 
 
+def _check_count(flag: str, value: object, *, minimum: int = 0) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        msg = f"{flag} must be a whole number >= {minimum}, got {value!r}"
+        raise ConfigError(msg)
+
+
+def _check_choice(flag: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        msg = f"{flag} must be one of {', '.join(choices)}, got {value!r}"
+        raise ConfigError(msg)
+
+
+def check_forwarded_ips(text: str) -> str:
+    """``text`` if every comma-separated entry is an address, a network, ``*`` or a literal.
+
+    Literals (a unix socket path) are allowed as uvicorn allows them; an entry
+    that looks like a network but does not parse is an error, not a literal
+    that silently never matches.
+    """
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry or entry == "*" or entry.startswith("/"):
+            continue
+        try:
+            if "/" in entry:
+                ipaddress.ip_network(entry, strict=False)
+            elif entry[0].isdigit() or ":" in entry:
+                ipaddress.ip_address(entry)
+        except ValueError:
+            msg = (
+                f"--forwarded-allow-ips: {entry!r} is not an IP address or network; "
+                "give addresses or CIDRs separated by commas, for example 10.0.0.0/8,127.0.0.1"
+            )
+            raise ConfigError(msg) from None
+    return text
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    """``NAME:VALUE`` as given to ``--header``, split and checked."""
+    name, sep, value = text.partition(":")
+    name, value = name.strip(), value.strip()
+    if not sep or not name or any(c in name for c in ' \t\r\n()<>@,;="/?[]{}\\'):
+        msg = (
+            f"--header {text!r}: expected NAME:VALUE, for example --header 'x-frame-options: DENY'"
+        )
+        raise ConfigError(msg)
+    if any(c in value for c in "\r\n\0"):
+        msg = f"--header {text!r}: the value contains a line break; give it on one line"
+        raise ConfigError(msg)
+    return name, value
+
+
+def _flag(name: str, *, worker: bool = True) -> Any:
+    """Field metadata: the option's long flag, and whether a worker needs it passed on."""
+    return {"flag": name, "worker": worker}
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    """What the HTTP engine (uvicorn's protocols) is asked to do, with uvicorn's defaults.
+
+    Field names are uvicorn ``Config``'s keyword arguments, and the flags are
+    uvicorn's, so a uvicorn command line means the same under ``tether run``.
+    """
+
+    #: Seconds an idle keep-alive connection stays open between requests while serving.
+    timeout_keep_alive: int = field(default=5, metadata=_flag("--timeout-keep-alive"))
+    #: Read X-Forwarded-For/-Proto (and Forwarded) from trusted peers into the scope.
+    proxy_headers: bool = field(default=True, metadata=_flag("--proxy-headers"))
+    #: Peers trusted with proxy headers: addresses, CIDRs, literals; ``*`` trusts everyone.
+    forwarded_allow_ips: str = field(
+        default="127.0.0.1,::1", metadata=_flag("--forwarded-allow-ips")
+    )
+    root_path: str = field(default="", metadata=_flag("--root-path"))
+    #: Connections or running requests beyond which new requests get 503.
+    limit_concurrency: int | None = field(default=None, metadata=_flag("--limit-concurrency"))
+    backlog: int = field(default=2048, metadata=_flag("--backlog"))
+    ssl_keyfile: str | None = field(default=None, metadata=_flag("--ssl-keyfile"))
+    ssl_certfile: str | None = field(default=None, metadata=_flag("--ssl-certfile"))
+    #: Travels to workers in the environment, never on a command line.
+    ssl_keyfile_password: str | None = field(
+        default=None, metadata=_flag("--ssl-keyfile-password", worker=False)
+    )
+    ssl_version: int = field(default=17, metadata=_flag("--ssl-version"))  # PROTOCOL_TLS_SERVER
+    ssl_cert_reqs: int = field(default=0, metadata=_flag("--ssl-cert-reqs"))  # CERT_NONE
+    ssl_ca_certs: str | None = field(default=None, metadata=_flag("--ssl-ca-certs"))
+    ssl_ciphers: str | None = field(default=None, metadata=_flag("--ssl-ciphers"))
+    ws: str = field(default="auto", metadata=_flag("--ws"))
+    ws_max_size: int = field(default=16 * 1024 * 1024, metadata=_flag("--ws-max-size"))
+    ws_max_queue: int = field(default=32, metadata=_flag("--ws-max-queue"))
+    ws_ping_interval: float = field(default=20.0, metadata=_flag("--ws-ping-interval"))
+    ws_ping_timeout: float = field(default=20.0, metadata=_flag("--ws-ping-timeout"))
+    ws_per_message_deflate: bool = field(default=True, metadata=_flag("--ws-per-message-deflate"))
+    #: Extra response headers, ``(name, value)``, on every response.
+    headers: tuple[tuple[str, str], ...] = field(default=(), metadata=_flag("--header"))
+    #: ``server: tether`` on every response (unless ``headers`` names a server).
+    server_header: bool = field(default=True, metadata=_flag("--server-header"))
+    date_header: bool = field(default=True, metadata=_flag("--date-header"))
+    http: str = field(default="auto", metadata=_flag("--http"))
+    h11_max_incomplete_event_size: int | None = field(
+        default=None, metadata=_flag("--h11-max-incomplete-event-size")
+    )
+    #: Run each request in a fresh ``contextvars.Context``.
+    reset_contextvars: bool = field(default=False, metadata=_flag("--reset-contextvars"))
+
+    def __post_init__(self) -> None:
+        _check_count("--timeout-keep-alive", self.timeout_keep_alive)
+        _check_count("--backlog", self.backlog, minimum=1)
+        if self.limit_concurrency is not None:
+            _check_count("--limit-concurrency", self.limit_concurrency, minimum=1)
+        if self.h11_max_incomplete_event_size is not None:
+            _check_count(
+                "--h11-max-incomplete-event-size", self.h11_max_incomplete_event_size, minimum=1
+            )
+        _check_count("--ws-max-size", self.ws_max_size, minimum=1)
+        _check_count("--ws-max-queue", self.ws_max_queue, minimum=1)
+        check_timeout("--ws-ping-interval", self.ws_ping_interval)
+        check_timeout("--ws-ping-timeout", self.ws_ping_timeout)
+        _check_choice("--http", self.http, _HTTPS)
+        _check_choice("--ws", self.ws, _WS)
+        check_forwarded_ips(self.forwarded_allow_ips)
+        if self.root_path and not self.root_path.startswith("/"):
+            msg = f"--root-path must start with /, got {self.root_path!r}; for example /api"
+            raise ConfigError(msg)
+        for name, value in self.headers:
+            parse_header(f"{name}:{value}")
+        if (self.ssl_keyfile or self.ssl_ca_certs) and not self.ssl_certfile:
+            msg = "TLS needs a certificate: give --ssl-certfile (with --ssl-keyfile) to serve https"
+            raise ConfigError(msg)
+        for flag, path in (
+            ("--ssl-certfile", self.ssl_certfile),
+            ("--ssl-keyfile", self.ssl_keyfile),
+            ("--ssl-ca-certs", self.ssl_ca_certs),
+        ):
+            if path is not None and not os.access(path, os.R_OK):
+                msg = f"{flag} {path}: no such readable file; check the path and its permissions"
+                raise ConfigError(msg)
+
+    @property
+    def tls(self) -> bool:
+        return self.ssl_certfile is not None
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for uvicorn's ``Config``; tether sends its own server header."""
+        kwargs = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        headers = list(kwargs.pop("headers"))
+        if kwargs.pop("server_header") and not any(n.lower() == "server" for n, _ in headers):
+            headers.insert(0, ("server", "tether"))
+        kwargs["headers"] = headers
+        kwargs["server_header"] = False
+        if kwargs["ws"] == "none":
+            kwargs["ws"] = None
+        return kwargs
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything ``tether run`` was asked to do. Defaults match the CLI's."""
 
     #: ``module:attr`` naming an ASGI app, a WSGI app, a tether ``App`` or a factory of one.
     app: str
-    #: Addresses to serve the app on: ``HOST:PORT``, ``[IPV6]:PORT`` or ``unix:PATH``.
-    binds: tuple[str, ...] = (DEFAULT_BIND,)
+    #: Addresses to serve the app on: ``HOST:PORT``, ``[IPV6]:PORT``, ``unix:PATH`` or ``fd:N``.
+    binds: tuple[str, ...] = field(default=(DEFAULT_BIND,), metadata=_flag("--bind", worker=False))
     #: Address of the debug server, or None for no debug server.
-    debug_bind: str | None = DEFAULT_DEBUG_BIND
+    debug_bind: str | None = field(
+        default=DEFAULT_DEBUG_BIND, metadata=_flag("--debug-bind", worker=False)
+    )
     #: Token required on ``/debug/*`` (mandatory when the debug bind is not loopback).
-    debug_token: str | None = None
+    debug_token: str | None = field(default=None, metadata=_flag("--debug-token", worker=False))
     #: The whole shutdown budget, phases 2 to 6, in seconds.
-    graceful_timeout: float = 30.0
-    #: Seconds ``/readyz`` answers 503 before the listeners close.
-    drain_delay: float = 0.0
+    graceful_timeout: float = field(default=30.0, metadata=_flag("--graceful-timeout"))
+    #: Seconds ``/readyz`` answers 503 before the listeners close (a master applies it itself).
+    drain_delay: float = field(default=0.0, metadata=_flag("--drain-delay", worker=False))
     #: How an idle keep-alive connection is given before it is closed during a drain.
-    idle_grace: float = 0.5
+    idle_grace: float = field(default=0.5, metadata=_flag("--idle-grace"))
     #: After the deadline: seconds cancelled work gets to unwind before it is reported abandoned.
     cancel_timeout: float = 2.0
-    interface: Interface = "auto"
+    interface: Interface = field(default="auto", metadata=_flag("--interface"))
     #: Directory put first on ``sys.path`` (the current directory by default).
-    app_dir: str = "."
-    log_level: str = "info"
+    app_dir: str = field(default=".", metadata=_flag("--app-dir"))
+    log_level: str = field(default="info", metadata=_flag("--log-level"))
     #: Process model: 0 = one process; N >= 1 = a master and N workers.
-    workers: int = 0
-    reload_timeout: float = 60.0
-    watchdog_timeout: float = 30.0
-    pidfile: str | None = None
-    control: str | None = None
+    workers: int = field(default=0, metadata=_flag("--workers", worker=False))
+    reload_timeout: float = field(default=60.0, metadata=_flag("--reload-timeout", worker=False))
+    watchdog_timeout: float = field(
+        default=30.0, metadata=_flag("--watchdog-timeout", worker=False)
+    )
+    pidfile: str | None = field(default=None, metadata=_flag("--pidfile", worker=False))
+    control: str | None = field(default=None, metadata=_flag("--control", worker=False))
     #: Freeze what startup made (``gc.freeze``) so the collector stops rescanning it.
-    gc_freeze: bool = True
+    gc_freeze: bool = field(default=True, metadata=_flag("--gc-freeze"))
+    #: The ASGI lifespan protocol: "auto" runs it if the app supports it, "on" requires it.
+    lifespan: Lifespan = field(default="auto", metadata=_flag("--lifespan"))
+    #: The event loop: "auto" and "uvloop" use uvloop, "asyncio" and "none" the stdlib's.
+    loop: str = field(default="auto", metadata=_flag("--loop"))
+    #: Call APP to get the app even if it looks like one.
+    factory: bool = field(default=False, metadata=_flag("--factory"))
+    #: A dotenv file loaded into the environment of the process that imports the app.
+    env_file: str | None = field(default=None, metadata=_flag("--env-file"))
+    #: A serving process stops gracefully after this many responses (plus up to the jitter).
+    limit_max_requests: int | None = field(default=None, metadata=_flag("--limit-max-requests"))
+    limit_max_requests_jitter: int = field(default=0, metadata=_flag("--limit-max-requests-jitter"))
+    #: tether's access log: one record per response, after it, with its duration.
+    access_log: bool = field(default=True, metadata=_flag("--access-log"))
+    #: The access log's line, in gunicorn's atoms (None: tether's default line).
+    access_logformat: str | None = field(default=None, metadata=_flag("--access-logformat"))
+    #: Every log record as text, or as one JSON object per line.
+    log_format: LogFormat = field(default="text", metadata=_flag("--log-format"))
+    #: A logging configuration file (dictConfig JSON or YAML, or fileConfig INI) that governs all.
+    log_config: str | None = field(default=None, metadata=_flag("--log-config"))
+    #: Accepted for uvicorn command lines; tether's text log has no colours.
+    use_colors: bool | None = field(default=None, metadata=_flag("--use-colors"))
+    #: What the HTTP engine is asked to do (uvicorn's options).
+    http: HttpOptions = field(default_factory=HttpOptions)
     #: Extra data for modes that need it (kept out of the flag surface).
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -91,9 +289,22 @@ class RunConfig:
                 "use 0 for one process, N for a master with N workers"
             )
             raise ConfigError(msg)
-        if self.interface not in ("auto", "asgi", "wsgi"):
-            msg = f"--interface must be auto, asgi or wsgi, got {self.interface!r}"
-            raise ConfigError(msg)
+        _check_choice("--interface", self.interface, ("auto", "asgi", "asgi3", "asgi2", "wsgi"))
+        _check_choice("--lifespan", self.lifespan, ("auto", "on", "off"))
+        _check_choice("--loop", self.loop, _LOOPS)
+        _check_choice("--log-level", self.log_level, _LOG_LEVELS)
+        _check_choice("--log-format", self.log_format, ("text", "json"))
+        if self.limit_max_requests is not None:
+            _check_count("--limit-max-requests", self.limit_max_requests, minimum=1)
+        _check_count("--limit-max-requests-jitter", self.limit_max_requests_jitter)
+        for flag, path in (("--env-file", self.env_file), ("--log-config", self.log_config)):
+            if path is not None and not os.path.isfile(path):
+                msg = f"{flag} {path}: no such file; check the path (relative to {os.getcwd()})"
+                raise ConfigError(msg)
+        if self.access_logformat is not None:
+            from tether._accesslog import check_format
+
+            check_format(self.access_logformat)
         if self.control and self.workers == 0:
             msg = (
                 "--control needs a master (--workers 1 or more); with --workers 0, "
@@ -131,11 +342,48 @@ class RunConfig:
 
         The debug token travels here, never on a command line other users can read.
         """
-        return {DEBUG_TOKEN_ENV: self.debug_token} if self.debug_token else {}
+        env = {DEBUG_TOKEN_ENV: self.debug_token} if self.debug_token else {}
+        if self.http.ssl_keyfile_password is not None:
+            env[SSL_PASSWORD_ENV] = self.http.ssl_keyfile_password
+        return env
+
+    def to_argv(self, *, debug_path: str | None) -> list[str]:
+        """``run APP`` and every option a worker needs, for a worker on inherited sockets.
+
+        This is the one place that turns a config back into a command line:
+        each field whose value differs from its default is given with its
+        flag. No ``--bind`` (the sockets arrive by LISTEN_FDS), no drain delay
+        (the master holds readiness and applies it), nothing only a master
+        reads; secrets travel in :meth:`successor_env`. A worker reads its
+        options from this command line alone (never from the environment or a
+        file), so it runs with exactly what its master resolved.
+        """
+        argv = ["run", self.app, "--workers", "0"]
+        argv += ["--debug-bind", f"unix:{debug_path}"] if debug_path else ["--no-debug"]
+        argv += ["--drain-delay", "0"]
+        for obj in (self, self.http):
+            for f in dataclasses.fields(obj):
+                if not f.metadata.get("worker"):
+                    continue
+                argv += _as_args(f.metadata["flag"], getattr(obj, f.name), f)
+        return argv
 
     def replace(self, **changes: object) -> RunConfig:
         """A copy with some options changed (validated again)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _as_args(flag: str, value: Any, f: dataclasses.Field[Any]) -> list[str]:
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    if value == default or value is None:
+        return []
+    if flag == "--header":
+        return [a for name, v in value for a in (flag, f"{name}:{v}")]
+    if flag == "--ws-per-message-deflate":  # uvicorn's form: a value, not a flag pair
+        return [flag, "true" if value else "false"]
+    if isinstance(value, bool):
+        return [flag] if value else [f"--no-{flag[2:]}"]
+    return [flag, repr(value) if isinstance(value, float) else str(value)]
 
 
 def read_token_file(path: str) -> str:

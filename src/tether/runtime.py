@@ -26,6 +26,7 @@ import functools
 import gc
 import logging
 import os
+import random
 import signal
 import threading
 import time
@@ -70,7 +71,7 @@ _HOSTING_THREADS = (
 _STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 
 
-def as_asgi(app: App, kind: str | None) -> ASGIApp | None:
+def as_asgi(app: App, kind: str | None, interface: str = "auto") -> ASGIApp | None:
     """The app's HTTP part as ASGI (WSGI apps run in a thread pool through a2wsgi)."""
     if app.http is None:
         return None
@@ -78,6 +79,10 @@ def as_asgi(app: App, kind: str | None) -> ASGIApp | None:
         from a2wsgi import WSGIMiddleware
 
         return cast(ASGIApp, WSGIMiddleware(app.http))
+    if interface == "asgi2":
+        from uvicorn.middleware.asgi2 import ASGI2Middleware
+
+        return cast(ASGIApp, ASGI2Middleware(app.http))
     asgi: ASGIApp = app.http
     return asgi
 
@@ -238,8 +243,12 @@ class Service:
         # What exists now is ours; what the app starts and leaves behind is reported at the end.
         since = leaks.snapshot()
         try:
+            interface = self.config.interface
             app, kind = load_app(
-                self.config.app, app_dir=self.config.app_dir, interface=self.config.interface
+                self.config.app,
+                app_dir=self.config.app_dir,
+                interface="asgi" if interface in ("asgi2", "asgi3") else interface,  # type: ignore[arg-type]
+                factory=self.config.factory,
             )
         except BaseException:
             listeners.close()
@@ -316,18 +325,9 @@ class Service:
                     ServeOptions(lifespan="off", idle_grace=0.0, name="debug"),
                 )
                 await group.start(self._debug_member(debug), name="debug")
-            asgi = as_asgi(app, kind)
+            asgi = as_asgi(app, kind, self.config.interface)
             if asgi is not None:
-                self.http = HttpServer(
-                    asgi,
-                    listeners.app,
-                    ServeOptions(
-                        idle_grace=self.config.idle_grace,
-                        lifespan="off" if kind == "wsgi" else "auto",
-                        report_grace=self.config.cancel_timeout * 0.75,
-                    ),
-                    self.hooks,
-                )
+                self.http = HttpServer(asgi, listeners.app, self._serve_options(kind), self.hooks)
                 await group.start(self.http.run, name="http")
             for name, member in app.members.items():
                 group.add(member, name=name)
@@ -356,6 +356,24 @@ class Service:
             for cleanup in cleanups:
                 cleanup()
         self._raise_problems(problems)
+
+    def _serve_options(self, kind: str | None) -> ServeOptions:
+        config = self.config
+        limit = config.limit_max_requests
+        if limit is not None:
+            limit += random.randint(0, config.limit_max_requests_jitter)
+            self.hooks.request_limit = lambda: self.request_stop(
+                f"served {limit} requests (--limit-max-requests)"
+            )
+        return ServeOptions(
+            idle_grace=config.idle_grace,
+            lifespan="off" if kind == "wsgi" else config.lifespan,
+            access_log=config.access_log,
+            access_logformat=config.access_logformat,
+            limit_max_requests=limit,
+            http=config.http,
+            report_grace=config.cancel_timeout * 0.75,
+        )
 
     def _became_ready(self, cleanups: list[Callable[[], object]]) -> None:
         loop = asyncio.get_running_loop()

@@ -36,7 +36,9 @@ from uvicorn.config import Config
 from uvicorn.lifespan.on import LifespanOn
 from uvicorn.server import ServerState
 
+from tether._accesslog import AccessLog
 from tether._stacks import task_stack
+from tether.config import HttpOptions
 from tether.errors import AbandonedWork, StartupError
 from tether.group import StopToken
 
@@ -59,10 +61,14 @@ class ServeOptions:
     idle_grace: float = 0.5
     #: "auto" runs the ASGI lifespan protocol if the app supports it; "on" requires it; "off".
     lifespan: Literal["auto", "on", "off"] = "auto"
+    #: tether's access log (logger ``tether.access``), one record after each response.
     access_log: bool = False
-    #: uvicorn's keep-alive timeout for idle connections while serving.
-    keep_alive: int = 5
-    backlog: int = 2048
+    #: Its line, in gunicorn's atoms; None for the default.
+    access_logformat: str | None = None
+    #: After this many responses, ``DrainHooks.request_limit`` is called once.
+    limit_max_requests: int | None = None
+    #: The HTTP engine's options (keep-alive, TLS, proxy headers, websockets...).
+    http: HttpOptions = field(default_factory=HttpOptions)
     #: Name for logs and reports.
     name: str = "http"
     #: When cancelled at the deadline: seconds to wait for phase 5's report of what it abandoned.
@@ -80,6 +86,8 @@ class DrainHooks:
     request_var: ContextVar[object] | None = None
     #: Where abandoned requests and the lifespan are reported.
     abandoned: list[AbandonedWork] = field(default_factory=list)
+    #: Called once when ``ServeOptions.limit_max_requests`` responses have been sent.
+    request_limit: Callable[[], None] | None = None
 
 
 class _Connections(set[Any]):
@@ -123,13 +131,17 @@ class _State(ServerState):
     a connection is open: no per-request cost, and no wake-ups when idle.
     """
 
-    def __init__(self, extra_headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, extra_headers: list[tuple[bytes, bytes]], *, date: bool = True) -> None:
         super().__init__()
+        self._dated = date
         self.watched_connections = _Connections(self._start_clock, self._stop_clock)
         self.connections = self.watched_connections
         self._extra = extra_headers
         self._clock: asyncio.TimerHandle | None = None
-        self._refresh_date()
+        if date:
+            self._refresh_date()
+        else:
+            self.default_headers = list(extra_headers)
 
     def _refresh_date(self) -> None:
         now = time.time()
@@ -139,6 +151,8 @@ class _State(ServerState):
             self._clock = asyncio.get_running_loop().call_later(1.0 - now % 1.0, self._refresh_date)
 
     def _start_clock(self) -> None:
+        if not self._dated:
+            return
         self._clock = asyncio.get_running_loop().call_later(0, self._refresh_date)
 
     def _stop_clock(self) -> None:
@@ -182,6 +196,24 @@ class _DrainMiddleware:
             var.reset(token)
 
 
+class _RequestLimit:
+    """Counts finished HTTP requests; at the limit, asks once for a graceful stop."""
+
+    def __init__(self, app: ASGIApp, limit: int, reached: Callable[[], None]) -> None:
+        self.app = app
+        self.left = limit
+        self.reached = reached
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if scope["type"] == "http":
+                self.left -= 1
+                if self.left == 0:
+                    self.reached()
+
+
 def _closing(send: Send) -> Send:
     async def send_closing(message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -210,18 +242,22 @@ class HttpServer:
         self.options = options or ServeOptions()
         self.hooks = hooks or DrainHooks()
         self.sockets = sockets
+        options = self.options
+        if options.limit_max_requests is not None and self.hooks.request_limit is not None:
+            app = _RequestLimit(app, options.limit_max_requests, self.hooks.request_limit)
+        if options.access_log:
+            app = AccessLog(app, options.access_logformat)
         self._middleware = _DrainMiddleware(app, self.hooks)
         self.config = Config(
             app=self._middleware,
-            lifespan=self.options.lifespan,
+            lifespan=options.lifespan,
             log_config=None,
-            access_log=self.options.access_log,
-            timeout_keep_alive=self.options.keep_alive,
-            backlog=self.options.backlog,
+            access_log=False,  # tether's own (AccessLog), written after each response
             interface="asgi3",
+            **options.http.engine_kwargs(),
         )
         self.config.load()
-        self.state = _State(self.config.encoded_headers)
+        self.state = _State(self.config.encoded_headers, date=options.http.date_header)
         self.phase = "created"
         self._servers: list[asyncio.Server] = []
         self._lifespan: _Lifespan | None = None
@@ -268,9 +304,13 @@ class HttpServer:
 
         for sock in self.sockets:
             if sock.family == socket.AF_UNIX:
-                server = await loop.create_unix_server(protocol, sock=sock, backlog=config.backlog)
+                server = await loop.create_unix_server(
+                    protocol, sock=sock, backlog=config.backlog, ssl=config.ssl
+                )
             else:
-                server = await loop.create_server(protocol, sock=sock, backlog=config.backlog)
+                server = await loop.create_server(
+                    protocol, sock=sock, backlog=config.backlog, ssl=config.ssl
+                )
             self._servers.append(server)
 
     # -- shutdown -----------------------------------------------------------------

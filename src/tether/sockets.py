@@ -62,12 +62,16 @@ class Address:
     ``HOST:PORT``, ``[IPV6]:PORT`` or ``unix:PATH``.
     """
 
-    kind: Literal["tcp", "unix"]
+    kind: Literal["tcp", "unix", "fd"]
     host: str = ""
     port: int = 0
     path: str = ""
+    #: For ``fd:N``: a listening socket this process was started with.
+    fd: int = -1
 
     def __str__(self) -> str:
+        if self.kind == "fd":
+            return f"fd:{self.fd}"
         if self.kind == "unix":
             return f"unix:{self.path}"
         if ":" in self.host:
@@ -76,7 +80,7 @@ class Address:
 
 
 def parse_address(text: str, *, flag: str = "--bind") -> Address:
-    """Parse ``HOST:PORT``, ``[IPV6]:PORT`` or ``unix:PATH``.
+    """Parse ``HOST:PORT``, ``[IPV6]:PORT``, ``unix:PATH`` or ``fd:N``.
 
     Raises :class:`~tether.errors.ConfigError` with one line naming ``flag``,
     what was wrong and an example of the right form.
@@ -94,6 +98,11 @@ def _parse(text: str) -> Address | str:
         return "the address is empty"
     if text != text.strip():
         return "the address has surrounding spaces"
+    if text.startswith("fd:"):
+        number = text[len("fd:") :]
+        if not number.isascii() or not number.isdigit():
+            return f"the file descriptor {number!r} is not a number"
+        return Address("fd", fd=int(number))
     if text.startswith("unix:"):
         path = text[len("unix:") :]
         if not path:
@@ -187,6 +196,8 @@ def bind(
     """
     if address.kind == "unix":
         return _bind_unix(address, backlog, flag, mode)
+    if address.kind == "fd":
+        return _adopt_fd(address, backlog, flag)
     try:
         infos = socket.getaddrinfo(
             address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -249,6 +260,28 @@ def _bind_unix(address: Address, backlog: int, flag: str, mode: int | None) -> s
         if exc.errno == errno.EACCES:
             hint = f"choose a path in a directory you can write with {flag}"
             raise BindError(str(address), "permission denied", hint) from exc
+        reason, hint = _bind_hint(exc, flag)
+        raise BindError(str(address), reason, hint) from exc
+    return sock
+
+
+def _adopt_fd(address: Address, backlog: int, flag: str) -> socket.socket:
+    """The stream socket this process was given on fd N (uvicorn's ``--fd``), listening."""
+    hint = f"start tether with a bound stream socket on that descriptor, or use another {flag}"
+    try:
+        if not stat.S_ISSOCK(os.fstat(address.fd).st_mode):
+            raise BindError(str(address), "the descriptor is not a socket", hint)
+        sock = socket.socket(fileno=address.fd)
+    except OSError as exc:
+        raise BindError(str(address), "no such open descriptor", hint) from exc
+    if sock.type != socket.SOCK_STREAM:
+        sock.detach()  # not ours to close: the descriptor stays as it was given
+        raise BindError(str(address), "the socket is not a stream socket", hint)
+    try:
+        sock.set_inheritable(False)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.detach()
         reason, hint = _bind_hint(exc, flag)
         raise BindError(str(address), reason, hint) from exc
     return sock

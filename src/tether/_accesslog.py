@@ -1,0 +1,208 @@
+"""tether's access log: one record per HTTP response, written after it, with its duration.
+
+Why not uvicorn's: uvicorn logs when the response *starts* (so no duration
+and no size), its line is fixed, and its record carries nothing a JSON log
+could use. Ours is an ASGI layer inside the HTTP member: the record is
+created once the last body byte has been handed to the transport.
+
+Cost, per request: one small object whose method wraps ``send``, and one
+``Logger.info`` call. The record's arguments are an :class:`AccessAtoms`
+mapping that computes each gunicorn atom only when a formatter asks for it,
+so a line that names four atoms computes four, and a disabled logger
+computes none.
+
+Error handling: a response the app never finished (it raised, or the client
+went away) is still logged once, with the status the client saw (500 if the
+response had not started).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from tether.errors import ConfigError
+
+__all__ = ["DEFAULT_FORMAT", "AccessAtoms", "AccessLog", "check_format"]
+
+#: The line when ``--access-logformat`` is not given: client, request line, status, bytes, seconds.
+DEFAULT_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'
+
+_ATOMS = frozenset("hlutrmUqHsBbfaTDMLp")
+_ATOM_RE = re.compile(r"%\((\{[^}]*\}[ioe]|[^)]*)\)")
+
+Scope = Any
+
+
+def check_format(fmt: str) -> str:
+    """``fmt`` if every ``%(atom)s`` in it is one of gunicorn's atoms, else a ConfigError."""
+    for atom in _ATOM_RE.findall(fmt):
+        if atom not in _ATOMS and not (atom.startswith("{") and atom[-1] in "ioe"):
+            msg = (
+                f"--access-logformat: unknown atom %({atom})s; use gunicorn's atoms "
+                "(h l u t r m U q H s B b f a T D M L p, {header}i, {header}o, {variable}e)"
+            )
+            raise ConfigError(msg)
+    try:
+        fmt % AccessAtoms({}, 200, [], 0, 0.0)
+    except (TypeError, ValueError, KeyError) as exc:
+        msg = f"--access-logformat {fmt!r} is not a valid %-format ({exc}); write atoms as %(s)s"
+        raise ConfigError(msg) from None
+    return fmt
+
+
+def _header(headers: Any, name: str) -> str:
+    wanted = name.lower().encode("latin-1")
+    for key, value in headers or ():
+        if key.lower() == wanted:
+            return str(value.decode("latin-1"))
+    return "-"
+
+
+class AccessAtoms(Mapping[str, Any]):
+    """gunicorn's access-log atoms for one response, each computed on demand."""
+
+    __slots__ = ("duration", "length", "response_headers", "scope", "status")
+
+    def __init__(
+        self, scope: Scope, status: int, response_headers: Any, length: int, duration: float
+    ) -> None:
+        self.scope = scope
+        self.status = status
+        self.response_headers = response_headers
+        self.length = length
+        self.duration = duration
+
+    def __getitem__(self, key: str) -> Any:
+        scope = self.scope
+        if key == "h":
+            client = scope.get("client")
+            return client[0] if client else "-"
+        if key == "s":
+            return self.status
+        if key == "r":
+            query = scope.get("query_string") or b""
+            target = scope.get("path", "") + (f"?{query.decode('latin-1')}" if query else "")
+            return f"{scope.get('method', '-')} {target} HTTP/{scope.get('http_version', '1.1')}"
+        if key == "m":
+            return scope.get("method", "-")
+        if key == "U":
+            return scope.get("path", "")
+        if key == "q":
+            return (scope.get("query_string") or b"").decode("latin-1")
+        if key == "H":
+            return f"HTTP/{scope.get('http_version', '1.1')}"
+        if key == "B":
+            return self.length
+        if key == "b":
+            return self.length or "-"
+        if key == "L":
+            return f"{self.duration:.6f}"
+        if key == "T":
+            return int(self.duration)
+        if key == "M":
+            return int(self.duration * 1000)
+        if key == "D":
+            return int(self.duration * 1_000_000)
+        if key == "t":
+            return time.strftime("[%d/%b/%Y:%H:%M:%S %z]")
+        if key == "p":
+            return f"<{os.getpid()}>"
+        if key in ("l", "u"):
+            return "-"
+        if key == "f":
+            return _header(scope.get("headers"), "referer")
+        if key == "a":
+            return _header(scope.get("headers"), "user-agent")
+        if key.startswith("{") and len(key) > 3:
+            name, kind = key[1:-2], key[-1]
+            if kind == "i":
+                return _header(scope.get("headers"), name)
+            if kind == "o":
+                return _header(self.response_headers, name)
+            if kind == "e":
+                return os.environ.get(name, "-")
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(_ATOMS))
+
+    def __len__(self) -> int:
+        return len(_ATOMS)
+
+    def fields(self) -> dict[str, Any]:
+        """What a structured (JSON) record carries besides the message."""
+        client = self.scope.get("client")
+        return {
+            "method": self.scope.get("method"),
+            "path": self.scope.get("path"),
+            "query": (self.scope.get("query_string") or b"").decode("latin-1"),
+            "status": self.status,
+            "duration_ms": round(self.duration * 1000, 3),
+            "bytes": self.length,
+            "client": f"{client[0]}:{client[1]}" if client else None,
+            "user_agent": None if (ua := self["a"]) == "-" else ua,
+        }
+
+
+class _Exchange:
+    """One request's response as it is sent: status, headers, bytes; logs once at the end."""
+
+    __slots__ = ("headers", "length", "log", "logged", "scope", "send_inner", "started", "status")
+
+    def __init__(self, log: AccessLog, scope: Scope, send: Any) -> None:
+        self.log = log
+        self.scope = scope
+        self.send_inner = send
+        self.started = time.perf_counter()
+        self.status = 500
+        self.headers: Any = None
+        self.length = 0
+        self.logged = False
+
+    async def send(self, message: Any) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.status = message["status"]
+            self.headers = message.get("headers")
+        elif kind == "http.response.body":
+            body = message.get("body")
+            if body:
+                self.length += len(body)
+            if not message.get("more_body", False):
+                await self.send_inner(message)
+                self.finish()
+                return
+        await self.send_inner(message)
+
+    def finish(self) -> None:
+        if self.logged:
+            return
+        self.logged = True
+        duration = time.perf_counter() - self.started
+        self.log.logger.info(
+            self.log.fmt, AccessAtoms(self.scope, self.status, self.headers, self.length, duration)
+        )
+
+
+class AccessLog:
+    """ASGI middleware writing one ``tether.access`` record per HTTP response."""
+
+    def __init__(self, app: Any, fmt: str | None = None) -> None:
+        self.app = app
+        self.fmt = fmt or DEFAULT_FORMAT
+        self.logger = logging.getLogger("tether.access")
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not self.logger.isEnabledFor(logging.INFO):
+            await self.app(scope, receive, send)
+            return
+        exchange = _Exchange(self, scope, send)
+        try:
+            await self.app(scope, receive, exchange.send)
+        finally:
+            exchange.finish()

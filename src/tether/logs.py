@@ -1,0 +1,125 @@
+"""How every log line of a tether process is written: text, JSON lines, or the user's config.
+
+One function, :func:`setup_logging`, configures the root logger once per
+process (the CLI calls it; a master's workers call it with the same options,
+passed on their command line). Every record goes through it: tether's own,
+uvicorn's, the app's, and the access log (logger ``tether.access``).
+
+- ``text``: ``TIME [PID] LEVEL LOGGER: MESSAGE`` on stderr.
+- ``json``: one object per line on stderr, with ``time`` (UTC, ISO 8601),
+  ``level``, ``logger``, ``message``, ``pid``; access records add
+  ``method``, ``path``, ``query``, ``status``, ``duration_ms``, ``bytes``,
+  ``client`` and ``user_agent``; a record with an exception adds ``exc_info``.
+- ``--log-config PATH``: ``logging.config.dictConfig`` from JSON (``.json``)
+  or YAML (``.yaml``/``.yml``, with PyYAML installed), else
+  ``logging.config.fileConfig`` (INI). The file decides handlers, formats and
+  levels; loggers it does not name keep working (``disable_existing_loggers``
+  is false unless the file says otherwise). :class:`JsonFormatter` can be
+  named in it (``"()": "tether.logs.JsonFormatter"``).
+
+Error handling: a config file that cannot be read or applied is a
+:class:`~tether.errors.ConfigError` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.config
+import sys
+import time
+from collections.abc import Callable
+from typing import IO, Any
+
+from tether.errors import ConfigError
+
+__all__ = ["JsonFormatter", "setup_logging"]
+
+#: uvicorn's level below DEBUG (its ``--log-level trace``).
+TRACE = 5
+TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record; access records carry their request's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        seconds = int(record.created)
+        obj: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        fields = getattr(record.args, "fields", None)
+        if callable(fields):
+            obj.update(fields())
+        if record.exc_info:
+            obj["exc_info"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            obj["exc_info"] = record.exc_text
+        if record.stack_info:
+            obj["stack_info"] = self.formatStack(record.stack_info)
+        return json.dumps(obj, ensure_ascii=False, default=str)
+
+
+def level_number(level: str) -> int:
+    """``info`` -> 20; ``trace`` is uvicorn's 5."""
+    if level.lower() == "trace":
+        logging.addLevelName(TRACE, "TRACE")
+        return TRACE
+    return int(logging.getLevelName(level.upper()))
+
+
+def setup_logging(level: str = "info", log_format: str = "text", config: str | None = None) -> None:
+    """Configure this process's logging once: ``config`` if given, else ``log_format``."""
+    if config is not None:
+        _apply_file(config)
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level_number(level))
+
+
+def _apply_file(path: str) -> None:
+    lowered = path.lower()
+    if not lowered.endswith((".json", ".yaml", ".yml")):
+        _applying(path, lambda: logging.config.fileConfig(path, disable_existing_loggers=False))
+        return
+    load: Callable[[IO[str]], Any] = json.load
+    if not lowered.endswith(".json"):
+        try:
+            import yaml
+        except ImportError:
+            msg = (
+                f"--log-config {path}: reading YAML needs PyYAML; "
+                "`pip install pyyaml`, or give the config as JSON or INI"
+            )
+            raise ConfigError(msg) from None
+        load = yaml.safe_load
+
+    def read() -> Any:
+        with open(path, encoding="utf-8") as f:
+            return load(f)
+
+    data = _applying(path, read)
+    if not isinstance(data, dict):
+        msg = f"--log-config {path}: expected a mapping (dictConfig's schema) at the top"
+        raise ConfigError(msg)
+    data.setdefault("disable_existing_loggers", False)
+    data.setdefault("version", 1)
+    _applying(path, lambda: logging.config.dictConfig(data))
+
+
+def _applying(path: str, step: Callable[[], Any]) -> Any:
+    try:
+        return step()
+    except Exception as exc:
+        msg = f"--log-config {path}: {type(exc).__name__}: {exc}; fix the file or leave it out"
+        raise ConfigError(msg) from exc
