@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 APPS = Path(__file__).parent / "apps"
 
@@ -148,6 +150,34 @@ def get(port: int, path: str = "/", timeout: float = 10.0) -> tuple[int, str, di
         conn.close()
 
 
+@contextlib.contextmanager
+def running(args: list[str], **env: str) -> Iterator[Tether]:
+    """`tether run ARGS` (exactly these), ready; killed at the end if still alive."""
+    env.setdefault("TETHER_DEBUG_BIND", f"127.0.0.1:{free_port()}")
+    t = Tether(args, env=env)
+    t.start()
+    try:
+        t.ready()
+        yield t
+    finally:
+        t.close()
+
+
+def fetch(
+    port: int, path: str = "/", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """GET on its own connection: status, the echo app's JSON, response headers."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        body = resp.read()
+        data = json.loads(body) if resp.getheader("content-type") == "application/json" else {}
+        return resp.status, data, {k.lower(): v for k, v in resp.getheaders()}
+    finally:
+        conn.close()
+
+
 def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     """`tether ARGS...` to completion."""
     return subprocess.run(
@@ -160,4 +190,4 @@ def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[st
     )
 
 
-__all__ = ["APPS", "Tether", "free_port", "get", "run_cli", "signal", "tether"]
+__all__ = ["APPS", "Tether", "fetch", "free_port", "get", "run_cli", "running", "signal", "tether"]

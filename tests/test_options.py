@@ -12,42 +12,13 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from proc import APPS, Tether, free_port, get
-
-
-@contextlib.contextmanager
-def running(args: list[str], **env: str) -> Iterator[Tether]:
-    """`tether run ARGS` (exactly these), ready; killed at the end if still alive."""
-    env.setdefault("TETHER_DEBUG_BIND", f"127.0.0.1:{free_port()}")
-    t = Tether(args, env=env)
-    t.start()
-    try:
-        t.ready()
-        yield t
-    finally:
-        t.close()
-
-
-def fetch(
-    port: int, path: str = "/", headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """GET on its own connection: status, the echo app's JSON, response headers."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        resp = conn.getresponse()
-        body = resp.read()
-        data = json.loads(body) if resp.getheader("content-type") == "application/json" else {}
-        return resp.status, data, {k.lower(): v for k, v in resp.getheaders()}
-    finally:
-        conn.close()
+from proc import APPS, Tether, fetch, free_port, get, running
 
 
 def unix_get(path: str, target: str = "/") -> tuple[int, dict[str, Any]]:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from typing import Any
 from urllib.parse import parse_qs
 
 
 async def app(scope: Any, receive: Any, send: Any) -> None:
-    """`/...` answers the scope as JSON; `/slow?seconds=N` first waits; `/ws` echoes messages."""
+    """`/...` answers the scope as JSON; `/slow?seconds=N` first waits; `?log=X` logs X.
+
+    A websocket echoes each text message.
+    """
     if scope["type"] == "lifespan":
         while True:
             message = await receive()
@@ -28,6 +32,8 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
                 return
             await send({"type": "websocket.send", "text": message.get("text") or ""})
     query = parse_qs(scope["query_string"].decode())
+    if "log" in query:
+        logging.getLogger("echo").warning("the app says %s", query["log"][0])
     if scope["path"].endswith("/slow"):
         await asyncio.sleep(float(query.get("seconds", ["1"])[0]))
     body = json.dumps(
