@@ -184,8 +184,12 @@ class _Exchange:
             return
         self.logged = True
         duration = time.perf_counter() - self.started
-        self.log.logger.info(
-            self.log.fmt, AccessAtoms(self.scope, self.status, self.headers, self.length, duration)
+        atoms = AccessAtoms(self.scope, self.status, self.headers, self.length, duration)
+        logger = self.log.logger
+        # makeRecord + handle is Logger.info without its caller lookup (a walk up the
+        # stack per record), which would name this line anyway.
+        logger.handle(
+            logger.makeRecord(logger.name, logging.INFO, __file__, 0, self.log.fmt, (atoms,), None)
         )
 
 

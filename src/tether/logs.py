@@ -43,11 +43,18 @@ TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 class JsonFormatter(logging.Formatter):
     """One JSON object per record; access records carry their request's fields."""
 
+    _second = -1
+    _stamp = ""
+
     def format(self, record: logging.LogRecord) -> str:
         seconds = int(record.created)
+        if seconds != self._second:  # one strftime per second, not per record
+            self._second, self._stamp = (
+                seconds,
+                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)),
+            )
         obj: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-            + f".{int(record.msecs):03d}Z",
+            "time": f"{self._stamp}.{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -63,6 +70,22 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             obj["stack_info"] = self.formatStack(record.stack_info)
         return json.dumps(obj, ensure_ascii=False, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """``logging.Formatter`` with the time formatted once per second, not once per record."""
+
+    _second = -1
+    _stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        seconds = int(record.created)
+        if seconds != self._second:
+            self._second = seconds
+            self._stamp = super().formatTime(record, datefmt).rsplit(",", 1)[0]
+        return f"{self._stamp},{int(record.msecs):03d}"
 
 
 def level_number(level: str) -> int:
