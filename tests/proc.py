@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -42,6 +43,10 @@ class Tether:
     proc: subprocess.Popen[str] | None = None
     notify: socket.socket | None = None
     _tmp: tempfile.TemporaryDirectory[str] | None = None
+    #: stderr as read so far: a reader thread keeps the pipe from filling up (an access
+    #: line per request fills 64 KiB quickly), which would block the server's writes.
+    _err: list[str] = field(default_factory=list)
+    _reader: threading.Thread | None = None
 
     def start(self) -> Tether:
         self._tmp = tempfile.TemporaryDirectory(prefix="tether-test-")
@@ -59,6 +64,10 @@ class Tether:
             text=True,
             start_new_session=True,  # its own process group, as a shell gives a job
         )
+        stream = self.proc.stderr
+        assert stream is not None
+        self._reader = threading.Thread(target=self._drain, args=(stream,), daemon=True)
+        self._reader.start()
         return self
 
     def wait_for(self, key: str, timeout: float = 20.0) -> dict[str, str]:
@@ -97,18 +106,26 @@ class Tether:
         assert self.proc is not None
         return self.proc.wait(timeout)
 
+    def _drain(self, stream: Any) -> None:
+        with contextlib.suppress(ValueError, OSError):  # closed under us by close()
+            for line in iter(stream.readline, ""):
+                self._err.append(line)
+
     def stderr(self) -> str:
         assert self.proc is not None
         if self.proc.poll() is None:
             return "(still running)"
-        assert self.proc.stderr is not None
-        return self.proc.stderr.read()
+        if self._reader is not None:
+            self._reader.join(10)
+        return "".join(self._err)
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)  # workers too, if any
             self.proc.wait(10)
+        if self._reader is not None:
+            self._reader.join(10)
         if self.proc is not None:
             for stream in (self.proc.stdout, self.proc.stderr):
                 if stream is not None:
