@@ -42,6 +42,20 @@ def test_access_log_is_one_line_per_response_with_its_duration(workers: str) -> 
     assert slow is not None and float(slow.group(1)) >= 0.3
 
 
+def test_a_failed_request_is_logged_once_with_the_status_sent() -> None:
+    """A handler that raises before responding is logged once, as the 500 the client got."""
+    port = free_port()
+    with running(["echo:app", "--workers", "0", "--port", str(port)]) as t:
+        assert fetch(port, "/boom?raise=1")[0] == 500
+        assert fetch(port, "/fine")[0] == 200
+        t.signal(signal.SIGTERM)
+        assert t.wait() == 0
+        logged = access_lines(t.stderr().splitlines())
+    assert len(logged) == 2
+    assert '"GET /boom?raise=1 HTTP/1.1" 500 ' in logged[0]
+    assert '"GET /fine HTTP/1.1" 200 ' in logged[1]
+
+
 def test_no_access_log() -> None:
     """--no-access-log: no access records at all, other records as before."""
     lines = serve_and_stop(["echo:app", "--workers", "0", "--no-access-log"], ["/", "/"])

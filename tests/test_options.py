@@ -185,6 +185,25 @@ def test_tls_is_served(workers: str, tmp_path: Path) -> None:
         assert t.wait() == 0
 
 
+def test_client_certificates_required(tmp_path: Path) -> None:
+    """--ssl-cert-reqs 2 with --ssl-ca-certs: a client without a certificate is refused."""
+    key, cert = make_certificate(tmp_path)
+    port = free_port()
+    args = ["echo:app", "--port", str(port), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
+    args += ["--ssl-cert-reqs", "2", "--ssl-ca-certs", str(cert), "--ssl-ciphers", "ECDHE+AESGCM"]
+    with running(args) as t:
+        with pytest.raises((ssl.SSLError, OSError, http.client.HTTPException)):
+            https_get(port, cert)
+        context = ssl.create_default_context(cafile=str(cert))
+        context.load_cert_chain(str(cert), str(key))
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+        conn.request("GET", "/")
+        assert conn.getresponse().status == 200
+        conn.close()
+        t.signal(15)
+        assert t.wait() == 0
+
+
 def test_keep_alive_beyond_five_seconds() -> None:
     """With --timeout-keep-alive 8, a connection idle for 6 s is still open for the next request."""
     port = free_port()
@@ -235,7 +254,8 @@ def test_limit_max_requests_stops_the_process_gracefully() -> None:
         assert "served 3 requests (--limit-max-requests)" in t.stderr()
 
 
-def test_fd_and_uds_are_served(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_fd_and_uds_are_served(workers: str, tmp_path: Path) -> None:
     """--fd N serves the socket the parent bound; --uds PATH a unix socket (both at once here)."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -243,7 +263,7 @@ def test_fd_and_uds_are_served(tmp_path: Path) -> None:
     port = listener.getsockname()[1]
     uds = str(tmp_path / "app.sock")
     env = {**os.environ, "TETHER_DEBUG_BIND": f"127.0.0.1:{free_port()}"}
-    args = ["echo:app", "--workers", "0", "--fd", str(listener.fileno()), "--uds", uds]
+    args = ["echo:app", "--workers", workers, "--fd", str(listener.fileno()), "--uds", uds]
     proc = subprocess.Popen(
         [sys.executable, "-m", "tether", "run", *args],
         cwd=APPS,

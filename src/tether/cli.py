@@ -493,6 +493,9 @@ class _Tether(click.Group):
         try:
             return super().main(*args, **kwargs)
         except click.ClickException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `tether`: the help, as is
+                exc.show()
+                sys.exit(exc.exit_code)
             hint = (
                 " (tether run --help lists the options)"
                 if isinstance(exc, click.UsageError)

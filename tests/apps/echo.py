@@ -32,6 +32,8 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
                 return
             await send({"type": "websocket.send", "text": message.get("text") or ""})
     query = parse_qs(scope["query_string"].decode())
+    if "raise" in query:
+        raise RuntimeError("the handler failed before responding")
     if "log" in query:
         logging.getLogger("echo").warning("the app says %s", query["log"][0])
     if scope["path"].endswith("/slow"):
