@@ -56,6 +56,21 @@ def test_a_failed_request_is_logged_once_with_the_status_sent() -> None:
     assert '"GET /fine HTTP/1.1" 200 ' in logged[1]
 
 
+def test_a_websocket_is_logged_at_its_handshake() -> None:
+    """A websocket gets one access record, 101, when it is accepted."""
+    from websockets.sync.client import connect
+
+    port = free_port()
+    with running(["echo:app", "--workers", "0", "--port", str(port)]) as t:
+        with connect(f"ws://127.0.0.1:{port}/ws") as ws:
+            ws.send("hi")
+            assert ws.recv(timeout=10) == "hi"
+        t.signal(signal.SIGTERM)
+        assert t.wait() == 0
+        (line,) = access_lines(t.stderr().splitlines())
+    assert '"GET /ws HTTP/1.1" 101 ' in line
+
+
 def test_no_access_log() -> None:
     """--no-access-log: no access records at all, other records as before."""
     lines = serve_and_stop(["echo:app", "--workers", "0", "--no-access-log"], ["/", "/"])

@@ -1,5 +1,7 @@
 """tether's access log: one record per HTTP response, written after it, with its duration.
 
+A websocket is logged once, when its handshake is answered: 101 accepted, 403 refused.
+
 Why not uvicorn's: uvicorn logs when the response *starts* (so no duration
 and no size), its line is fixed, and its record carries nothing a JSON log
 could use. Ours is an ASGI layer inside the HTTP member: the record is
@@ -63,6 +65,11 @@ def _header(headers: Any, name: str) -> str:
     return "-"
 
 
+def _method(scope: Scope) -> str:
+    """The request's method; a websocket's handshake is a GET."""
+    return str(scope.get("method") or ("GET" if scope.get("type") == "websocket" else "-"))
+
+
 class AccessAtoms(Mapping[str, Any]):
     """gunicorn's access-log atoms for one response, each computed on demand."""
 
@@ -87,9 +94,9 @@ class AccessAtoms(Mapping[str, Any]):
         if key == "r":
             query = scope.get("query_string") or b""
             target = scope.get("path", "") + (f"?{query.decode('latin-1')}" if query else "")
-            return f"{scope.get('method', '-')} {target} HTTP/{scope.get('http_version', '1.1')}"
+            return f"{_method(scope)} {target} HTTP/{scope.get('http_version', '1.1')}"
         if key == "m":
-            return scope.get("method", "-")
+            return _method(scope)
         if key == "U":
             return scope.get("path", "")
         if key == "q":
@@ -138,7 +145,7 @@ class AccessAtoms(Mapping[str, Any]):
         """What a structured (JSON) record carries besides the message."""
         client = self.scope.get("client")
         return {
-            "method": self.scope.get("method"),
+            "method": _method(self.scope),
             "path": self.scope.get("path"),
             "query": (self.scope.get("query_string") or b"").decode("latin-1"),
             "status": self.status,
@@ -179,6 +186,16 @@ class _Exchange:
                 return
         await self.send_inner(message)
 
+    async def handshake(self, message: Any) -> None:
+        """A websocket's send: logged once, when the handshake is answered (101 or 403)."""
+        if not self.logged and message["type"] in ("websocket.accept", "websocket.close"):
+            if message["type"] == "websocket.accept":
+                self.status = 101
+            await self.send_inner(message)
+            self.finish()
+            return
+        await self.send_inner(message)
+
     def finish(self) -> None:
         if self.logged:
             return
@@ -202,10 +219,15 @@ class AccessLog:
         self.logger = logging.getLogger("tether.access")
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not self.logger.isEnabledFor(logging.INFO):
+        kind = scope["type"]
+        if kind == "lifespan" or not self.logger.isEnabledFor(logging.INFO):
             await self.app(scope, receive, send)
             return
         exchange = _Exchange(self, scope, send)
+        if kind == "websocket":
+            exchange.status = 403  # what the client gets if the app closes before accepting
+            await self.app(scope, receive, exchange.handshake)
+            return
         try:
             await self.app(scope, receive, exchange.send)
         finally:
