@@ -5,6 +5,7 @@ The public API is re-exported here; see the README for the whole list.
 
 from tether._walk import AsyncWalk, Walk, WalkError, awalk, walk
 from tether.app import App
+from tether.config import HttpOptions
 from tether.errors import (
     AbandonedWork,
     AppLoadError,
@@ -41,6 +42,7 @@ __all__ = [
     "App",
     "HttpServer",
     "ServeOptions",
+    "HttpOptions",
     # background work
     "spawn",
     "current_tracker",
