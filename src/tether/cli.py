@@ -441,7 +441,7 @@ RUN_OPTIONS: list[Callable[[F], F]] = [
         "--log-config",
         metavar="PATH",
         help="Logging configuration for every record, the access log included: dictConfig "
-        "as .json or .yaml (PyYAML), or fileConfig .ini. Overrides --log-format.",
+        "as .json or .yaml (PyYAML), or fileConfig .ini; it decides formats and levels.",
     ),
     _opt(
         "--access-log/--no-access-log",
