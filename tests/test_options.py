@@ -341,3 +341,38 @@ def test_websocket_max_size_is_enforced() -> None:
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
         t.signal(15)
         assert t.wait() == 0
+
+
+def listen_queue(port: int) -> int:
+    """The accept queue's size of the socket listening on 127.0.0.1:port (ss's Send-Q)."""
+    out = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout
+    return int(out.split()[2])
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_backlog_sizes_the_accept_queue(workers: str) -> None:
+    """--backlog 100 is the listening socket's queue, under a master too (its workers set it)."""
+    port = free_port()
+    with running(["echo:app", "--port", str(port), "--workers", workers, "--backlog", "100"]) as t:
+        assert listen_queue(port) == 100
+        t.signal(15)
+        assert t.wait() == 0
+
+
+def test_limit_max_requests_under_a_master_replaces_the_worker() -> None:
+    """A worker past --limit-max-requests drains and is replaced; no request fails meanwhile.
+
+    The master keeps the listening socket, so connections wait for the new worker.
+    """
+    port = free_port()
+    args = ["echo:app", "--port", str(port), "--workers", "1", "--limit-max-requests", "2"]
+    with running(args) as t:
+        answers = [fetch(port) for _ in range(6)]
+        assert [status for status, _, _ in answers] == [200] * 6
+        pids = [seen["pid"] for _, seen, _ in answers]
+        # A connection accepted while the stop begins is still served by the old worker.
+        assert pids[0] == pids[1] != pids[-1]
+        t.signal(15)
+        assert t.wait() == 0
