@@ -26,8 +26,11 @@ typecheck: $(BIN)/.installed
 pytest: $(BIN)/.installed
 	$(BIN)/pytest
 
+# Side-by-side figures against the peers (never part of `make test`): about 15 minutes here.
 bench: $(BIN)/.installed
-	benchmarks/run_all.sh
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	cd benchmarks && ../$(BIN)/python suite.py
+	cd benchmarks && ../$(BIN)/python bench_reload.py --reloads 5 | tee out/reload.txt
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
