@@ -8,11 +8,13 @@ inherited).
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from dataclasses import dataclass
 
 from tether import sockets as sockets_mod
 from tether.config import RunConfig
+from tether.worker import PARENT_FD_ENV
 
 __all__ = ["Listeners", "open_listeners"]
 
@@ -60,7 +62,9 @@ def open_listeners(config: RunConfig) -> Listeners:
                 for _, sock in inherited:
                     sock.close()
                 raise
-        logger.info("using %d inherited socket(s) (LISTEN_FDS)", len(inherited))
+        # A worker's sockets always come from its master, which said so already.
+        level = logging.DEBUG if PARENT_FD_ENV in os.environ else logging.INFO
+        logger.log(level, "using %d inherited socket(s) (LISTEN_FDS)", len(inherited))
         return Listeners(app_socks, debug)
     bound: list[socket.socket] = []
     try:

@@ -1,5 +1,4 @@
-"""Small pieces of the master that need no state: worker command line and
-environment, the pidfile, systemd notifications, the working directory.
+"""Small pieces of the master that need no state: pidfile, systemd link, working directory.
 
 Kept apart from ``master.py`` so that file reads as the lifecycle only.
 """
@@ -11,67 +10,18 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
 
-from tether.config import RunConfig
 from tether.notify import Notifier
 
 __all__ = [
-    "WORKER_PROGRAM",
     "SystemdLink",
     "logical_cwd",
     "remove_pidfile",
     "upgrade_argv",
-    "worker_argv",
-    "worker_base_env",
     "write_pidfile",
 ]
 
 log = logging.getLogger("tether.master")
-
-#: How a worker is started; the rest of the command line is ``worker_argv``.
-WORKER_PROGRAM: tuple[str, ...] = (sys.executable, "-m", "tether")
-
-#: Variables that describe *this* process's place in a tree of processes;
-#: a child gets its own values (or none), never ours.
-_PRIVATE_VARS = (
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "TETHER_PARENT_FD",
-    "TETHER_PARENT_PID",
-    "TETHER_UPGRADE_FROM",
-    "TETHER_SYSTEMD_NOTIFY_SOCKET",
-    "TETHER_WORKER_ID",
-    "TETHER_GENERATION",
-)
-
-
-def worker_argv(
-    config: RunConfig, debug_path: str | None, program: Sequence[str] = WORKER_PROGRAM
-) -> list[str]:
-    """The command line of a worker: the single-process runtime on inherited sockets.
-
-    No ``--bind``: the sockets arrive by LISTEN_FDS. No drain delay: the
-    master holds readiness for the whole service and applies the delay itself.
-    """
-    argv = [*program, "run", config.app, "--workers", "0"]
-    argv += ["--debug-bind", f"unix:{debug_path}"] if debug_path else ["--no-debug"]
-    argv += ["--graceful-timeout", repr(config.graceful_timeout), "--drain-delay", "0"]
-    argv += ["--idle-grace", repr(config.idle_grace)]
-    argv += ["--interface", config.interface, "--app-dir", config.app_dir]
-    argv += ["--log-level", config.log_level]
-    return argv
-
-
-def worker_base_env(environ: Mapping[str, str], config: RunConfig) -> dict[str, str]:
-    """The environment every worker starts from (per-worker values are added at spawn)."""
-    env = {k: v for k, v in environ.items() if k not in _PRIVATE_VARS}
-    env["WATCHDOG_USEC"] = str(int(config.watchdog_timeout * 1_000_000))
-    return env
 
 
 def upgrade_argv() -> list[str]:

@@ -25,9 +25,10 @@ from typing import Any
 from tether._children import Child, describe_exit, start_child
 from tether._generations import Generation, Worker, WorkerFailed
 from tether._masterapi import MasterAPI
-from tether._mastersupport import SystemdLink, worker_argv
+from tether._mastersupport import SystemdLink
 from tether.config import RunConfig
 from tether.notify import NotifyMessage, NotifyReceiver
+from tether.worker import PARENT_FD_ENV, worker_argv
 
 __all__ = ["KILL_MARGIN", "WorkerCare"]
 
@@ -37,8 +38,8 @@ log = logging.getLogger("tether.master")
 KILL_MARGIN = 5.0
 #: Backoff between restarts of a worker that keeps dying: first at once, then doubling.
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
-#: A worker that served this long before dying starts its slot's backoff afresh.
-BACKOFF_RESET_AFTER = 30.0
+#: A worker that was READY this long before dying served: it is replaced at once.
+SERVED_AFTER = 1.0
 
 
 class WorkerCare(MasterAPI):
@@ -78,10 +79,10 @@ class WorkerCare(MasterAPI):
             w.child.kill()
         for w in workers:
             await w.child.wait(5)
-            await w.child.wait_output(1)
         gen.state = "exited"
 
     def _spawn_worker(self, gen: Generation, slot: int, restarts: int = 0) -> Worker:
+        """Start a worker in ``slot``; raises OSError if the OS refuses (EMFILE, EAGAIN...)."""
         wid = self._next_worker
         self._next_worker += 1
         debug_path = os.path.join(self._rundir, f"w{wid}.sock")
@@ -92,10 +93,11 @@ class WorkerCare(MasterAPI):
             env=env,
             sockets=[("app", s) for s in self._app_socks],
             extra_fds=[self._parent_r],
+            capture_stderr=False,  # the master's stderr: a stalled master never blocks a worker
             cwd=self._cwd,
             new_process_group=True,  # terminal signals go to the master, which decides
         )
-        assert str(fds[0]) == env["TETHER_PARENT_FD"]
+        assert str(fds[0]) == env[PARENT_FD_ENV]
         if self.active is not None and self.active is not gen:
             _yield_cpu(child.pid)  # a reload: the serving generation keeps the CPU first
         w = Worker(wid, gen.number, slot, child, debug_path, restarts=restarts)
@@ -167,41 +169,54 @@ class WorkerCare(MasterAPI):
     # -- workers that die, scale ----------------------------------------------------
 
     def _on_worker_exit(self, w: Worker) -> None:
+        self._read_pending()  # its last STATUS (why it failed) may still be in the socket
         code = w.child.exited.result()
-        was_ready = w.state == "ready"
         w.state = "exited"
         if w.watchdog is not None:
             w.watchdog.cancel()
         gen = self.generations.get(w.generation)
         if w.asked_to_stop or self.stopping or gen is None:
-            log.info("master %d: %s %s", self._pid, w.label, describe_exit(code))
+            # A generation that failed to start is discarded: its failure is the story.
+            level = logging.DEBUG if gen is not None and gen.state == "failed" else logging.INFO
+            log.log(level, "master %d: %s %s", self._pid, w.label, describe_exit(code))
             return
         if gen.state != "serving" or gen is not self.active or gen.slots.get(w.slot) is not w:
             if gen.state != "starting":
                 log.info("master %d: %s %s", self._pid, w.label, describe_exit(code))
             return
-        failures = gen.failures.get(w.slot, 0)
-        if w.ready_at is not None and time.monotonic() - w.ready_at > BACKOFF_RESET_AFTER:
-            failures = 0
-        failures += 1
+        self._replace_later(gen, w, describe_exit(code))
+
+    def _replace_later(self, gen: Generation, w: Worker, what: str) -> None:
+        """Schedule a replacement for ``w``, which left its slot of the serving generation.
+
+        A worker that served for a while is replaced at once: a request that
+        kills workers (a query of death) must not grow a delay that empties the
+        service. Only workers that die before READY, or right after it, count
+        as failures of the slot and back off: that is a broken app or deploy.
+        """
+        now = time.monotonic()
+        served = w.ready_at is not None and now - w.ready_at >= SERVED_AFTER
+        failures = 0 if served else gen.failures.get(w.slot, 0) + 1
         gen.failures[w.slot] = failures
-        delay = 0.0 if failures == 1 else min(BACKOFF_FIRST * 2 ** (failures - 2), BACKOFF_MAX)
+        delay = 0.0 if failures <= 1 else min(BACKOFF_FIRST * 2 ** (failures - 2), BACKOFF_MAX)
+        when = "while serving" if w.ready_at is not None else "before it was ready"
         log.warning(
             "master %d: %s %s %s; replacing it%s",
             self._pid,
             w.label,
-            describe_exit(code),
-            "while serving" if was_ready else "before it was ready",
+            what,
+            when,
             f" in {delay:.1f}s (failure {failures} in a row)" if delay else "",
         )
         self.restarts += 1
-        task = self._spawn_task(
-            self._replace(gen, w.slot, delay, w.restarts + 1), f"replace-{w.slot}"
-        )
-        gen.replacing[w.slot] = task
+        self._schedule_replace(gen, w.slot, delay, w.restarts + 1)
         self.systemd.status(self.status_line())
+
+    def _schedule_replace(self, gen: Generation, slot: int, delay: float, restarts: int) -> None:
+        task = self._spawn_task(self._replace(gen, slot, delay, restarts), f"replace-{slot}")
+        gen.replacing[slot] = task
         task.add_done_callback(
-            lambda t: gen.replacing.pop(w.slot, None) if gen.replacing.get(w.slot) is t else None
+            lambda t: gen.replacing.pop(slot, None) if gen.replacing.get(slot) is t else None
         )
 
     async def _replace(self, gen: Generation, slot: int, delay: float, restarts: int) -> None:
@@ -209,7 +224,27 @@ class WorkerCare(MasterAPI):
             await asyncio.sleep(delay)
         if self.stopping or gen is not self.active or gen.state != "serving":
             return
-        w = self._spawn_worker(gen, slot, restarts)
+        try:
+            w = self._spawn_worker(gen, slot, restarts)
+        except OSError as exc:
+            # The OS refused (EMFILE, EAGAIN, ENOMEM): the slot stays empty for now, not for good.
+            failures = gen.failures.get(slot, 0) + 1
+            gen.failures[slot] = failures
+            retry = min(BACKOFF_FIRST * 2 ** (failures - 1), BACKOFF_MAX)
+            log.error(  # noqa: TRY400 - the OS error says it all
+                "master %d: cannot start a worker in slot %d: %s; retrying in %.1fs",
+                self._pid,
+                slot,
+                exc,
+                retry,
+            )
+            gen.replacing.pop(slot, None)
+            self._schedule_replace(gen, slot, retry, restarts)
+            return
+        await self._watch_start(w)
+
+    async def _watch_start(self, w: Worker) -> None:
+        """Kill a worker that is not READY within --reload-timeout (its exit replaces it)."""
         timed_out = False
         try:
             async with asyncio.timeout(self.config.reload_timeout):
@@ -249,6 +284,12 @@ class WorkerCare(MasterAPI):
         assert self._rx is not None
         async for message in self._rx:
             self._on_notification(message)
+
+    def _read_pending(self) -> None:
+        """Act on every notification already sent, before judging a worker by what it said."""
+        if self._rx is not None:
+            for message in self._rx.pending():
+                self._on_notification(message)
 
     def _on_notification(self, message: NotifyMessage) -> None:
         fields = message.fields

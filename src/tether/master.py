@@ -45,18 +45,17 @@ from tether._control import ControlServer, bind_control
 from tether._generations import Generation, Worker, WorkerFailed
 from tether._masterhttp import DebugServer
 from tether._mastersupport import (
-    WORKER_PROGRAM,
     SystemdLink,
     logical_cwd,
     remove_pidfile,
     upgrade_argv,
-    worker_base_env,
     write_pidfile,
 )
 from tether._workercare import WorkerCare
 from tether.config import RunConfig
 from tether.errors import ConfigError, StartupError
 from tether.notify import Notifier, NotifyReceiver, watchdog_interval
+from tether.worker import NOTIFY_ENV, PARENT_FD_ENV, WORKER_PROGRAM, worker_base_env
 
 __all__ = ["Master", "run_master"]
 
@@ -195,15 +194,9 @@ class Master(WorkerCare):
         # its death (however it happens) is end-of-file for every worker.
         self._parent_r, self._parent_w = os.pipe()
         self._worker_env = worker_base_env(env, cfg)
-        self._worker_env["NOTIFY_SOCKET"] = self._rx.path
+        self._worker_env[NOTIFY_ENV] = self._rx.path
         self._worker_env["TETHER_PARENT_PID"] = str(self._pid)
-        self._worker_env["TETHER_PARENT_FD"] = str(
-            sockets_mod.LISTEN_FDS_START + len(self._app_socks)
-        )
-        where = ", ".join(str(sockets_mod.bound_address(s)) for s in self._app_socks)
-        log.info(
-            "master %d: serving %s on %s with %d worker(s)", self._pid, cfg.app, where, self.size
-        )
+        self._worker_env[PARENT_FD_ENV] = str(sockets_mod.LISTEN_FDS_START + len(self._app_socks))
 
     async def _start_servers(self) -> None:
         if self._control_sock is not None:
@@ -356,8 +349,9 @@ class Master(WorkerCare):
 
     async def _supervise(self) -> None:
         try:
-            gen = await self._start_generation()
+            gen = await self._start_generation(first=True)
         except WorkerFailed as exc:
+            # The worker's own error is on the same stderr, just above: say it once.
             msg = f"the app failed to start: {exc}"
             raise StartupError(msg) from None
         self._promote(gen)
@@ -395,7 +389,8 @@ class Master(WorkerCare):
             self._spawn_task(self._start_servers(), "servers")
         else:
             self.systemd.ready(status, mainpid=self._pid)
-        log.info("master %d: %s", self._pid, status)
+        where = ", ".join(str(sockets_mod.bound_address(s)) for s in self._app_socks)
+        log.info("master %d: serving %s on %s: %s", self._pid, self.config.app, where, status)
 
     def status_line(self) -> str:
         gen = self.active
@@ -407,16 +402,25 @@ class Master(WorkerCare):
         gen.state = "serving"
         self.active = gen
 
-    async def _start_generation(self) -> Generation:
-        """Start a generation and wait until every worker is READY; WorkerFailed if not."""
+    async def _start_generation(self, *, first: bool = False) -> Generation:
+        """Start a generation and wait until every worker is READY; WorkerFailed if not.
+
+        The first generation is different once one of its workers is READY:
+        the service is up, so a sibling that fails is a crash to replace (with
+        backoff), not a failed start that takes the serving worker down.
+        """
         number = self._next_generation
         self._next_generation += 1
         gen = Generation(number, self.size)
         self.generations[number] = gen
         timeout = self.config.reload_timeout
+        failure: WorkerFailed | None = None
         try:
             for slot in range(gen.size):
-                self._spawn_worker(gen, slot)
+                try:
+                    self._spawn_worker(gen, slot)
+                except OSError as exc:
+                    raise WorkerFailed(None, f"could not be started: {exc}") from None
             async with asyncio.timeout(timeout):
                 async with asyncio.TaskGroup() as tg:
                     for w in gen.slots.values():
@@ -427,21 +431,45 @@ class Master(WorkerCare):
             laggard.child.signal(signal.SIGUSR1)  # ask for its stacks before it goes
             await laggard.child.wait(0.5)
             failure = WorkerFailed(laggard, f"was not READY within --reload-timeout {timeout:g}s")
-            await self._discard(gen)
-            raise failure from None
         except ExceptionGroup as group:
-            first = group.exceptions[0]
-            await self._discard(gen)
-            if isinstance(first, WorkerFailed):
-                raise first from None
-            raise
-        except WorkerFailed:
-            await self._discard(gen)
-            raise
+            first_error = group.exceptions[0]
+            if not isinstance(first_error, WorkerFailed):
+                await self._discard(gen)
+                raise
+            failure = first_error
+        except WorkerFailed as exc:
+            failure = exc
         except BaseException:
             await asyncio.shield(self._discard(gen))
             raise
-        return gen
+        if failure is None:
+            return gen
+        if first and gen.ready_count() > 0:
+            self._serve_partly(gen, failure)
+            return gen
+        await self._discard(gen)
+        raise failure
+
+    def _serve_partly(self, gen: Generation, failure: WorkerFailed) -> None:
+        """The first generation serves with the workers that are READY; the rest are replaced."""
+        log.warning(
+            "master %d: %s; generation %d serves with %d of %d worker(s) and replaces the rest",
+            self._pid,
+            failure,
+            gen.number,
+            gen.ready_count(),
+            gen.size,
+        )
+        self._promote(gen)
+        for w in list(gen.slots.values()):
+            if w.state == "ready":
+                continue
+            if not w.child.alive:
+                self._replace_later(gen, w, describe_exit(w.child.exited.result()))
+            elif w is failure.worker:
+                w.child.kill()  # not READY in time: its exit replaces it
+            else:
+                self._spawn_task(self._watch_start(w), f"start-{w.slot}")
 
     # -- reload -------------------------------------------------------------------
 
@@ -464,13 +492,12 @@ class Master(WorkerCare):
             log.error(
                 "master %d: reload failed: %s; generation %d keeps serving",
                 self._pid,
-                failure,
+                failure.with_cause(),
                 old.number,
             )
-            self.progress(f"reload failed; generation {old.number} keeps serving")
             outcome: dict[str, Any] = {
                 "ok": False,
-                "error": str(failure),
+                "error": failure.with_cause(),
                 "generation": old.number,
             }
         else:

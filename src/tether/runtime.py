@@ -49,6 +49,7 @@ from tether.notify import Notifier, watchdog_interval
 from tether.serving import ASGIApp, DrainHooks, HttpServer, ServeOptions
 from tether.signals import handle_signals
 from tether.tracker import REQUEST_SCOPE, Tracker, install_adoption, set_current_tracker
+from tether.worker import FAILED_STATUS, PARENT_FD_ENV, failure_line, take_notify_address
 
 __all__ = ["Service"]
 
@@ -193,17 +194,23 @@ class Service:
         self._watch_parent(asyncio.get_running_loop())
         # What exists now is ours; what the app starts and leaves behind is reported at the end.
         since = leaks.snapshot()
+        # Before the app is imported: app code that notifies at import must not reach
+        # whoever waits for this process's READY (a master, systemd).
+        address, from_master = take_notify_address()
+        self._supervisor_notify = None if from_master else address
+        self._handoff_notify = os.environ.pop(HANDOFF_ENV, None)
+        self.notifier = Notifier.from_env({"NOTIFY_SOCKET": address or ""})
         try:
             app, kind = load_app(
                 self.config.app, app_dir=self.config.app_dir, interface=self.config.interface
             )
-        except BaseException:
+        except BaseException as exc:
+            self._failed(exc)
             listeners.close()
+            if self.notifier is not None:
+                self.notifier.close()
             raise
         loop = asyncio.get_running_loop()
-        self._supervisor_notify = os.environ.get("NOTIFY_SOCKET") or None
-        self._handoff_notify = os.environ.pop(HANDOFF_ENV, None)
-        self.notifier = Notifier.from_env(unset=True)
         handled = {
             signal.SIGTERM,
             signal.SIGINT,
@@ -225,6 +232,9 @@ class Service:
                 faulthandler.register(signal.SIGUSR1, all_threads=True, chain=True)
                 try:
                     await self._run(app, kind, listeners)
+                except BaseException as exc:
+                    self._failed(exc)
+                    raise
                 finally:
                     faulthandler.unregister(signal.SIGUSR1)
         finally:
@@ -236,6 +246,21 @@ class Service:
             if self.notifier is not None:
                 self.notifier.close()
             await self._report_leaks(since)
+
+    def _failed(self, exc: BaseException) -> None:
+        """Tell whoever supervises this process why it ends (one line, over notify).
+
+        A master reports it for a worker whose output its user may not see.
+        Work abandoned at the deadline is a stop's outcome, not a failure.
+        """
+        if self.notifier is None or isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
+            return
+        if isinstance(exc, BaseExceptionGroup) and exc.subgroup(ShutdownAbandoned) is not None:
+            rest = exc.split(ShutdownAbandoned)[1]
+            if rest is None:
+                return
+            exc = rest
+        self.notifier.send(f"STATUS={FAILED_STATUS}{failure_line(exc)}")
 
     async def _report_leaks(self, since: leaks.Snapshot) -> None:
         """After the group stopped: log what the app started and left running."""
@@ -382,7 +407,7 @@ class Service:
         A thread, not a loop reader, so that it works from the first moment:
         while the app is still being imported or starting up, the loop is busy.
         """
-        fd_text = os.environ.pop("TETHER_PARENT_FD", None)
+        fd_text = os.environ.pop(PARENT_FD_ENV, None)
         if fd_text is None or not fd_text.isdigit():
             return
         self._is_worker = True
