@@ -38,8 +38,10 @@ log = logging.getLogger("tether.master")
 KILL_MARGIN = 5.0
 #: Backoff between restarts of a worker that keeps dying: first at once, then doubling.
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
+#: A watchdog timer that fires this late means the master itself was not running.
+MASTER_STALL = 1.0
 #: A worker that was READY this long before dying served: it is replaced at once.
-SERVED_AFTER = 1.0
+SERVED_AFTER = 0.5
 
 
 class WorkerCare(MasterAPI):
@@ -325,7 +327,25 @@ class WorkerCare(MasterAPI):
         w.watchdog = loop.call_later(self.config.watchdog_timeout, self._watchdog_expired, w)
 
     def _watchdog_expired(self, w: Worker) -> None:
-        if not w.child.alive or w.state != "ready":
+        if not w.child.alive or w.state != "ready" or w.watchdog is None:
+            return
+        due = w.watchdog.when()
+        # Heartbeats may be waiting in the socket: the reader task has not run yet
+        # (the master was busy, or stopped). Read them before judging.
+        self._read_pending()
+        if w.watchdog.when() != due:
+            return  # a heartbeat came in and re-armed the timer
+        late = asyncio.get_running_loop().time() - due
+        if late > MASTER_STALL:
+            # This master did not run for a while (SIGSTOP, swap, a debugger): the
+            # silence is ours, not the worker's. Give it a whole period from now.
+            log.warning(
+                "master %d: this master was stalled for %.1fs; not judging %s by it",
+                self._pid,
+                late,
+                w.label,
+            )
+            self._arm_watchdog(w)
             return
         log.error(
             "master %d: %s sent no heartbeat for %gs (--watchdog-timeout): its event loop is "

@@ -568,6 +568,12 @@ class Master(WorkerCare):
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._hurry.wait(), self.config.drain_delay)
+        if not self._handover:
+            # A final stop: no generation will accept on these again. Closing our copies
+            # now (the workers close theirs as they begin to drain) makes the kernel
+            # refuse new connections at once, instead of queueing them until we exit.
+            for sock in self._app_socks:
+                sock.close()
         fast = self._stop_mode == "fast"
         workers = self.live_workers()
         for w in workers:
