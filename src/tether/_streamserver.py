@@ -1,7 +1,7 @@
 """A small asyncio stream server the master uses for its control and debug sockets.
 
 The master answers short conversations (one request, one answer) on sockets
-it owns, without a server library: see ``_control`` and ``_masterhttp`` for
+it owns, without a server library: see ``_control`` for
 why. This base keeps what both need: a handle on every conversation, so that
 closing the server ends them within a bound, and a writer that is always
 closed.

@@ -1,4 +1,4 @@
-"""Workers and generations: the master's bookkeeping, without the policy.
+"""Workers and generations: the pool's bookkeeping, without the policy.
 
 A *generation* is the set of workers started by one (re)load of the app; a
 *slot* is one place in it (``--workers N`` gives slots 0..N-1). When a worker
@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tether._children import Child, describe_exit
+from tether.errors import TetherError
 from tether.worker import FAILED_STATUS
 
-__all__ = ["Generation", "Worker", "WorkerFailed"]
+__all__ = ["Generation", "Worker", "WorkerFailed", "WorkersFailed"]
 
 WorkerState = Literal["starting", "ready", "stopping", "exited"]
 GenerationState = Literal["starting", "serving", "draining", "failed", "exited"]
@@ -47,6 +48,16 @@ class WorkerFailed(Exception):
     def with_cause(self) -> str:
         """The message, and the worker's own reason when it gave one."""
         return f"{self} ({self.cause})" if self.cause else str(self)
+
+
+class WorkersFailed(TetherError):
+    """Workers that served exited with an error while the master stopped them."""
+
+    exit_code = 1
+
+    def __init__(self, failures: list[str]) -> None:
+        super().__init__("worker(s) failed while stopping: " + "; ".join(failures))
+        self.failures = failures
 
 
 @dataclass(eq=False)
