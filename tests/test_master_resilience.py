@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import resource
 import signal
 import socket
 import threading
@@ -177,3 +178,73 @@ def test_a_new_connection_during_a_final_stop_is_refused_at_once(
         finally:
             slow.close()
         assert t.wait() == 0, t.stderr()
+
+
+MALFORMED = {
+    "unknown version": b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n",
+    "header without colon": b"GET /healthz HTTP/1.1\r\nHost x\r\n\r\n",
+    "NUL in a header": b"GET /healthz HTTP/1.1\r\nHost: x\x00y\r\n\r\n",
+    "obs-fold": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\r\n  b\r\n\r\n",
+    "TLS hello": b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + b"\x00" * 40 + b"\r\n\r\n",
+}
+
+
+def first_line(port: int, data: bytes) -> bytes:
+    """Send ``data`` on a new connection; the first line of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        answer = b""
+        while b"\r\n" not in answer and (chunk := s.recv(1000)):
+            answer += chunk
+        return answer.split(b"\r\n")[0]
+
+
+def test_malformed_requests_to_the_master_debug_port_get_400_or_431(tmp_path: Path) -> None:
+    """Broken heads get 400, a 70 KB head 431; nothing logs a traceback; the port serves on."""
+    (tmp_path / "hello.py").write_text(APP)
+
+    async def scenario() -> None:
+        async with MasterProc(tmp_path, workers=1, debug=True) as master:
+            await master.wait_for("READY")
+            port = master.debug_port
+            for name, data in MALFORMED.items():
+                line = await asyncio.to_thread(first_line, port, data)
+                assert line == b"HTTP/1.1 400 Bad Request", (name, line)
+            huge = b"GET /healthz HTTP/1.1\r\nX-A: " + b"a" * 70_000 + b"\r\n\r\n"
+            line = await asyncio.to_thread(first_line, port, huge)
+            assert line == b"HTTP/1.1 431 Request Header Fields Too Large", line
+            assert await asyncio.to_thread(ok, port, "/healthz")
+            master.seen_workers.update(await master.worker_pids())
+        assert "Traceback" not in master.log(), master.log()
+
+    asyncio.run(scenario())
+
+
+def test_idle_connections_cannot_exhaust_the_master(tmp_path: Path) -> None:
+    """300 idle connections to the debug port: a reload still works, and the port recovers."""
+    (tmp_path / "hello.py").write_text(APP)
+
+    async def scenario() -> None:
+        async with MasterProc(tmp_path, workers=1, debug=True) as master:
+            await master.wait_for("READY")
+            soft, hard = resource.prlimit(master.pid, resource.RLIMIT_NOFILE)
+            # A small fd limit, as in a container: without a cap 300 connections exhaust it.
+            resource.prlimit(master.pid, resource.RLIMIT_NOFILE, (256, hard))
+            idle = []
+            try:
+                for _ in range(300):
+                    idle.append(socket.create_connection(("127.0.0.1", master.debug_port)))
+                assert (await master.ctl("reload"))["ok"]
+                assert await asyncio.to_thread(ok, master.port)
+                # Idle ones are closed after the keep-alive timeout; then the port answers.
+                async with asyncio.timeout(30):
+                    while not await asyncio.to_thread(ok, master.debug_port, "/healthz", 2):
+                        await asyncio.sleep(0.2)
+            finally:
+                for s in idle:
+                    s.close()
+                resource.prlimit(master.pid, resource.RLIMIT_NOFILE, (soft, hard))
+            master.seen_workers.update(started_workers(master.log()))
+        assert "Traceback" not in master.log(), master.log()
+
+    asyncio.run(scenario())
