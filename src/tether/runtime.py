@@ -36,7 +36,7 @@ from tether import sockets as sockets_mod
 from tether._handoff import HANDOFF_ENV, hand_over
 from tether._listeners import Listeners, open_listeners
 from tether.app import App, load_app
-from tether.config import RunConfig
+from tether.config import RunConfig, ShutdownBudget
 from tether.debug import (
     DebugApp,
     DebugSource,
@@ -166,7 +166,7 @@ class Service:
         if self._hard_stop is None or self._hard_timer is not None:
             return
         total = self.config.graceful_timeout if budget is None else budget
-        limit = total + 2 * self.config.cancel_timeout + 1.0
+        limit = total + ShutdownBudget.of(self.config).hard_stop
         self._hard_timer = threading.Timer(limit, self._hard_stop)
         self._hard_timer.daemon = True
         self._hard_timer.start()
@@ -275,7 +275,9 @@ class Service:
 
     async def _drain_background(self, budget: float) -> list[AbandonedWork]:
         """Phase 5: wait for tracked and adopted work, then cancel and report the rest."""
-        report = await self.tracker.shutdown(budget, cancel_timeout=self.config.cancel_timeout / 2)
+        report = await self.tracker.shutdown(
+            budget, cancel_timeout=ShutdownBudget.of(self.config).tracker_report
+        )
         return report.abandoned_work()
 
     async def _run(self, app: App, kind: str | None, listeners: Listeners) -> None:
@@ -303,7 +305,7 @@ class Service:
                     ServeOptions(
                         idle_grace=self.config.idle_grace,
                         lifespan="off" if kind == "wsgi" else "auto",
-                        report_grace=self.config.cancel_timeout * 0.75,
+                        report_grace=ShutdownBudget.of(self.config).http_report_grace,
                     ),
                     self.hooks,
                 )
