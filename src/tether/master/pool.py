@@ -168,23 +168,30 @@ class Pool:
         while not self.handed_over:
             await self._wake.wait()
             batch = self._take_all()
-            upgrades = [f for k, f in batch if k == "upgrade"]
-            reloads = [f for k, f in batch if k == "reload"]
-            if upgrades:
-                outcome = await self._upgrade()
-                _resolve(upgrades, outcome)
-                if self.handed_over:
-                    _resolve(reloads, {"ok": False, "error": "the master was upgraded"})
-                    return
-            if reloads:
-                self.reloading = True
-                try:
-                    outcome = await self._reload()
-                finally:
-                    self.reloading = False
-                _resolve(reloads, outcome)
-            _resolve([f for k, f in batch if k == "scale"], {"ok": True})
-            self._reconcile_size()
+            try:
+                await self._run_batch(batch)
+            finally:  # cancelled by a stop: nobody is left waiting for an answer
+                _resolve([f for _, f in batch], {"ok": False, "error": "the master is stopping"})
+
+    async def _run_batch(self, batch: list[Request]) -> None:
+        """One turn of the queue: upgrades first, then one reload for every reload asked."""
+        upgrades = [f for k, f in batch if k == "upgrade"]
+        reloads = [f for k, f in batch if k == "reload"]
+        if upgrades:
+            outcome = await self._upgrade()
+            _resolve(upgrades, outcome)
+            if self.handed_over:
+                _resolve(reloads, {"ok": False, "error": "the master was upgraded"})
+                return
+        if reloads:
+            self.reloading = True
+            try:
+                outcome = await self._reload()
+            finally:
+                self.reloading = False
+            _resolve(reloads, outcome)
+        _resolve([f for k, f in batch if k == "scale"], {"ok": True})
+        self._reconcile_size()
 
     async def _upgrade(self) -> dict[str, Any]:
         if self.hooks.upgrade is None:
