@@ -334,6 +334,7 @@ class Master:
                     name="control",
                 )
             if self._debug_sock is not None:
+                cap = _debug_connection_cap()
                 debug = HttpServer(
                     DebugApp(self.view.debug_source(), token=self.config.debug_token),
                     [self._debug_sock],
@@ -341,7 +342,10 @@ class Master:
                         lifespan="off",
                         idle_grace=0.0,
                         name="debug",
-                        max_connections=_debug_connection_cap(),
+                        max_connections=cap,
+                        # asyncio accepts up to a backlog's worth at a time: keep that
+                        # within the fd reserve too.
+                        backlog=cap,
                     ),
                 )
                 await inner.start(debug.run, name="debug")
