@@ -51,6 +51,7 @@ from typing import Any, Literal
 from tether import sockets as sockets_mod
 from tether._children import Child, start_child
 from tether._control import ControlServer, bind_control
+from tether._listeners import open_listeners
 from tether.config import RunConfig, ShutdownBudget
 from tether.debug import DebugApp
 from tether.group import Group, StopToken
@@ -183,30 +184,20 @@ class Master:
             self._systemd_address = env.pop("NOTIFY_SOCKET", None)
         if self._systemd_address:
             self.systemd.notifier = Notifier.from_env({"NOTIFY_SOCKET": self._systemd_address})
-        inherited = sockets_mod.inherit() or []
-        for name, sock in inherited:
-            if name == "debug":
-                self._debug_sock = sock
-            elif name == "control":
-                self._control_sock = sock
-            else:
-                self._app_socks.append(sock)
-        if inherited:
-            log.info("master %d: using %d inherited socket(s)", self._pid, len(inherited))
+        listeners = open_listeners(self.config)  # inherited (an upgrade, systemd) or bound
+        self._app_socks, self._debug_sock = listeners.app, listeners.debug
+        self._control_sock = listeners.control
         cfg = self.config
         if self._control_sock is None and cfg.control:
-            self._control_sock = bind_control(cfg.control)
+            try:
+                self._control_sock = bind_control(cfg.control)
+            except BaseException:
+                listeners.close()
+                raise
             self._control_path = cfg.control
         elif self._control_sock is not None:
             name = self._control_sock.getsockname()
             self._control_path = name if isinstance(name, str) and name else None
-        if not self._app_socks:
-            for text in cfg.binds:
-                address = sockets_mod.parse_address(text, flag="--bind")
-                self._app_socks.append(sockets_mod.bind(address, flag="--bind"))
-        if self._debug_sock is None and cfg.debug_bind is not None:
-            address = sockets_mod.parse_address(cfg.debug_bind, flag="--debug-bind")
-            self._debug_sock = sockets_mod.bind(address, flag="--debug-bind")
         self._rundir = make_rundir()
         try:
             self._rx = NotifyReceiver(os.path.join(self._rundir, "notify.sock"))
