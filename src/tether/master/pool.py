@@ -18,8 +18,7 @@ Invariants:
   once if it had served, with backoff if it died before READY or right
   after it (a broken app); a spawn the OS refuses is retried the same way;
 - a READY worker whose event loop sends no heartbeat for
-  ``--watchdog-timeout`` is asked for its stacks and killed, judged only after
-  every heartbeat already sent was read, and never for the master's own stall;
+  ``--watchdog-timeout`` is asked for its stacks and killed (:mod:`.watchdog`);
 - every wait on a worker's exit is bounded, then SIGKILL.
 
 Everything that touches the OS to start a worker goes through one seam, the
@@ -43,6 +42,7 @@ from tether._children import Child, describe_exit
 from tether.config import RunConfig, ShutdownBudget
 from tether.errors import AbandonedWork, ShutdownAbandoned, StartupError
 from tether.master.support import SystemdLink
+from tether.master.watchdog import Watchdog
 from tether.master.workers import Generation, Worker, WorkerFailed, WorkersFailed
 from tether.notify import NotifyMessage
 
@@ -58,8 +58,6 @@ Spawn = Callable[[int, int], tuple[Child, str | None]]
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 #: A worker READY this long before it died had served: it is replaced at once.
 SERVED_AFTER = 0.5
-#: A watchdog timer that fires this late means the master itself was not running.
-MASTER_STALL = 1.0
 #: Niceness of a worker of a new generation until it is READY: importing an app is
 #: CPU-heavy and must not starve the serving generation. Only where the master may
 #: undo it (root), so no worker stays niced.
@@ -94,6 +92,7 @@ class Pool:
         self.size = config.workers
         self.hooks = hooks or PoolHooks()
         self._spawn = spawn
+        self.watchdog = Watchdog(config.watchdog_timeout, self._read_pending)
         self._pid = os.getpid()
         self.generations: dict[int, Generation] = {}
         self.active: Generation | None = None
@@ -456,8 +455,7 @@ class Pool:
         if w.child.alive and not w.asked_to_stop:
             w.asked_to_stop = True
             w.state = "stopping"
-            if w.watchdog is not None:
-                w.watchdog.cancel()
+            self.watchdog.cancel(w)
             w.child.signal(sig)
 
     async def _wait_or_kill(self, workers: list[Worker], deadline: float) -> list[Worker]:
@@ -501,8 +499,7 @@ class Pool:
         self._read_pending()  # its last STATUS (why it failed) may still be in the socket
         code = w.child.exited.result()
         w.state = "exited"
-        if w.watchdog is not None:
-            w.watchdog.cancel()
+        self.watchdog.cancel(w)
         gen = self.generations.get(w.generation)
         if w.asked_to_stop or self.stopping or gen is None:
             # A generation that failed to start is discarded: its failure is the story.
@@ -633,52 +630,15 @@ class Pool:
             else:
                 log.info("master %d: %s ready in %.2fs", self._pid, w.label, took)
                 self.hooks.systemd.status(self.status_line())
-            self._arm_watchdog(w)
+            self.watchdog.beat(w)
         if fields.get("WATCHDOG") == "1" and w.state == "ready":
             w.last_heartbeat = time.monotonic()
-            self._arm_watchdog(w)
+            self.watchdog.beat(w)
 
     def _read_pending(self) -> None:
         """Act on every notification already sent, before judging a worker by what it said."""
         for message in self.hooks.pending():
             self.on_notification(message)
-
-    def _arm_watchdog(self, w: Worker) -> None:
-        if w.watchdog is not None:
-            w.watchdog.cancel()
-        loop = asyncio.get_running_loop()
-        w.watchdog = loop.call_later(self.config.watchdog_timeout, self._watchdog_expired, w)
-
-    def _watchdog_expired(self, w: Worker) -> None:
-        if not w.child.alive or w.state != "ready" or w.watchdog is None:
-            return
-        due = w.watchdog.when()
-        # Heartbeats may be waiting in the socket: the reader task has not run yet
-        # (the master was busy, or stopped). Read them before judging.
-        self._read_pending()
-        if w.watchdog.when() != due:
-            return  # a heartbeat came in and re-armed the timer
-        late = asyncio.get_running_loop().time() - due
-        if late > MASTER_STALL:
-            # This master did not run for a while (SIGSTOP, swap, a debugger): the
-            # silence is ours, not the worker's. Give it a whole period from now.
-            log.warning(
-                "master %d: this master was stalled for %.1fs; not judging %s by it",
-                self._pid,
-                late,
-                w.label,
-            )
-            self._arm_watchdog(w)
-            return
-        log.error(
-            "master %d: %s sent no heartbeat for %gs (--watchdog-timeout): its event loop is "
-            "blocked; asking it for its stacks (USR1), then killing it",
-            self._pid,
-            w.label,
-            self.config.watchdog_timeout,
-        )
-        w.child.signal(signal.SIGUSR1)
-        asyncio.get_running_loop().call_later(1.0, w.child.kill)
 
 
 def _delay(failures: int) -> float:
