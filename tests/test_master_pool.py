@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
@@ -352,5 +353,27 @@ def test_the_upgrader_hands_over_only_to_a_ready_new_master() -> None:
         assert upgrader.on_notification(NotifyMessage(started[1].pid, 0, {"READY": "1"}))
         assert await attempt == (started[1].pid, "")
         await upgrader.close()
+
+    run(scenario)
+
+
+def test_the_masters_own_stall_kills_no_worker() -> None:
+    """A watchdog timer that fires late (this loop was blocked) gives the worker a new period."""
+
+    async def scenario() -> None:
+        fake = FakeOS()
+        config = RunConfig(app="x:app", workers=1, watchdog_timeout=0.05)
+        pool = Pool(config, fake.spawn, PoolHooks(renice=_no_renice))
+        start = asyncio.ensure_future(pool.start())
+        await settle()
+        (child,) = fake.children
+        ready(pool, child)
+        await start
+        time.sleep(1.2)  # the master itself does not run (the scenario, not a wait)
+        await asyncio.sleep(0.01)  # the overdue timer fires now
+        assert child.signals == []
+        await asyncio.sleep(0.1)  # a whole period of real silence from the worker
+        assert signal.SIGUSR1 in child.signals
+        await pool.close()
 
     run(scenario)
