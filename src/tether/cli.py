@@ -24,7 +24,7 @@ from tether.config import (
     RunConfig,
     read_token_file,
 )
-from tether.errors import AppLoadError, ConfigError, ShutdownAbandoned, StartupError, TetherError
+from tether.errors import ConfigError, ShutdownAbandoned, TetherError
 
 __all__ = ["exit_code_for", "main"]
 
@@ -41,16 +41,16 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
         yield exc
 
 
+#: When a run ends with several problems, the most serious decides the exit code.
+_PRECEDENCE = (EXIT_USAGE, EXIT_START, EXIT_FAILED, EXIT_ABANDONED)
+
+
 def exit_code_for(exc: BaseException) -> int:
-    """The exit code for how a run ended: the most serious problem wins."""
-    leaves = list(_leaves(exc))
-    if any(isinstance(e, ConfigError) for e in leaves):
-        return EXIT_USAGE
-    if any(isinstance(e, AppLoadError | StartupError) for e in leaves):
-        return EXIT_START
-    if any(not isinstance(e, ShutdownAbandoned) for e in leaves):
-        return EXIT_FAILED
-    return EXIT_ABANDONED
+    """The exit code for how a run ended: each error's ``exit_code``; the most serious wins."""
+    codes = {
+        leaf.exit_code if isinstance(leaf, TetherError) else EXIT_FAILED for leaf in _leaves(exc)
+    }
+    return next((code for code in _PRECEDENCE if code in codes), EXIT_FAILED)
 
 
 def _summary(exc: BaseException) -> str:
@@ -87,7 +87,30 @@ def _hard_stop() -> None:
     os._exit(EXIT_ABANDONED)
 
 
-def _run_single(config: RunConfig) -> int:
+def _run(config: RunConfig) -> int:
+    """Run either process model; the one place a run's outcome becomes an exit code."""
+    try:
+        if config.workers == 0:
+            _run_single(config)
+        else:
+            from tether.master import run_master
+
+            run_master(config)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        code = exit_code_for(exc)
+        if code == EXIT_FAILED:
+            for leaf in _leaves(exc):
+                if not isinstance(leaf, TetherError):
+                    logger.error("a member failed", exc_info=leaf)  # noqa: TRY400
+        click.echo(f"tether: error: {_summary(exc)}", err=True)
+        return code
+    logger.info("stopped cleanly")
+    return EXIT_OK
+
+
+def _run_single(config: RunConfig) -> None:
     import uvloop
 
     from tether.runtime import Service
@@ -96,20 +119,7 @@ def _run_single(config: RunConfig) -> int:
     argv = [sys.executable, "-m", "tether", *sys.argv[1:]]
     service = Service(config, hard_stop=_hard_stop, argv=argv)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        try:
-            runner.run(service.run())
-        except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt | SystemExit):
-                raise
-            code = exit_code_for(exc)
-            if code == EXIT_FAILED:
-                for leaf in _leaves(exc):
-                    if not isinstance(leaf, TetherError):
-                        logger.error("a member failed", exc_info=leaf)  # noqa: TRY400
-            click.echo(f"tether: error: {_summary(exc)}", err=True)
-            return code
-    logger.info("stopped cleanly")
-    return EXIT_OK
+        runner.run(service.run())
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -287,12 +297,7 @@ def run(
         )
         if pidfile is not None:
             pidfile_claim = PidFile.claim(pidfile)
-        if workers == 0:
-            code = _run_single(config)
-        else:
-            from tether.master import run_master
-
-            code = run_master(config)
+        code = _run(config)
     except TetherError as exc:
         click.echo(f"tether: error: {exc}", err=True)
         code = exit_code_for(exc)

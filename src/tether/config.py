@@ -17,7 +17,7 @@ from typing import Literal
 
 from tether.errors import ConfigError
 
-__all__ = ["DEBUG_TOKEN_ENV", "RunConfig", "check_timeout", "read_token_file"]
+__all__ = ["DEBUG_TOKEN_ENV", "RunConfig", "ShutdownBudget", "check_timeout", "read_token_file"]
 
 Interface = Literal["auto", "asgi", "wsgi"]
 
@@ -157,3 +157,55 @@ def read_token_file(path: str) -> str:
         msg = f"--debug-token-file {path} is empty; put the token in it"
         raise ConfigError(msg)
     return token
+
+
+@dataclass(frozen=True)
+class ShutdownBudget:
+    """Every bound of a shutdown, derived in one place from ``--graceful-timeout``.
+
+    A stop gets one absolute deadline (``deadline(now)``: the end of the
+    graceful period); every other bound is an offset from it, in this order,
+    each leaving the one before it room to finish and report:
+
+    tracker report < http report grace < group abandon < hard stop < master kill
+
+    - ``tracker_report``: cancelled background tasks get this long to unwind
+      before the tracker names them;
+    - ``http_report_grace``: the HTTP member, cancelled at the deadline, waits
+      this long for that report;
+    - ``group_abandon``: a group abandons members still running this long after
+      its graceful deadline (its cancel timeout);
+    - ``hard_stop``: the process's last resort, if its event loop cannot be reached;
+    - ``master_kill``: a master kills a worker still alive this long after its deadline.
+    """
+
+    graceful: float = 30.0
+    cancel: float = 2.0
+
+    @classmethod
+    def of(cls, config: RunConfig) -> ShutdownBudget:
+        return cls(config.graceful_timeout, config.cancel_timeout)
+
+    def deadline(self, now: float) -> float:
+        """The absolute end of the graceful period for a stop that begins at ``now``."""
+        return now + self.graceful
+
+    @property
+    def tracker_report(self) -> float:
+        return self.cancel * 0.5
+
+    @property
+    def http_report_grace(self) -> float:
+        return self.cancel * 0.75
+
+    @property
+    def group_abandon(self) -> float:
+        return self.cancel
+
+    @property
+    def hard_stop(self) -> float:
+        return 2 * self.cancel + 1.0
+
+    @property
+    def master_kill(self) -> float:
+        return self.hard_stop + 2.0

@@ -38,7 +38,7 @@ from tether._handoff import HANDOFF_ENV, hand_over
 from tether._listeners import Listeners, open_listeners
 from tether._pidfile import PidFile
 from tether.app import App, load_app
-from tether.config import RunConfig
+from tether.config import RunConfig, ShutdownBudget
 from tether.debug import (
     DebugApp,
     DebugSource,
@@ -51,6 +51,7 @@ from tether.notify import Notifier, watchdog_interval
 from tether.serving import ASGIApp, DrainHooks, HttpServer, ServeOptions
 from tether.signals import handle_signals
 from tether.tracker import REQUEST_SCOPE, Tracker, install_adoption, set_current_tracker
+from tether.worker import FAILED_STATUS, PARENT_FD_ENV, failure_line, take_notify_address
 
 __all__ = ["Service"]
 
@@ -185,7 +186,7 @@ class Service:
         if self._hard_stop is None or self._hard_timer is not None:
             return
         total = self.config.graceful_timeout if budget is None else budget
-        limit = total + 2 * self.config.cancel_timeout + 1.0
+        limit = total + ShutdownBudget.of(self.config).hard_stop
         self._hard_timer = threading.Timer(limit, self._hard_stop)
         self._hard_timer.name = "tether-hard-stop"
         self._hard_timer.daemon = True
@@ -237,17 +238,23 @@ class Service:
         self._watch_parent(asyncio.get_running_loop())
         # What exists now is ours; what the app starts and leaves behind is reported at the end.
         since = leaks.snapshot()
+        # Before the app is imported: app code that notifies at import must not reach
+        # whoever waits for this process's READY (a master, systemd).
+        address, from_master = take_notify_address()
+        self._supervisor_notify = None if from_master else address
+        self._handoff_notify = os.environ.pop(HANDOFF_ENV, None)
+        self.notifier = Notifier.from_env({"NOTIFY_SOCKET": address or ""})
         try:
             app, kind = load_app(
                 self.config.app, app_dir=self.config.app_dir, interface=self.config.interface
             )
-        except BaseException:
+        except BaseException as exc:
+            self._failed(exc)
             listeners.close()
+            if self.notifier is not None:
+                self.notifier.close()
             raise
         loop = asyncio.get_running_loop()
-        self._supervisor_notify = os.environ.get("NOTIFY_SOCKET") or None
-        self._handoff_notify = os.environ.pop(HANDOFF_ENV, None)
-        self.notifier = Notifier.from_env(unset=True)
         handled = {
             signal.SIGTERM,
             signal.SIGINT,
@@ -269,6 +276,9 @@ class Service:
                 faulthandler.register(signal.SIGUSR1, all_threads=True, chain=True)
                 try:
                     await self._run(app, kind, listeners)
+                except BaseException as exc:
+                    self._failed(exc)
+                    raise
                 finally:
                     faulthandler.unregister(signal.SIGUSR1)
         finally:
@@ -279,6 +289,21 @@ class Service:
             if self.notifier is not None:
                 self.notifier.close()
             await self._report_leaks(since)
+
+    def _failed(self, exc: BaseException) -> None:
+        """Tell whoever supervises this process why it ends (one line, over notify).
+
+        A master reports it for a worker whose output its user may not see.
+        Work abandoned at the deadline is a stop's outcome, not a failure.
+        """
+        if self.notifier is None or isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
+            return
+        if isinstance(exc, BaseExceptionGroup) and exc.subgroup(ShutdownAbandoned) is not None:
+            rest = exc.split(ShutdownAbandoned)[1]
+            if rest is None:
+                return
+            exc = rest
+        self.notifier.send(f"STATUS={FAILED_STATUS}{failure_line(exc)}")
 
     async def _report_leaks(self, since: leaks.Snapshot) -> None:
         """After the group stopped: log what the app started and left running."""
@@ -296,7 +321,9 @@ class Service:
 
     async def _drain_background(self, budget: float) -> list[AbandonedWork]:
         """Phase 5: wait for tracked and adopted work, then cancel and report the rest."""
-        report = await self.tracker.shutdown(budget, cancel_timeout=self.config.cancel_timeout / 2)
+        report = await self.tracker.shutdown(
+            budget, cancel_timeout=ShutdownBudget.of(self.config).tracker_report
+        )
         return report.abandoned_work()
 
     async def _run(self, app: App, kind: str | None, listeners: Listeners) -> None:
@@ -324,7 +351,7 @@ class Service:
                     ServeOptions(
                         idle_grace=self.config.idle_grace,
                         lifespan="off" if kind == "wsgi" else "auto",
-                        report_grace=self.config.cancel_timeout * 0.75,
+                        report_grace=ShutdownBudget.of(self.config).http_report_grace,
                     ),
                     self.hooks,
                 )
@@ -441,7 +468,7 @@ class Service:
         A thread, not a loop reader, so that it works from the first moment:
         while the app is still being imported or starting up, the loop is busy.
         """
-        fd_text = os.environ.pop("TETHER_PARENT_FD", None)
+        fd_text = os.environ.pop(PARENT_FD_ENV, None)
         if fd_text is None or not fd_text.isdigit():
             return
         self._is_worker = True

@@ -67,6 +67,12 @@ class ServeOptions:
     name: str = "http"
     #: When cancelled at the deadline: seconds to wait for phase 5's report of what it abandoned.
     report_grace: float = 1.0
+    #: Open connections at most (None: no cap). Past it a new connection is closed at
+    #: once, and a connection that sends nothing is closed after ``keep_alive``
+    #: seconds: a port that strangers can reach cannot exhaust the process's fds.
+    max_connections: int | None = None
+    #: With ``max_connections``: a request head larger than this is answered 431.
+    max_head: int = 64 * 1024
 
 
 @dataclass
@@ -259,8 +265,14 @@ class HttpServer:
         app_state = self._lifespan.state if self._lifespan is not None else {}
         loop = asyncio.get_running_loop()
 
+        factory = cast(Any, config.http_protocol_class)
+        cap = self.options.max_connections
+        if cap is not None:
+            factory = _guarded(factory, self.options.max_head)
+
         def protocol() -> asyncio.Protocol:
-            factory = cast(Any, config.http_protocol_class)
+            if cap is not None and len(self.state.connections) >= cap:
+                return _Refused()
             return cast(
                 asyncio.Protocol,
                 factory(config=config, server_state=self.state, app_state=app_state, _loop=loop),
@@ -374,6 +386,50 @@ class HttpServer:
     def requests_in_flight(self) -> int:
         """Requests whose handler is still running."""
         return len(self.state.tasks)
+
+
+class _Refused(asyncio.Protocol):
+    """A connection past ``max_connections``: closed as soon as it is accepted."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cast(asyncio.Transport, transport).abort()
+
+
+def _guarded(factory: Any, max_head: int) -> Any:
+    """uvicorn's protocol, for a port strangers may reach.
+
+    Its idle timer is armed from the start of a connection (uvicorn arms it
+    only after a response: a connection that never sends a byte would hold
+    its fd as long as the peer likes), and a request head larger than
+    ``max_head`` is answered 431 instead of being buffered.
+    """
+
+    class Guarded(factory):  # type: ignore[misc]
+        _head = 0
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+
+        def data_received(self, data: bytes) -> None:
+            cycle = getattr(self, "cycle", None)
+            in_request = cycle is not None and not cycle.response_complete
+            self._head = 0 if in_request else self._head + len(data)
+            if self._head > max_head:
+                self.transport.write(_TOO_LARGE)
+                self.transport.close()
+                return
+            super().data_received(data)
+
+    return Guarded
+
+
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\n"
+    b"content-length: 29\r\nconnection: close\r\n\r\nrequest head is too large\r\n\r\n"
+)
 
 
 def _request_name(task: asyncio.Task[Any]) -> str:
