@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from tether import _init
 from tether.config import DEFAULT_BIND, DEFAULT_DEBUG_BIND, RunConfig
 from tether.errors import AppLoadError, ConfigError, ShutdownAbandoned, StartupError, TetherError
 
@@ -247,7 +248,9 @@ def run(
             pidfile=pidfile,
             control=control,
         )
-        if workers == 0:
+        if os.getpid() == 1 and (code := _init.become_init()) is not None:
+            pass  # this was PID 1, the init around the service; see tether._init
+        elif workers == 0:
             code = _run_single(config)
         else:
             from tether.master import run_master

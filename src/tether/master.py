@@ -53,6 +53,7 @@ from tether._mastersupport import (
     worker_base_env,
     write_pidfile,
 )
+from tether._reaper import Reaper
 from tether._workercare import WorkerCare
 from tether.config import RunConfig
 from tether.errors import ConfigError, StartupError
@@ -125,6 +126,7 @@ class Master(WorkerCare):
     async def run(self) -> int:
         """Start, serve until stopped, drain; return the exit code (0 clean, 4 abandoned)."""
         loop = asyncio.get_running_loop()
+        reaper = Reaper(loop)  # orphans of the workers' apps come back here, to be reaped
         try:
             self._open()
             for signum in _SIGNALS:
@@ -145,6 +147,7 @@ class Master(WorkerCare):
             for signum in _SIGNALS:
                 loop.remove_signal_handler(signum)
             await self._close()
+            reaper.close()
 
     def _open(self) -> None:
         """Sockets, private directory, notify receiver, parent pipe. Raises ConfigError."""

@@ -318,10 +318,6 @@ class Service:
         logger.info(
             "serving %s on %s (pid %d)", self.config.app, where or "no sockets", os.getpid()
         )
-        if self._handoff_notify is not None:
-            # The process that started us with its sockets drains once it hears this.
-            with Notifier(self._handoff_notify) as predecessor:
-                predecessor.send("READY=1")
         if self.notifier is not None:
             self.notifier.send(
                 "READY=1", f"STATUS=serving {self.config.app}", f"MAINPID={os.getpid()}"
@@ -329,6 +325,11 @@ class Service:
             interval = watchdog_interval()
             if interval is not None:
                 cleanups.append(_every(loop, interval, lambda: self._heartbeat()))
+        if self._handoff_notify is not None:
+            # After MAINPID: a supervisor must know us before the predecessor exits.
+            # The process that started us with its sockets drains once it hears this.
+            with Notifier(self._handoff_notify) as predecessor:
+                predecessor.send("READY=1")
 
     def _reload(self, signame: str) -> None:
         """HUP/USR2 in one process: hand the sockets to a fresh copy, then drain."""
