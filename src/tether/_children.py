@@ -166,6 +166,7 @@ class Child:
     def close(self) -> None:
         """Stop watching (the child must have exited, or be abandoned on purpose)."""
         if self.alive:
+            disown(self.pid)  # nobody waits for it here any more
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(self._pidfd)
             with contextlib.suppress(OSError):

@@ -12,7 +12,7 @@ registered with :func:`own` by :class:`tether._children.Child`) keep their
 exit status for their owner. The reaper *peeks* with
 ``waitid(P_ALL, WNOWAIT)`` first and reaps only pids it does not know; when
 the zombie it peeks at is owned, which hides the others from ``P_ALL``, it
-looks at each zombie child in ``/proc`` instead.
+stops, and looks again when the owner has reaped that one (:func:`disown`).
 
 Driven by SIGCHLD on the event loop: nothing runs while no child exits.
 
@@ -27,7 +27,6 @@ import ctypes
 import logging
 import os
 import signal
-from collections.abc import Iterator
 
 __all__ = ["Reaper", "disown", "own", "reap_orphans", "set_child_subreaper"]
 
@@ -37,6 +36,8 @@ _PR_SET_CHILD_SUBREAPER = 36
 
 #: Children whose owner reaps them itself (by pid, through a pidfd).
 _owned: set[int] = set()
+#: Whether a Reaper is installed: only then are orphans reaped at all.
+_reaping = False
 
 
 def own(pid: int) -> None:
@@ -45,8 +46,10 @@ def own(pid: int) -> None:
 
 
 def disown(pid: int) -> None:
-    """``pid`` has been reaped by its owner (or handed on)."""
+    """``pid`` has been reaped by its owner, or nobody waits for it any more."""
     _owned.discard(pid)
+    if _reaping:
+        reap_orphans()  # orphans that exited meanwhile were hidden behind it
 
 
 def set_child_subreaper() -> bool:
@@ -73,23 +76,6 @@ def _reap(pid: int) -> int | None:
     return code
 
 
-def _zombie_children() -> Iterator[int]:
-    """This process's children that have exited and are not reaped yet, from /proc."""
-    me = os.getpid()
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 1 and fields[0] == b"Z" and int(fields[1]) == me:
-            yield int(name)
-
-
 def reap_orphans() -> int:
     """Reap every exited child nobody owns; return how many were reaped."""
     reaped = 0
@@ -101,12 +87,10 @@ def reap_orphans() -> int:
         if info is None:
             return reaped  # children, none exited
         if info.si_pid in _owned:
-            break  # its owner reaps it; it hides the others from P_ALL
+            # Its owner reaps it soon and calls disown(), which looks again: until
+            # then it hides any other exited child from P_ALL.
+            return reaped
         reaped += _reap(info.si_pid) is not None
-    for pid in _zombie_children():
-        if pid not in _owned:
-            reaped += _reap(pid) is not None
-    return reaped
 
 
 class Reaper:
@@ -117,11 +101,15 @@ class Reaper:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        global _reaping
         self._loop = loop
         set_child_subreaper()
         loop.add_signal_handler(signal.SIGCHLD, reap_orphans)
+        _reaping = True
         reap_orphans()  # any that came before the handler
 
     def close(self) -> None:
         """Stop reaping."""
+        global _reaping
+        _reaping = False
         self._loop.remove_signal_handler(signal.SIGCHLD)
