@@ -10,10 +10,15 @@ child of its own.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import pty
 import shutil
 import signal
+import subprocess
+import sys
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from proc import Tether, get
+from proc import APPS, Tether, free_port, get
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("unshare") is None,
@@ -183,3 +188,43 @@ def test_pid1_exits_with_the_service_exit_code() -> None:
         assert t.wait() == 3
     finally:
         t.close()
+
+
+def test_ctrl_c_in_a_terminal_reaches_the_service_once() -> None:
+    """`docker run -it`, then Ctrl-C: one SIGINT reaches the service (a graceful stop), not two."""
+    controller, terminal = pty.openpty()
+
+    def take_terminal() -> None:  # in the child, after setsid: the pty becomes its terminal
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    port = free_port()
+    argv = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "tether", "run"]
+    argv += ["family:app", "--workers", "0", "--bind", f"127.0.0.1:{port}", "--no-debug"]
+    proc = subprocess.Popen(
+        argv,
+        cwd=APPS,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=take_terminal,
+    )
+    os.close(terminal)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # until it serves
+            if "serving family:app" in line:
+                break
+        os.write(controller, b"\x03")  # what the terminal sends on Ctrl-C
+        rest = proc.stderr.read()
+        assert proc.wait(30) == 0, rest
+        assert rest.count("SIGINT received") == 1, rest
+        assert "second SIGINT" not in rest
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+        os.close(controller)
