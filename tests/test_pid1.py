@@ -16,6 +16,7 @@ import os
 import pty
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import termios
@@ -44,8 +45,11 @@ class Pid1(Tether):
     #: The main process's pid in the namespace, from its first READY=1.
     mainpid = 0
 
+    #: What runs `tether run` inside the namespace, if anything (it then becomes PID 1).
+    within: tuple[str, ...] = ()
+
     def start(self) -> Pid1:
-        self.prefix = ["unshare", "--pid", "--fork", "--mount-proc"]
+        self.prefix = ["unshare", "--pid", "--fork", "--mount-proc", *self.within]
         super().start()
         assert self.proc is not None
         self.unshare = self.proc.pid
@@ -228,3 +232,43 @@ def test_ctrl_c_in_a_terminal_reaches_the_service_once() -> None:
         if proc.stderr is not None:
             proc.stderr.close()
         os.close(controller)
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-socket-activate") is None,
+    reason="systemd-socket-activate is not installed (Debian package systemd)",
+)
+def test_sockets_passed_to_pid1_reach_the_service() -> None:
+    """Socket activation into a container (LISTEN_PID=1): the service serves on that socket."""
+    t = Pid1([])
+    unused = free_port()  # --bind names a port tether must not touch: the socket is inherited
+    t.args = ["family:app", "--workers", "0", "--bind", f"127.0.0.1:{unused}", "--no-debug"]
+    t.within = (
+        "systemd-socket-activate",
+        "-l",
+        f"127.0.0.1:{t.port}",
+        "--fdname=app",
+        "-E",
+        "PATH",
+        "-E",
+        "NOTIFY_SOCKET",
+    )
+    t.start()
+    try:
+        # systemd-socket-activate listens, then starts the command on the first connection.
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert t.json("/pid") == 2
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline, t.stderr()
+                time.sleep(0.05)  # not listening yet
+        assert t.wait_for("READY")["MAINPID"] == "2"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", unused))
+        t.kill_init(signal.SIGTERM)
+        assert t.wait() == 0
+        assert "inherited socket" in t.stderr()
+    finally:
+        t.close()

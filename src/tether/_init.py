@@ -84,6 +84,9 @@ def become_init() -> int | None:
     notify.setblocking(False)
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     upstream = os.environ.get("NOTIFY_SOCKET")
+    # Sockets passed to PID 1 (socket activation) are meant for the service.
+    count = os.environ.get("LISTEN_FDS", "")
+    passed = int(count) if count.isdigit() and os.environ.get("LISTEN_PID") == "1" else 0
     handled = (*FORWARDED, signal.SIGCHLD)
     signal.pthread_sigmask(signal.SIG_BLOCK, handled)
     pid = os.fork()
@@ -92,9 +95,12 @@ def become_init() -> int | None:
         os.close(wake_r)
         os.close(wake_w)
         os.environ["NOTIFY_SOCKET"] = name
+        if passed:
+            os.environ["LISTEN_PID"] = str(os.getpid())
         signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
         _take_terminal()
         return None
+    os.closerange(3, 3 + passed)  # only the service holds them: its close is final
     previous: dict[int, Any] = {s: signal.signal(s, _ignore) for s in handled}
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
