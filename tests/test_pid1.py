@@ -58,13 +58,7 @@ class Pid1(Tether):
     @property
     def init(self) -> int:
         """The host's pid of the namespace's PID 1 (unshare's only child)."""
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                with contextlib.suppress(OSError):
-                    stat = Path(f"/proc/{name}/stat").read_bytes()
-                    if int(stat[stat.rfind(b")") + 2 :].split()[1]) == self.unshare:
-                        return int(name)
-        raise AssertionError("the namespace has no PID 1")
+        return child_of(self.unshare)
 
     def kill_init(self, sig: int) -> None:
         os.kill(self.init, sig)
@@ -73,6 +67,17 @@ class Pid1(Tether):
         status, body, _ = get(self.port, path)
         assert status == 200, body
         return json.loads(body)
+
+
+def child_of(parent: int) -> int:
+    """The host's pid of ``parent``'s first child."""
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{name}/stat").read_bytes()
+                if int(stat[stat.rfind(b")") + 2 :].split()[1]) == parent:
+                    return int(name)
+    raise AssertionError(f"{parent} has no child")
 
 
 @contextlib.contextmanager
@@ -272,3 +277,10 @@ def test_sockets_passed_to_pid1_reach_the_service() -> None:
         assert "inherited socket" in t.stderr()
     finally:
         t.close()
+
+
+def test_pid1_exits_128_plus_the_signal_that_killed_the_service() -> None:
+    """The service killed by SIGKILL (an OOM kill): PID 1 exits 137, as a shell would say."""
+    with pid1("--workers", "0") as t:
+        os.kill(child_of(t.init), signal.SIGKILL)
+        assert t.wait() == 128 + signal.SIGKILL
