@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from tether import _init
 from tether._pidfile import PidFile
 from tether.config import (
     DEBUG_TOKEN_ENV,
@@ -295,9 +296,12 @@ def run(
             pidfile=pidfile,
             control=control,
         )
-        if pidfile is not None:
-            pidfile_claim = PidFile.claim(pidfile)
-        code = _run(config)
+        if os.getpid() == 1 and (code := _init.become_init()) is not None:
+            pass  # this was PID 1, the init around the service; see tether._init
+        else:
+            if pidfile is not None:
+                pidfile_claim = PidFile.claim(pidfile)
+            code = _run(config)
     except TetherError as exc:
         click.echo(f"tether: error: {exc}", err=True)
         code = exit_code_for(exc)

@@ -402,10 +402,6 @@ class Service:
         )
         if self.config.pidfile:
             PidFile(self.config.pidfile).serving()  # after a reload: name the successor now
-        if self._handoff_notify is not None:
-            # The process that started us with its sockets drains once it hears this.
-            with Notifier(self._handoff_notify) as predecessor:
-                predecessor.send("READY=1")
         if self.notifier is not None:
             self.notifier.send(
                 "READY=1", f"STATUS=serving {self.config.app}", f"MAINPID={os.getpid()}"
@@ -413,6 +409,11 @@ class Service:
             interval = watchdog_interval()
             if interval is not None:
                 cleanups.append(_every(loop, interval, lambda: self._heartbeat()))
+        if self._handoff_notify is not None:
+            # After MAINPID: a supervisor must know us before the predecessor exits.
+            # The process that started us with its sockets drains once it hears this.
+            with Notifier(self._handoff_notify) as predecessor:
+                predecessor.send("READY=1")
 
     def _reload(self, signame: str) -> None:
         """HUP/USR2 in one process: hand the sockets to a fresh copy, then drain."""

@@ -53,6 +53,7 @@ from tether._children import Child, start_child
 from tether._control import ControlServer, bind_control
 from tether._listeners import open_listeners
 from tether._pidfile import PidFile
+from tether._reaper import Reaper
 from tether.config import RunConfig, ShutdownBudget
 from tether.debug import DebugApp
 from tether.group import Group, StopToken
@@ -149,6 +150,7 @@ class Master:
     async def run(self) -> None:
         """Start, serve until stopped, drain. Raises what the group collected."""
         loop = asyncio.get_running_loop()
+        reaper = Reaper(loop)  # orphans of the workers' apps come back here, to be reaped
         try:
             self._open()
             with handle_signals(loop, dict.fromkeys(_SIGNALS, self._on_signal)):
@@ -167,6 +169,7 @@ class Master:
                     raise
         finally:
             await self._close()
+            reaper.close()
 
     def _open(self) -> None:
         """Sockets, private directory, notify receiver, parent pipe. Raises ConfigError."""
