@@ -203,6 +203,14 @@ def main() -> None:
     metavar="S",
     help="Seconds without a heartbeat from a worker's event loop before it is replaced.",
 )
+@click.option(
+    "--threads",
+    type=int,
+    default=10,
+    show_default=True,
+    metavar="N",
+    help="Threads per process that run a WSGI app's requests (how many run at once).",
+)
 @click.option("--pidfile", metavar="PATH", help="Write the master's pid to PATH (atomically).")
 @click.option(
     "--control",
@@ -224,6 +232,7 @@ def run(
     workers: int,
     reload_timeout: float,
     watchdog_timeout: float,
+    threads: int,
     pidfile: str | None,
     control: str | None,
 ) -> None:
@@ -244,6 +253,7 @@ def run(
             workers=workers,
             reload_timeout=reload_timeout,
             watchdog_timeout=watchdog_timeout,
+            threads=threads,
             pidfile=pidfile,
             control=control,
         )

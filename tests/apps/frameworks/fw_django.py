@@ -1,15 +1,15 @@
 """A one-file Django project, served as ASGI (``fw_django:asgi``) and WSGI (``fw_django:wsgi``).
 
-Views: the version, a slow view, and a counter kept in sqlite (``$FW_DB``, or a
-file next to the marks).
+Views: the version, a slow (async) view, and a counter kept in sqlite
+(``$FW_DB``, or a file in the temporary directory).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import tempfile
-import time
 
 import django
 from _marks import mark
@@ -42,13 +42,13 @@ django.setup()
 
 
 def index(_request: HttpRequest) -> HttpResponse:
-    return HttpResponse(VERSION, content_type="text/plain")
+    return HttpResponse(f"{VERSION} {os.getpid()}", content_type="text/plain")
 
 
-def slow(request: HttpRequest) -> HttpResponse:
+async def slow(request: HttpRequest) -> HttpResponse:
     mark("slow-begin")
     seconds = float(request.GET.get("s", "1"))
-    time.sleep(seconds)
+    await asyncio.sleep(seconds)
     return HttpResponse(f"slept {seconds}", content_type="text/plain")
 
 

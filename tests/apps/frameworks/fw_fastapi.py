@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from _marks import mark
 from fastapi import BackgroundTasks, FastAPI, WebSocket, WebSocketDisconnect
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
 from sse_starlette.sse import EventSourceResponse
 
 VERSION = "v1"
@@ -26,7 +27,7 @@ app = FastAPI(lifespan=lifespan)
 
 @app.get("/", response_class=PlainTextResponse)
 async def index() -> str:
-    return VERSION
+    return f"{VERSION} {os.getpid()}"
 
 
 @app.get("/slow", response_class=PlainTextResponse)
@@ -59,6 +60,19 @@ async def sse(count: int = 0) -> EventSourceResponse:
             await asyncio.sleep(0.1)
 
     return EventSourceResponse(events())
+
+
+@app.get("/stream")
+async def stream() -> StreamingResponse:
+    """An endless stream that knows nothing of shutdowns: only the drain deadline ends it."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        mark("stream-begin")
+        while True:
+            yield b"tick\n"
+            await asyncio.sleep(0.1)
+
+    return StreamingResponse(chunks(), media_type="text/plain")
 
 
 @app.websocket("/ws")
