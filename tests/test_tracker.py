@@ -27,6 +27,7 @@ from tether.tracker import (
     current_tracker,
     install_adoption,
     no_adoption,
+    no_adoption_for,
     request_scope,
     set_current_tracker,
     spawn,
@@ -790,6 +791,34 @@ def test_adoption_reads_the_context_the_task_is_given() -> None:
             await tracker.shutdown(5)
 
     run(main)
+
+
+def test_tasks_of_opted_out_modules_are_not_adopted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library's lazily started loop is left alone once its module is opted out."""
+    monkeypatch.setattr("tether._adoption._opted_out", ())
+    no_adoption_for(__name__.rpartition(".")[0] or __name__)  # this test module: the "library"
+
+    async def main() -> None:
+        tracker = Tracker()
+        stop = asyncio.Event()
+        with install_adoption(tracker), request_scope("GET /sse"):
+            watcher = asyncio.create_task(wait_for_event(stop))  # defined here: not adopted
+            asyncio.create_task(asyncio.sleep(0))  # noqa: RUF006 - asyncio's: adopted
+            await asyncio.sleep(0)
+            assert tracker.stats().adopted == 1
+            assert watcher not in tracker.tasks()
+        assert (await tracker.shutdown(5)).clean
+        stop.set()
+        await watcher
+
+    run(main)
+
+
+@pytest.mark.parametrize("bad", ["", ".relative", 3])
+def test_opt_out_takes_module_names(bad: Any) -> None:
+    """Something that is not a module name is refused, saying what is expected."""
+    with pytest.raises(ValueError, match="takes module names such as 'sse_starlette'"):
+        no_adoption_for(bad)
 
 
 def test_spawn_in_a_request_scope_is_not_counted_twice() -> None:

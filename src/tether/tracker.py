@@ -47,6 +47,7 @@ from tether._adoption import (
     Adoption,
     install_adoption,
     no_adoption,
+    no_adoption_for,
     origin_label,
     request_scope,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "origin_label",
     "request_scope",
     "no_adoption",
+    "no_adoption_for",
     "install_adoption",
     "Adoption",
     "TrackerClosed",
