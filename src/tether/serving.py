@@ -333,6 +333,9 @@ class HttpServer:
     ) -> None:
         self.options = options or ServeOptions()
         self.hooks = hooks or DrainHooks()
+        # A server the runtime plugs into (the app's, not the debug server) is the one
+        # whose drain signal drain_signal() returns while it runs.
+        self._publish_drain = hooks is not None
         self.sockets = sockets
         self._middleware = _DrainMiddleware(app, self.hooks)
         self.config = Config(
@@ -354,7 +357,9 @@ class HttpServer:
     async def run(self, stop: StopToken) -> None:
         """Start, serve until ``stop``, then drain in phases (DESIGN.md, steps 3 to 6)."""
         global _current_drain
-        previous_drain, _current_drain = _current_drain, self.hooks.drain
+        previous_drain = _current_drain
+        if self._publish_drain:
+            _current_drain = self.hooks.drain
         try:
             await self._startup()
             stop.ready([s.getsockname() for s in self.sockets])
@@ -368,7 +373,8 @@ class HttpServer:
             raise
         finally:
             self._close_everything()
-            _current_drain = previous_drain
+            if self._publish_drain:
+                _current_drain = previous_drain
 
     # -- startup ------------------------------------------------------------------
 
