@@ -191,6 +191,37 @@ def test_open_event_streams_end_and_the_stop_is_prompt(mode: str, tmp_path: Path
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_reload_ends_open_event_streams_and_the_old_code_stops_promptly(
+    mode: str, tmp_path: Path
+) -> None:
+    """HUP with an event stream open: it ends properly; the old code's shutdown follows at once."""
+    with Served(tmp_path, "fw_fastapi:app", mode) as s:  # the default 30 s budget
+        s.ready()
+        _, old = s.serving()
+        with ThreadPoolExecutor(1) as pool:
+            stream = pool.submit(read_until_closed, s.port, "/sse")
+            s.wait_marks("sse-begin", 1, old)
+            s.deploy("v2")
+            s.signal(signal.SIGHUP)
+            eventually(lambda: s.serving()[0] == "v2", "v2 serving", 90)
+            new_code_serving = time.monotonic()
+            s.wait_marks("shutdown", 1, old)
+            old_code_stopped = time.monotonic() - new_code_serving
+            received = stream.result()
+        assert old_code_stopped < 2.0, s.log()
+        assert received.endswith(b"\r\n0\r\n\r\n"), received[-200:]
+        if mode == "single":
+            assert s.wait() == 0  # the old process
+            _, new = s.serving()
+            s.signal(signal.SIGTERM, pid=new)
+            assert pid_exited(new, 30), s.log()
+        else:
+            s.signal(signal.SIGTERM)
+            assert s.wait() == 0
+    assert s.error_lines() == []
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_drain_deadline_cuts_an_endless_stream_then_runs_lifespan_shutdown(
     mode: str, tmp_path: Path
 ) -> None:
