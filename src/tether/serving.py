@@ -37,6 +37,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from contextlib import nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -46,6 +47,7 @@ from uvicorn.config import Config
 from uvicorn.lifespan.on import LifespanOn
 from uvicorn.server import ServerState
 
+from tether._drain import DrainSignal, app_shutdown_reserve, current_drain_signal, drain_signal
 from tether._stacks import task_stack
 from tether.errors import AbandonedWork, StartupError
 from tether.group import StopToken
@@ -85,63 +87,6 @@ class ServeOptions:
     name: str = "http"
     #: When cancelled at the deadline: seconds to wait for phase 5's report of what it abandoned.
     report_grace: float = 1.0
-
-
-class DrainSignal:
-    """Whether a drain has begun, in the shape of uvicorn's ``Server`` flags.
-
-    ``should_exit`` turns true when the server stops accepting (phase 3) and
-    ``force_exit`` when the stop is forced; ``await signal.wait()`` returns
-    then. Libraries written for uvicorn look for ``should_exit`` on the
-    object SIGTERM's handler is a method of (sse-starlette ends its open
-    streams when it turns true); under ``tether run`` that object is this one.
-    Apps reach it with :func:`drain_signal`.
-    """
-
-    def __init__(self) -> None:
-        self.should_exit = False
-        self.force_exit = False
-        self._event = asyncio.Event()
-
-    def __repr__(self) -> str:
-        return f"<DrainSignal should_exit={self.should_exit} force_exit={self.force_exit}>"
-
-    def set(self, *, force: bool = False) -> None:
-        """Say the drain has begun (``force``: the stop skips to cancelling)."""
-        self.should_exit = True
-        self.force_exit = self.force_exit or force
-        self._event.set()
-
-    def is_set(self) -> bool:
-        """True once the drain has begun."""
-        return self.should_exit
-
-    async def wait(self) -> None:
-        """Return once the drain has begun."""
-        await self._event.wait()
-
-
-_current_drain: DrainSignal | None = None
-
-
-def drain_signal() -> DrainSignal:
-    """The drain signal of the app server running in this process.
-
-    Outside a server (a script, a test) it is a signal that is never set.
-    """
-    global _current_drain
-    if _current_drain is None:
-        _current_drain = DrainSignal()
-    return _current_drain
-
-
-def app_shutdown_reserve(budget: float) -> float:
-    """Seconds of a shutdown ``budget`` kept for the app's own shutdown (phase 6).
-
-    A tenth of the budget, at least a second, at most half of it: 3 s of the
-    default 30 s, 1 s of 5 s.
-    """
-    return min(budget / 2, max(1.0, budget / 10))
 
 
 @dataclass
@@ -356,16 +301,14 @@ class HttpServer:
 
     async def run(self, stop: StopToken) -> None:
         """Start, serve until ``stop``, then drain in phases (DESIGN.md, steps 3 to 6)."""
-        global _current_drain
-        previous_drain = _current_drain
-        if self._publish_drain:
-            _current_drain = self.hooks.drain
+        published = current_drain_signal(self.hooks.drain) if self._publish_drain else nullcontext()
         try:
-            await self._startup()
-            stop.ready([s.getsockname() for s in self.sockets])
-            self.phase = "serving"
-            await stop.wait()
-            await self._shutdown(stop)
+            with published:
+                await self._startup()
+                stop.ready([s.getsockname() for s in self.sockets])
+                self.phase = "serving"
+                await stop.wait()
+                await self._shutdown(stop)
         except asyncio.CancelledError:
             self.hooks.drain.set(force=True)
             self._report_abandoned()
@@ -373,8 +316,6 @@ class HttpServer:
             raise
         finally:
             self._close_everything()
-            if self._publish_drain:
-                _current_drain = previous_drain
 
     # -- startup ------------------------------------------------------------------
 
