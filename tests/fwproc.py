@@ -85,7 +85,9 @@ def pid_exited(pid: int, within: float) -> bool:
 class Served:
     """One `tether run` of a framework app on free loopback ports."""
 
-    def __init__(self, tmp_path: Path, target: str, mode: str, *extra: str) -> None:
+    def __init__(
+        self, tmp_path: Path, target: str, mode: str, *extra: str, env: dict[str, str] | None = None
+    ) -> None:
         self.dir = tmp_path / "app"
         self.dir.mkdir()
         self.module = target.partition(":")[0]
@@ -118,6 +120,7 @@ class Served:
             "FW_DB": str(tmp_path / "db.sqlite3"),
             # A rewritten module may keep its size and mtime second: never reuse bytecode.
             "PYTHONDONTWRITEBYTECODE": "1",
+            **(env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None
         self.notify: socket.socket | None = None

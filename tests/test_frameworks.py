@@ -190,6 +190,33 @@ def test_open_event_streams_end_and_the_stop_is_prompt(mode: str, tmp_path: Path
     assert s.error_lines() == []
 
 
+@pytest.mark.parametrize("opted_out", [False, True], ids=["adopted", "opted-out"])
+def test_a_library_loop_is_adopted_unless_its_module_is_opted_out(
+    opted_out: bool, tmp_path: Path
+) -> None:
+    """sse-starlette's watcher outlives its request: tracked, unless the app opts it out."""
+    env = {"FW_NO_ADOPTION_FOR": "sse_starlette"} if opted_out else {}
+    with Served(tmp_path, "fw_fastapi:app", "single", env=env) as s:
+        s.ready()
+        assert s.get("/sse?count=2")[0] == 200  # finished; the library's watcher runs on
+        expected = 0 if opted_out else 1
+        eventually(lambda: background_running(s.debug_port) == expected, f"{expected} running")
+        s.signal(signal.SIGTERM)
+        assert s.wait() == 0
+    assert s.error_lines() == []
+
+
+def background_running(debug_port: int) -> int:
+    """Tracked background tasks running now, from the debug server's metrics."""
+    _, text = request(debug_port, "/metrics")
+    [value] = [
+        line.split()[1]
+        for line in text.splitlines()
+        if line.startswith("tether_background_running ")
+    ]
+    return int(float(value))
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_reload_ends_open_event_streams_and_the_old_code_stops_promptly(
     mode: str, tmp_path: Path

@@ -14,6 +14,11 @@ from sse_starlette.sse import EventSourceResponse
 
 VERSION = "v1"
 
+if os.environ.get("FW_NO_ADOPTION_FOR"):  # what an app does to opt a library out
+    from tether.tracker import no_adoption_for
+
+    no_adoption_for(*os.environ["FW_NO_ADOPTION_FOR"].split(","))
+
 
 @asynccontextmanager
 async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
