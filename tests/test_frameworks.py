@@ -24,6 +24,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,8 +37,6 @@ from websockets.sync.client import connect
 
 from fwproc import MODES, Served, eventually, pid_exited, request
 from loadclient import Load, LoadStats
-
-from proc import run_cli
 
 # -- what each framework's ordinary traffic looks like ----------------------------------------
 
@@ -289,7 +289,13 @@ def test_threads_option_runs_that_many_wsgi_requests_at_once(mode: str, tmp_path
 
 def test_threads_must_be_a_whole_number_of_at_least_one() -> None:
     """`--threads 0` is a usage error that says what the option is."""
-    proc = run_cli("run", "fw_flask:app", "--threads", "0", "--workers", "0")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tether", "run", "fw_flask:app", "--threads", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "tether: error: --threads must be a whole number >= 1, got 0; "
