@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from fwproc import MODES, Served, eventually, pid_exited, request
@@ -245,6 +246,28 @@ def test_reload_ends_open_event_streams_and_the_old_code_stops_promptly(
         else:
             s.signal(signal.SIGTERM)
             assert s.wait() == 0
+    assert s.error_lines() == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_open_websocket_is_closed_with_service_restart_on_sigterm(
+    mode: str, tmp_path: Path
+) -> None:
+    """FastAPI websocket open at SIGTERM: close frame 1012, prompt exit 0, lifespan shutdown."""
+    with Served(tmp_path, "fw_fastapi:app", mode) as s:
+        s.ready()
+        _, pid = s.serving()
+        with connect(f"ws://127.0.0.1:{s.port}/ws") as ws:
+            ws.send("ping")
+            assert ws.recv(timeout=10) == "v1 ping"
+            started = time.monotonic()
+            s.signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=30)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+        assert s.wait() == 0
+        assert time.monotonic() - started < 5.0
+        assert s.marks("shutdown", pid)
     assert s.error_lines() == []
 
 
