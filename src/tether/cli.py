@@ -229,6 +229,14 @@ def main() -> None:
     help="Seconds without a heartbeat from a worker's event loop before it is replaced.",
 )
 @click.option(
+    "--threads",
+    type=int,
+    default=10,
+    show_default=True,
+    metavar="N",
+    help="Threads per process that run a WSGI app's requests (how many run at once).",
+)
+@click.option(
     "--gc-freeze/--no-gc-freeze",
     default=True,
     show_default=True,
@@ -263,6 +271,7 @@ def run(
     reload_timeout: float,
     watchdog_timeout: float,
     gc_freeze: bool,
+    threads: int,
     pidfile: str | None,
     control: str | None,
 ) -> None:
@@ -293,6 +302,7 @@ def run(
             reload_timeout=reload_timeout,
             watchdog_timeout=watchdog_timeout,
             gc_freeze=gc_freeze,
+            threads=threads,
             pidfile=pidfile,
             control=control,
         )

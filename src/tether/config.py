@@ -68,6 +68,8 @@ class RunConfig:
     workers: int = 0
     reload_timeout: float = 60.0
     watchdog_timeout: float = 30.0
+    #: Threads a WSGI app's requests run in, per process (a2wsgi's pool).
+    threads: int = 10
     pidfile: str | None = None
     control: str | None = None
     #: Freeze what startup made (``gc.freeze``) so the collector stops rescanning it.
@@ -89,6 +91,12 @@ class RunConfig:
             msg = (
                 f"--workers must be a whole number >= 0, got {self.workers!r}; "
                 "use 0 for one process, N for a master with N workers"
+            )
+            raise ConfigError(msg)
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
+            msg = (
+                f"--threads must be a whole number >= 1, got {self.threads!r}; "
+                "it is how many WSGI requests one process runs at once"
             )
             raise ConfigError(msg)
         if self.interface not in ("auto", "asgi", "wsgi"):

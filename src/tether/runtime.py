@@ -30,7 +30,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, cast
+from typing import Any
 
 from tether import leaks
 from tether import sockets as sockets_mod
@@ -48,7 +48,7 @@ from tether.debug import (
 from tether.errors import AbandonedWork, ShutdownAbandoned
 from tether.group import Group, StopToken
 from tether.notify import Notifier, watchdog_interval
-from tether.serving import ASGIApp, DrainHooks, HttpServer, ServeOptions
+from tether.serving import ASGIApp, DrainHooks, HttpServer, ServeOptions, host_wsgi
 from tether.signals import handle_signals
 from tether.tracker import REQUEST_SCOPE, Tracker, install_adoption, set_current_tracker
 from tether.worker import FAILED_STATUS, PARENT_FD_ENV, failure_line, take_notify_address
@@ -71,14 +71,12 @@ _HOSTING_THREADS = (
 _STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 
 
-def as_asgi(app: App, kind: str | None) -> ASGIApp | None:
-    """The app's HTTP part as ASGI (WSGI apps run in a thread pool through a2wsgi)."""
+def as_asgi(app: App, kind: str | None, threads: int = 10) -> ASGIApp | None:
+    """The app's HTTP part as ASGI (WSGI apps run in a pool of ``threads`` threads)."""
     if app.http is None:
         return None
     if kind == "wsgi":
-        from a2wsgi import WSGIMiddleware
-
-        return cast(ASGIApp, WSGIMiddleware(app.http))
+        return host_wsgi(app.http, threads)
     asgi: ASGIApp = app.http
     return asgi
 
@@ -270,7 +268,10 @@ class Service:
         previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN) if self._is_worker else None
         try:
             with handle_signals(
-                loop, dict.fromkeys(handled, self._on_signal), immediate=self._on_signal_now
+                loop,
+                dict.fromkeys(handled, self._on_signal),
+                immediate=self._on_signal_now,
+                owner=self.hooks.drain,  # where libraries written for uvicorn look
             ):
                 # USR1 also writes every thread's stack from C, which works while the loop is stuck.
                 faulthandler.register(signal.SIGUSR1, all_threads=True, chain=True)
@@ -343,7 +344,7 @@ class Service:
                     ServeOptions(lifespan="off", idle_grace=0.0, name="debug"),
                 )
                 await group.start(self._debug_member(debug), name="debug")
-            asgi = as_asgi(app, kind)
+            asgi = as_asgi(app, kind, self.config.threads)
             if asgi is not None:
                 self.http = HttpServer(
                     asgi,

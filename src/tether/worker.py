@@ -80,7 +80,7 @@ def worker_argv(
     argv = [*program, "run", config.app, "--workers", "0"]
     argv += ["--debug-bind", f"unix:{debug_path}"] if debug_path else ["--no-debug"]
     argv += ["--graceful-timeout", repr(config.graceful_timeout), "--drain-delay", "0"]
-    argv += ["--idle-grace", repr(config.idle_grace)]
+    argv += ["--idle-grace", repr(config.idle_grace), "--threads", str(config.threads)]
     argv += ["--interface", config.interface, "--app-dir", config.app_dir]
     argv += ["--log-level", config.log_level]
     argv += [] if config.gc_freeze else ["--no-gc-freeze"]
