@@ -19,12 +19,21 @@ PEERS = HERE / ".venv-peers"
 TETHER = Path(sys.executable).parent / "tether"
 
 
+#: What the peers' environment holds: the servers, and the frameworks the benchmark apps use.
+PEER_PACKAGES = (
+    "uvicorn", "uvloop", "httptools", "gunicorn", "granian", "hypercorn", "fastapi", "django",
+)  # fmt: skip
+
+
 def ensure_peers() -> Path:
-    """The peers' bin directory, creating the environment if needed."""
-    if not (PEERS / "bin" / "granian").exists():
-        subprocess.run([sys.executable, "-m", "venv", str(PEERS)], check=True)
+    """The peers' bin directory, creating or completing the environment if needed."""
+    marker = PEERS / "installed.txt"
+    if not marker.exists() or marker.read_text().split() != list(PEER_PACKAGES):
+        if not (PEERS / "bin" / "pip").exists():
+            subprocess.run([sys.executable, "-m", "venv", str(PEERS)], check=True)
         pip = [str(PEERS / "bin" / "pip"), "install", "-q"]
-        subprocess.run([*pip, "uvicorn", "uvloop", "httptools", "gunicorn", "granian"], check=True)
+        subprocess.run([*pip, *PEER_PACKAGES], check=True)
+        marker.write_text(" ".join(PEER_PACKAGES))
     return PEERS / "bin"
 
 

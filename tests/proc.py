@@ -40,6 +40,8 @@ class Tether:
     port: int = field(default_factory=free_port)
     debug_port: int = field(default_factory=free_port)
     cwd: Path = APPS
+    #: A command that runs `tether run` (for example `unshare --pid --fork`), if any.
+    prefix: list[str] = field(default_factory=list)
     proc: subprocess.Popen[str] | None = None
     notify: socket.socket | None = None
     _tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -54,7 +56,7 @@ class Tether:
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(path)
         env = {**os.environ, "NOTIFY_SOCKET": path, **self.env}
-        argv = [sys.executable, "-m", "tether", "run", *self.args]
+        argv = [*self.prefix, sys.executable, "-m", "tether", "run", *self.args]
         self.proc = subprocess.Popen(
             argv,
             cwd=self.cwd,

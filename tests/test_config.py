@@ -1,4 +1,4 @@
-"""RunConfig: one set of options, validated once, passed to workers whole."""
+"""RunConfig: one set of options, validated once, passed to workers whole; ShutdownBudget."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from typing import Any
 
 import click
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tether._configsources import WORKER_MARK, resolve
 from tether.cli import run
-from tether.config import HttpOptions, RunConfig
+from tether.config import HttpOptions, RunConfig, ShutdownBudget
 from tether.errors import ConfigError
 
 #: Parameters of `tether run` that are not a RunConfig field of the same name, and why.
@@ -83,6 +85,7 @@ def everything_changed(tmp_path: Path) -> RunConfig:
         graceful_timeout=12.5,
         idle_grace=1.5,
         interface="wsgi",
+        threads=3,
         app_dir=str(tmp_path),
         log_level="debug",
         gc_freeze=False,
@@ -163,3 +166,21 @@ def test_header_needs_a_name_and_a_value() -> None:
     with pytest.raises((ConfigError, click.UsageError)) as err:
         resolved(["echo:app", "--header", "x-no-colon"])
     assert "expected NAME:VALUE" in str(err.value)
+
+
+seconds = st.floats(min_value=0, max_value=3600, allow_nan=False)
+
+
+@given(graceful=seconds, cancel=seconds)
+def test_the_bounds_keep_their_order(graceful: float, cancel: float) -> None:
+    """tracker report <= http report grace <= group abandon < hard stop < master kill."""
+    b = ShutdownBudget(graceful, cancel)
+    assert b.tracker_report <= b.http_report_grace <= b.group_abandon < b.hard_stop
+    assert b.hard_stop < b.master_kill
+    assert b.deadline(100.0) == 100.0 + graceful
+
+
+def test_the_budget_comes_from_the_run_config() -> None:
+    """--graceful-timeout and the cancel timeout are the only inputs."""
+    b = ShutdownBudget.of(RunConfig(app="x:app", graceful_timeout=10, cancel_timeout=2))
+    assert (b.graceful, b.cancel, b.hard_stop, b.master_kill) == (10, 2, 5.0, 7.0)

@@ -90,3 +90,30 @@ def test_extra_endpoints_are_listed_and_served() -> None:
     app = DebugApp(DebugSource(extra={"workers": lambda: [{"pid": 1}]}))
     assert "/debug/workers" in call(app, "/debug/")[1]
     assert call(app, "/debug/workers") == (200, '[{"pid": 1}]')
+
+
+def test_pages_replace_built_ins_behind_the_token() -> None:
+    """An async page takes a built-in's place (a master's tasks), only once authorized."""
+
+    async def tasks(query: dict[str, list[str]]) -> tuple[int, str, bytes]:
+        return 200, "text/plain", f"every worker's dump {query.get('format')}".encode()
+
+    app = DebugApp(DebugSource(pages={"tasks": tasks}), token="s3cret")
+    assert call(app, "/debug/tasks")[0] == 401
+    bearer = [(b"authorization", b"Bearer s3cret")]
+    assert call(app, "/debug/tasks", "format=json", bearer) == (
+        200,
+        "every worker's dump ['json']",
+    )
+
+
+def test_collectors_add_to_metrics() -> None:
+    """A prometheus collector given to the source is served on /metrics (the master's seam)."""
+    from prometheus_client.core import CounterMetricFamily
+
+    class Restarts:
+        def collect(self) -> Any:
+            yield CounterMetricFamily("tether_master_worker_restarts", "restarts", value=2)
+
+    body = call(DebugApp(DebugSource(collectors=[Restarts()])), "/metrics")[1]
+    assert "tether_master_worker_restarts_total 2.0" in body.splitlines()

@@ -16,9 +16,9 @@ import pytest
 from loadclient import Load
 from masterproc import APP, MasterProc, free_port, pids_gone, write_app
 from tether._control import bind_control
-from tether._mastersupport import worker_argv, worker_base_env
 from tether.config import RunConfig
 from tether.errors import ConfigError
+from tether.worker import worker_argv, worker_base_env
 
 
 def get(port: int) -> str:

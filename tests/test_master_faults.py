@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -507,10 +506,15 @@ def test_bad_control_path_is_one_line_and_exit_2(tmp_path: Path, where: str, exp
         "unwritable": unwritable_control_path(tmp_path),
     }[where]
     port = free_port()
-    before = set(os.listdir(tempfile.gettempdir()))
+    private_tmp = tmp_path / "tmp"  # its own: other suites on the machine share /tmp
+    private_tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(private_tmp)}
+    env.pop("XDG_RUNTIME_DIR", None)
     code, stderr = run_tether(
-        tmp_path, "hello:app", "--bind", f"127.0.0.1:{port}", "--no-debug", "--control", path
-    )
+        tmp_path,
+        "hello:app", "--bind", f"127.0.0.1:{port}", "--no-debug", "--control", path,
+        env=env,
+    )  # fmt: skip
     assert code == 2, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
@@ -518,7 +522,7 @@ def test_bad_control_path_is_one_line_and_exit_2(tmp_path: Path, where: str, exp
     assert expected in lines[0]
     assert (tmp_path / "file").read_text() == "precious\n"
     assert not os.path.exists(path) or where == "file"
-    assert set(os.listdir(tempfile.gettempdir())) <= before  # no private directory left behind
+    assert os.listdir(private_tmp) == []  # no private directory left behind
     with socket.socket() as s:  # nothing stays bound
         s.bind(("127.0.0.1", port))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -26,6 +27,7 @@ from tether.tracker import (
     current_tracker,
     install_adoption,
     no_adoption,
+    no_adoption_for,
     request_scope,
     set_current_tracker,
     spawn,
@@ -791,6 +793,34 @@ def test_adoption_reads_the_context_the_task_is_given() -> None:
     run(main)
 
 
+def test_tasks_of_opted_out_modules_are_not_adopted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library's lazily started loop is left alone once its module is opted out."""
+    monkeypatch.setattr("tether._adoption._opted_out", ())
+    no_adoption_for(__name__.rpartition(".")[0] or __name__)  # this test module: the "library"
+
+    async def main() -> None:
+        tracker = Tracker()
+        stop = asyncio.Event()
+        with install_adoption(tracker), request_scope("GET /sse"):
+            watcher = asyncio.create_task(wait_for_event(stop))  # defined here: not adopted
+            asyncio.create_task(asyncio.sleep(0))  # noqa: RUF006 - asyncio's: adopted
+            await asyncio.sleep(0)
+            assert tracker.stats().adopted == 1
+            assert watcher not in tracker.tasks()
+        assert (await tracker.shutdown(5)).clean
+        stop.set()
+        await watcher
+
+    run(main)
+
+
+@pytest.mark.parametrize("bad", ["", ".relative", 3])
+def test_opt_out_takes_module_names(bad: Any) -> None:
+    """Something that is not a module name is refused, saying what is expected."""
+    with pytest.raises(ValueError, match="takes module names such as 'sse_starlette'"):
+        no_adoption_for(bad)
+
+
 def test_spawn_in_a_request_scope_is_not_counted_twice() -> None:
     """Work spawned explicitly from a request is tracked once, not also adopted."""
 
@@ -804,6 +834,68 @@ def test_spawn_in_a_request_scope_is_not_counted_twice() -> None:
         await tracker.shutdown(5)
 
     run(main)
+
+
+def test_adopted_exception_its_creator_handles_is_not_a_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A request helper whose exception the handler retrieves (Django's disconnect listener)."""
+
+    class Aborted(Exception):
+        pass
+
+    async def listen_for_disconnect() -> None:
+        raise Aborted
+
+    async def handler() -> None:
+        # Django's ASGIHandler.handle, in short: wait for the first task, read its result.
+        with request_scope("GET /hits"):
+            tasks = [asyncio.create_task(listen_for_disconnect()), asyncio.create_task(nap(0.05))]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done():
+                with contextlib.suppress(Aborted):
+                    task.result()
+            else:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def main() -> None:
+        tracker = Tracker()
+        with install_adoption(tracker):
+            await asyncio.gather(*(handler() for _ in range(20)))
+            report = await tracker.shutdown(5)
+        assert (report.failed, report.completed + report.cancelled) == (0, 40)
+        assert_invariant(tracker)
+
+    with caplog.at_level(logging.INFO, logger="tether.tracker"):
+        run(main)
+    assert "failed" not in caplog.text.replace("0 failed", "")
+
+
+def test_adopted_exception_nobody_retrieves_is_a_failure(caplog: pytest.LogCaptureFixture) -> None:
+    """A fire-and-forget task from a request that raises is logged once, naming its request."""
+
+    async def send_event() -> None:
+        raise ValueError("the broker is down")
+
+    async def main() -> None:
+        tracker = Tracker()
+        with install_adoption(tracker):
+            with request_scope("POST /order"):
+                asyncio.create_task(send_event(), name="send-event")  # noqa: RUF006
+            while tracker.stats().failed == 0:
+                await asyncio.sleep(0)
+            assert_invariant(tracker)
+            report = await tracker.shutdown(5)
+        assert report.failed == 1
+
+    with caplog.at_level(logging.ERROR):
+        run(main)
+    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.name == "tether.tracker"
+    assert record.getMessage() == "tracked task 'send-event' (started by POST /order) failed"
 
 
 def test_abandoned_adopted_work_names_its_request() -> None:

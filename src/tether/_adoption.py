@@ -6,6 +6,11 @@ every task created, directly or transitively, inside a :func:`request_scope`
 with a :class:`~tether.tracker.Tracker`, so existing code is tracked without a
 change.
 
+What is not adopted: tasks created outside a request (lifespan loops), inside
+:func:`no_adoption`, and tasks whose coroutine function belongs to a module
+named with :func:`no_adoption_for` (a library's own long-lived loop, which
+the user cannot wrap, such as sse-starlette's shutdown watcher).
+
 Invariant: the factory creates exactly the task the loop would have created
 without it (through the factory installed before it, if any, which is how it
 chains with leak detection's); adoption only adds a registration, and
@@ -33,6 +38,7 @@ __all__ = [
     "Adoption",
     "install_adoption",
     "no_adoption",
+    "no_adoption_for",
     "origin_label",
     "request_scope",
 ]
@@ -72,6 +78,31 @@ def no_adoption() -> Iterator[None]:
         yield
     finally:
         REQUEST_SCOPE.reset(token)
+
+
+# Dotted prefixes of the modules whose tasks are never adopted ("pkg." matches pkg.sub too).
+_opted_out: tuple[str, ...] = ()
+
+
+def no_adoption_for(*modules: str) -> None:
+    """Never adopt tasks whose coroutine function is defined in ``modules`` or their submodules.
+
+    For library code that starts a long-lived task lazily inside a request and
+    cannot be wrapped in :func:`no_adoption`: ``no_adoption_for("sse_starlette")``.
+    Process-wide, and adds to the names given before.
+    """
+    global _opted_out
+    for module in modules:
+        if not isinstance(module, str) or not module or module.startswith("."):
+            msg = f"no_adoption_for() takes module names such as 'sse_starlette', got {module!r}"
+            raise ValueError(msg)
+    _opted_out = (*_opted_out, *(f"{m}." for m in modules if f"{m}." not in _opted_out))
+
+
+def _opted_out_module(coro: object) -> bool:
+    frame = getattr(coro, "cr_frame", None)
+    module = frame.f_globals.get("__name__") if frame is not None else None
+    return isinstance(module, str) and f"{module}.".startswith(_opted_out)
 
 
 TaskFactory = Callable[..., "asyncio.Future[Any]"]
@@ -148,6 +179,7 @@ def _make_factory(
             and enabled
             and not tracker._spawning  # Tracker._start registers its own task
             and isinstance(task, asyncio.Task)
+            and not (_opted_out and _opted_out_module(coro))
         ):
             if tracker._phase == cancelling:
                 tracker._adopt_late(task, origin)

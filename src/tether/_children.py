@@ -22,6 +22,7 @@ import socket
 import sys
 from collections.abc import Mapping, Sequence
 
+from tether._reaper import disown, own
 from tether.sockets import spawn
 
 __all__ = ["Child", "describe_exit", "start_child"]
@@ -60,6 +61,7 @@ class Child:
         self._stderr_fd = stderr_fd
         self._output_done = self._loop.create_future()
         self._pidfd = os.pidfd_open(pid)
+        own(pid)  # reaped here, by pid: a subreaper leaves it alone
         self._loop.add_reader(self._pidfd, self._on_exit)
         if stderr_fd is not None:
             os.set_blocking(stderr_fd, False)
@@ -114,6 +116,7 @@ class Child:
             pid, status = self.pid, 255 << 8  # reaped elsewhere; nothing more to learn
         if pid == 0:
             return
+        disown(self.pid)
         self._loop.remove_reader(self._pidfd)
         os.close(self._pidfd)
         if not self.exited.done():
@@ -163,6 +166,7 @@ class Child:
     def close(self) -> None:
         """Stop watching (the child must have exited, or be abandoned on purpose)."""
         if self.alive:
+            disown(self.pid)  # nobody waits for it here any more
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(self._pidfd)
             with contextlib.suppress(OSError):

@@ -8,11 +8,13 @@ inherited).
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from dataclasses import dataclass
 
 from tether import sockets as sockets_mod
 from tether.config import RunConfig
+from tether.worker import PARENT_FD_ENV
 
 __all__ = ["Listeners", "open_listeners"]
 
@@ -25,10 +27,14 @@ class Listeners:
 
     app: list[socket.socket]
     debug: socket.socket | None
+    #: A master's control socket, when one was inherited (an upgrade passes it on).
+    control: socket.socket | None = None
 
     def named(self) -> list[tuple[str, socket.socket]]:
         """The sockets with their roles, as ``LISTEN_FDNAMES`` carries them."""
-        return [("app", s) for s in self.app] + ([("debug", self.debug)] if self.debug else [])
+        named = [("app", s) for s in self.app]
+        named += [(role, s) for role, s in (("debug", self.debug), ("control", self.control)) if s]
+        return named
 
     def close(self) -> None:
         for _, sock in self.named():
@@ -49,9 +55,9 @@ def open_listeners(config: RunConfig) -> Listeners:
     )
     inherited = sockets_mod.inherit()
     if inherited:
-        app_socks = [s for name, s in inherited if name != "debug"]
-        debug_socks = [s for name, s in inherited if name == "debug"]
-        debug = debug_socks[0] if debug_socks else None
+        app_socks = [s for name, s in inherited if name not in ("debug", "control")]
+        debug = next((s for name, s in inherited if name == "debug"), None)
+        control = next((s for name, s in inherited if name == "control"), None)
         if debug is None and debug_address is not None:
             # Passed only the app's sockets (systemd, a master): the debug server is ours.
             try:
@@ -60,8 +66,10 @@ def open_listeners(config: RunConfig) -> Listeners:
                 for _, sock in inherited:
                     sock.close()
                 raise
-        logger.info("using %d inherited socket(s) (LISTEN_FDS)", len(inherited))
-        return Listeners(app_socks, debug)
+        # A worker's sockets always come from its master, which said so already.
+        level = logging.DEBUG if PARENT_FD_ENV in os.environ else logging.INFO
+        logger.log(level, "using %d inherited socket(s) (LISTEN_FDS)", len(inherited))
+        return Listeners(app_socks, debug, control)
     bound: list[socket.socket] = []
     try:
         for address in app_addresses:

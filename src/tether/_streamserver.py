@@ -1,8 +1,7 @@
-"""A small asyncio stream server the master uses for its control and debug sockets.
+"""A small asyncio stream server for the master's control socket.
 
-The master answers short conversations (one request, one answer) on sockets
-it owns, without a server library: see ``_control`` and ``_masterhttp`` for
-why. This base keeps what both need: a handle on every conversation, so that
+The control socket speaks JSON lines, not HTTP, so no HTTP server fits (see
+``_control``). This base keeps a handle on every conversation, so that
 closing the server ends them within a bound, and a writer that is always
 closed.
 """

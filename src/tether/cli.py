@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
+from tether import _init
 from tether._configsources import load_env_file, load_sources, resolve
 from tether._pidfile import PidFile
 from tether.config import (
@@ -25,7 +26,7 @@ from tether.config import (
     SSL_PASSWORD_ENV,
     RunConfig,
 )
-from tether.errors import AppLoadError, ConfigError, ShutdownAbandoned, StartupError, TetherError
+from tether.errors import ShutdownAbandoned, TetherError
 from tether.logs import setup_logging
 
 __all__ = ["exit_code_for", "main"]
@@ -45,16 +46,16 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
         yield exc
 
 
+#: When a run ends with several problems, the most serious decides the exit code.
+_PRECEDENCE = (EXIT_USAGE, EXIT_START, EXIT_FAILED, EXIT_ABANDONED)
+
+
 def exit_code_for(exc: BaseException) -> int:
-    """The exit code for how a run ended: the most serious problem wins."""
-    leaves = list(_leaves(exc))
-    if any(isinstance(e, ConfigError) for e in leaves):
-        return EXIT_USAGE
-    if any(isinstance(e, AppLoadError | StartupError) for e in leaves):
-        return EXIT_START
-    if any(not isinstance(e, ShutdownAbandoned) for e in leaves):
-        return EXIT_FAILED
-    return EXIT_ABANDONED
+    """The exit code for how a run ended: each error's ``exit_code``; the most serious wins."""
+    codes = {
+        leaf.exit_code if isinstance(leaf, TetherError) else EXIT_FAILED for leaf in _leaves(exc)
+    }
+    return next((code for code in _PRECEDENCE if code in codes), EXIT_FAILED)
 
 
 def _summary(exc: BaseException) -> str:
@@ -81,7 +82,30 @@ def _hard_stop() -> None:
     os._exit(EXIT_ABANDONED)
 
 
-def _run_single(config: RunConfig) -> int:
+def _run(config: RunConfig) -> int:
+    """Run either process model; the one place a run's outcome becomes an exit code."""
+    try:
+        if config.workers == 0:
+            _run_single(config)
+        else:
+            from tether.master import run_master
+
+            run_master(config)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        code = exit_code_for(exc)
+        if code == EXIT_FAILED:
+            for leaf in _leaves(exc):
+                if not isinstance(leaf, TetherError):
+                    logger.error("a member failed", exc_info=leaf)  # noqa: TRY400
+        click.echo(f"tether: error: {_summary(exc)}", err=True)
+        return code
+    logger.info("stopped cleanly")
+    return EXIT_OK
+
+
+def _run_single(config: RunConfig) -> None:
     from tether.runtime import Service
 
     # A reload (HUP) starts this same command again, from the same directory.
@@ -93,20 +117,7 @@ def _run_single(config: RunConfig) -> int:
 
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        try:
-            runner.run(service.run())
-        except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt | SystemExit):
-                raise
-            code = exit_code_for(exc)
-            if code == EXIT_FAILED:
-                for leaf in _leaves(exc):
-                    if not isinstance(leaf, TetherError):
-                        logger.error("a member failed", exc_info=leaf)  # noqa: TRY400
-            click.echo(f"tether: error: {_summary(exc)}", err=True)
-            return code
-    logger.info("stopped cleanly")
-    return EXIT_OK
+        runner.run(service.run())
 
 
 RUN_EPILOG = (
@@ -213,6 +224,13 @@ RUN_OPTIONS: list[Callable[[F], F]] = [
         "Seconds without a heartbeat from a worker's event loop before it is replaced "
         "(--timeout-worker-healthcheck is uvicorn's name).",
         "--timeout-worker-healthcheck",
+    ),
+    _opt(
+        "--threads",
+        type=int,
+        default=10,
+        metavar="N",
+        help="Threads per process that run a WSGI app's requests (how many run at once).",
     ),
     _opt(
         "--limit-max-requests",
@@ -531,21 +549,18 @@ def run(**opts: Any) -> None:
             click.echo(resolved.describe())
             sys.exit(EXIT_OK)
         setup_logging(config.log_level, config.log_format, config.log_config)
-        if config.pidfile is not None:
-            pidfile_claim = PidFile.claim(config.pidfile)
-        if config.workers == 0:
-            if config.env_file is not None:
-                load_env_file(config.env_file)
-            code = _run_single(config)
+        if os.getpid() == 1 and (code := _init.become_init()) is not None:
+            pass  # this was PID 1, the init around the service; see tether._init
         else:
-            from tether.master import run_master
-
-            if config.http.ssl_keyfile_password is not None:
+            if config.pidfile is not None:
+                pidfile_claim = PidFile.claim(config.pidfile)
+            if config.workers == 0 and config.env_file is not None:
+                load_env_file(config.env_file)
+            if config.workers > 0 and config.http.ssl_keyfile_password is not None:
                 # Workers read it from here (the master never imports the app); each
                 # worker removes it again before it imports the app.
                 os.environ[SSL_PASSWORD_ENV] = config.http.ssl_keyfile_password
-
-            code = run_master(config)
+            code = _run(config)
     except TetherError as exc:
         click.echo(f"tether: error: {exc}", err=True)
         code = exit_code_for(exc)

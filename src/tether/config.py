@@ -22,6 +22,7 @@ __all__ = [
     "DEBUG_TOKEN_ENV",
     "HttpOptions",
     "RunConfig",
+    "ShutdownBudget",
     "check_timeout",
     "read_token_file",
 ]
@@ -243,6 +244,8 @@ class RunConfig:
     watchdog_timeout: float = field(
         default=30.0, metadata=_flag("--watchdog-timeout", worker=False)
     )
+    #: Threads a WSGI app's requests run in, per process (a2wsgi's pool).
+    threads: int = field(default=10, metadata=_flag("--threads"))
     pidfile: str | None = field(default=None, metadata=_flag("--pidfile", worker=False))
     control: str | None = field(default=None, metadata=_flag("--control", worker=False))
     #: Freeze what startup made (``gc.freeze``) so the collector stops rescanning it.
@@ -287,6 +290,12 @@ class RunConfig:
             msg = (
                 f"--workers must be a whole number >= 0, got {self.workers!r}; "
                 "use 0 for one process, N for a master with N workers"
+            )
+            raise ConfigError(msg)
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
+            msg = (
+                f"--threads must be a whole number >= 1, got {self.threads!r}; "
+                "it is how many WSGI requests one process runs at once"
             )
             raise ConfigError(msg)
         _check_choice("--interface", self.interface, ("auto", "asgi", "asgi3", "asgi2", "wsgi"))
@@ -405,3 +414,55 @@ def read_token_file(path: str) -> str:
         msg = f"--debug-token-file {path} is empty; put the token in it"
         raise ConfigError(msg)
     return token
+
+
+@dataclass(frozen=True)
+class ShutdownBudget:
+    """Every bound of a shutdown, derived in one place from ``--graceful-timeout``.
+
+    A stop gets one absolute deadline (``deadline(now)``: the end of the
+    graceful period); every other bound is an offset from it, in this order,
+    each leaving the one before it room to finish and report:
+
+    tracker report < http report grace < group abandon < hard stop < master kill
+
+    - ``tracker_report``: cancelled background tasks get this long to unwind
+      before the tracker names them;
+    - ``http_report_grace``: the HTTP member, cancelled at the deadline, waits
+      this long for that report;
+    - ``group_abandon``: a group abandons members still running this long after
+      its graceful deadline (its cancel timeout);
+    - ``hard_stop``: the process's last resort, if its event loop cannot be reached;
+    - ``master_kill``: a master kills a worker still alive this long after its deadline.
+    """
+
+    graceful: float = 30.0
+    cancel: float = 2.0
+
+    @classmethod
+    def of(cls, config: RunConfig) -> ShutdownBudget:
+        return cls(config.graceful_timeout, config.cancel_timeout)
+
+    def deadline(self, now: float) -> float:
+        """The absolute end of the graceful period for a stop that begins at ``now``."""
+        return now + self.graceful
+
+    @property
+    def tracker_report(self) -> float:
+        return self.cancel * 0.5
+
+    @property
+    def http_report_grace(self) -> float:
+        return self.cancel * 0.75
+
+    @property
+    def group_abandon(self) -> float:
+        return self.cancel
+
+    @property
+    def hard_stop(self) -> float:
+        return 2 * self.cancel + 1.0
+
+    @property
+    def master_kill(self) -> float:
+        return self.hard_stop + 2.0

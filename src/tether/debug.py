@@ -19,7 +19,7 @@ import hmac
 import html
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -34,6 +34,8 @@ __all__ = ["DebugApp", "DebugSource", "task_dump", "thread_dump"]
 
 #: One metric: (name, help, value).
 Metric = tuple[str, str, float]
+#: A page under ``/debug/<name>`` computed asynchronously: query → (status, type, body).
+Page = Callable[[dict[str, list[str]]], Awaitable[tuple[int, str, bytes]]]
 
 
 @dataclass
@@ -48,6 +50,12 @@ class DebugSource:
     metrics: Callable[[], Iterable[Metric]] = lambda: ()
     #: Extra read-only JSON endpoints under ``/debug/`` (for example ``workers``).
     extra: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    #: Pages under ``/debug/`` that need to wait (a master asks its workers); they
+    #: take the place of a built-in page of the same name (``tasks``, ``threads``).
+    pages: dict[str, Page] = field(default_factory=dict)
+    #: Prometheus collectors (objects with ``collect()``) served on ``/metrics`` too:
+    #: the seam for metrics richer than gauges (counters, labels, a master's aggregate).
+    collectors: list[Any] = field(default_factory=list)
 
 
 class _Collector:
@@ -113,11 +121,16 @@ class DebugApp:
         self.token = token
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(source))
+        for collector in source.collectors:
+            self.registry.register(collector)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # served with lifespan off; no websockets here
         status, ctype, body = self.respond(scope)
+        page = self._page(scope)
+        if page is not None and status == 200:
+            status, ctype, body = await page(_query(scope))
         await send(
             {
                 "type": "http.response.start",
@@ -134,7 +147,7 @@ class DebugApp:
     def respond(self, scope: Scope) -> tuple[int, str, bytes]:
         """Status, content type and body for one request."""
         path: str = scope["path"]
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        query = _query(scope)
         text = "text/plain; charset=utf-8"
         if path == "/healthz":
             return 200, text, b"ok\n"
@@ -154,9 +167,12 @@ class DebugApp:
             q = f"?token={html.escape(query['token'][0])}" if "token" in query else ""
             extra = "".join(
                 f'<li><a href="/debug/{html.escape(n)}{q}">/debug/{html.escape(n)}</a>'
-                for n in self.source.extra
+                for n in [*self.source.extra, *self.source.pages]
+                if n not in ("tasks", "threads")
             )
             return 200, "text/html; charset=utf-8", _INDEX.format(q=q, extra=extra).encode()
+        if name in self.source.pages:
+            return 200, text, b""  # answered by the page itself, once authorized
         if name == "tasks":
             groups = task_dump()
             if want_json:
@@ -175,6 +191,12 @@ class DebugApp:
             )
         return 404, text, b"not found; see /debug/ for the list\n"
 
+    def _page(self, scope: Scope) -> Page | None:
+        path: str = scope["path"]
+        if not path.startswith("/debug/"):
+            return None
+        return self.source.pages.get(path.removeprefix("/debug/").strip("/"))
+
     def _authorized(self, scope: Scope, query: dict[str, list[str]]) -> bool:
         if self.token is None:
             return True
@@ -183,3 +205,7 @@ class DebugApp:
             if key == b"authorization" and value.startswith(b"Bearer "):
                 offered = value[7:].decode("latin-1")
         return hmac.compare_digest(offered.encode(), self.token.encode())
+
+
+def _query(scope: Scope) -> dict[str, list[str]]:
+    return parse_qs(scope.get("query_string", b"").decode("latin-1"))

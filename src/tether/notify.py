@@ -223,6 +223,19 @@ class NotifyReceiver:
                 continue
             self._queue.put_nowait(NotifyMessage(pid, uid, parse_message(data)))
 
+    def pending(self) -> list[NotifyMessage]:
+        """Every message that has arrived and was not yet taken, at once (no waiting).
+
+        Reads the socket first, so datagrams the kernel holds for us count too:
+        a caller about to judge a sender by its silence looks here first.
+        """
+        if self._sock.fileno() >= 0:
+            self._on_readable()
+        taken = []
+        while not self._queue.empty():
+            taken.append(self._queue.get_nowait())
+        return taken
+
     async def get(self) -> NotifyMessage:
         """The next message (starts reading if needed)."""
         self.start()

@@ -39,7 +39,7 @@ from tether._handoff import HANDOFF_ENV, hand_over
 from tether._listeners import Listeners, open_listeners
 from tether._pidfile import PidFile
 from tether.app import App, load_app
-from tether.config import RunConfig
+from tether.config import RunConfig, ShutdownBudget
 from tether.debug import (
     DebugApp,
     DebugSource,
@@ -49,9 +49,10 @@ from tether.debug import (
 from tether.errors import AbandonedWork, ShutdownAbandoned
 from tether.group import Group, StopToken
 from tether.notify import Notifier, watchdog_interval
-from tether.serving import ASGIApp, DrainHooks, HttpServer, ServeOptions
+from tether.serving import ASGIApp, DrainHooks, HttpServer, ServeOptions, host_wsgi
 from tether.signals import handle_signals
 from tether.tracker import REQUEST_SCOPE, Tracker, install_adoption, set_current_tracker
+from tether.worker import FAILED_STATUS, PARENT_FD_ENV, failure_line, take_notify_address
 
 __all__ = ["Service"]
 
@@ -71,14 +72,14 @@ _HOSTING_THREADS = (
 _STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 
 
-def as_asgi(app: App, kind: str | None, interface: str = "auto") -> ASGIApp | None:
-    """The app's HTTP part as ASGI (WSGI apps run in a thread pool through a2wsgi)."""
+def as_asgi(
+    app: App, kind: str | None, threads: int = 10, interface: str = "auto"
+) -> ASGIApp | None:
+    """The app's HTTP part as ASGI (WSGI apps run in a pool of ``threads`` threads)."""
     if app.http is None:
         return None
     if kind == "wsgi":
-        from a2wsgi import WSGIMiddleware
-
-        return cast(ASGIApp, WSGIMiddleware(app.http))
+        return host_wsgi(app.http, threads)
     if interface == "asgi2":
         from uvicorn.middleware.asgi2 import ASGI2Middleware
 
@@ -190,7 +191,7 @@ class Service:
         if self._hard_stop is None or self._hard_timer is not None:
             return
         total = self.config.graceful_timeout if budget is None else budget
-        limit = total + 2 * self.config.cancel_timeout + 1.0
+        limit = total + ShutdownBudget.of(self.config).hard_stop
         self._hard_timer = threading.Timer(limit, self._hard_stop)
         self._hard_timer.name = "tether-hard-stop"
         self._hard_timer.daemon = True
@@ -242,6 +243,12 @@ class Service:
         self._watch_parent(asyncio.get_running_loop())
         # What exists now is ours; what the app starts and leaves behind is reported at the end.
         since = leaks.snapshot()
+        # Before the app is imported: app code that notifies at import must not reach
+        # whoever waits for this process's READY (a master, systemd).
+        address, from_master = take_notify_address()
+        self._supervisor_notify = None if from_master else address
+        self._handoff_notify = os.environ.pop(HANDOFF_ENV, None)
+        self.notifier = Notifier.from_env({"NOTIFY_SOCKET": address or ""})
         try:
             interface = self.config.interface
             app, kind = load_app(
@@ -250,13 +257,13 @@ class Service:
                 interface="asgi" if interface in ("asgi2", "asgi3") else interface,  # type: ignore[arg-type]
                 factory=self.config.factory,
             )
-        except BaseException:
+        except BaseException as exc:
+            self._failed(exc)
             listeners.close()
+            if self.notifier is not None:
+                self.notifier.close()
             raise
         loop = asyncio.get_running_loop()
-        self._supervisor_notify = os.environ.get("NOTIFY_SOCKET") or None
-        self._handoff_notify = os.environ.pop(HANDOFF_ENV, None)
-        self.notifier = Notifier.from_env(unset=True)
         handled = {
             signal.SIGTERM,
             signal.SIGINT,
@@ -272,12 +279,18 @@ class Service:
         previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN) if self._is_worker else None
         try:
             with handle_signals(
-                loop, dict.fromkeys(handled, self._on_signal), immediate=self._on_signal_now
+                loop,
+                dict.fromkeys(handled, self._on_signal),
+                immediate=self._on_signal_now,
+                owner=self.hooks.drain,  # where libraries written for uvicorn look
             ):
                 # USR1 also writes every thread's stack from C, which works while the loop is stuck.
                 faulthandler.register(signal.SIGUSR1, all_threads=True, chain=True)
                 try:
                     await self._run(app, kind, listeners)
+                except BaseException as exc:
+                    self._failed(exc)
+                    raise
                 finally:
                     faulthandler.unregister(signal.SIGUSR1)
         finally:
@@ -288,6 +301,21 @@ class Service:
             if self.notifier is not None:
                 self.notifier.close()
             await self._report_leaks(since)
+
+    def _failed(self, exc: BaseException) -> None:
+        """Tell whoever supervises this process why it ends (one line, over notify).
+
+        A master reports it for a worker whose output its user may not see.
+        Work abandoned at the deadline is a stop's outcome, not a failure.
+        """
+        if self.notifier is None or isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
+            return
+        if isinstance(exc, BaseExceptionGroup) and exc.subgroup(ShutdownAbandoned) is not None:
+            rest = exc.split(ShutdownAbandoned)[1]
+            if rest is None:
+                return
+            exc = rest
+        self.notifier.send(f"STATUS={FAILED_STATUS}{failure_line(exc)}")
 
     async def _report_leaks(self, since: leaks.Snapshot) -> None:
         """After the group stopped: log what the app started and left running."""
@@ -305,7 +333,9 @@ class Service:
 
     async def _drain_background(self, budget: float) -> list[AbandonedWork]:
         """Phase 5: wait for tracked and adopted work, then cancel and report the rest."""
-        report = await self.tracker.shutdown(budget, cancel_timeout=self.config.cancel_timeout / 2)
+        report = await self.tracker.shutdown(
+            budget, cancel_timeout=ShutdownBudget.of(self.config).tracker_report
+        )
         return report.abandoned_work()
 
     async def _run(self, app: App, kind: str | None, listeners: Listeners) -> None:
@@ -325,7 +355,7 @@ class Service:
                     ServeOptions(lifespan="off", idle_grace=0.0, name="debug"),
                 )
                 await group.start(self._debug_member(debug), name="debug")
-            asgi = as_asgi(app, kind, self.config.interface)
+            asgi = as_asgi(app, kind, self.config.threads, self.config.interface)
             if asgi is not None:
                 self.http = HttpServer(asgi, listeners.app, self._serve_options(kind), self.hooks)
                 await group.start(self.http.run, name="http")
@@ -372,7 +402,7 @@ class Service:
             access_logformat=config.access_logformat,
             limit_max_requests=limit,
             http=config.http,
-            report_grace=config.cancel_timeout * 0.75,
+            report_grace=ShutdownBudget.of(config).http_report_grace,
         )
 
     def _became_ready(self, cleanups: list[Callable[[], object]]) -> None:
@@ -393,10 +423,6 @@ class Service:
         )
         if self.config.pidfile:
             PidFile(self.config.pidfile).serving()  # after a reload: name the successor now
-        if self._handoff_notify is not None:
-            # The process that started us with its sockets drains once it hears this.
-            with Notifier(self._handoff_notify) as predecessor:
-                predecessor.send("READY=1")
         if self.notifier is not None:
             self.notifier.send(
                 "READY=1", f"STATUS=serving {self.config.app}", f"MAINPID={os.getpid()}"
@@ -404,6 +430,11 @@ class Service:
             interval = watchdog_interval()
             if interval is not None:
                 cleanups.append(_every(loop, interval, lambda: self._heartbeat()))
+        if self._handoff_notify is not None:
+            # After MAINPID: a supervisor must know us before the predecessor exits.
+            # The process that started us with its sockets drains once it hears this.
+            with Notifier(self._handoff_notify) as predecessor:
+                predecessor.send("READY=1")
 
     def _reload(self, signame: str) -> None:
         """HUP/USR2 in one process: hand the sockets to a fresh copy, then drain."""
@@ -459,7 +490,7 @@ class Service:
         A thread, not a loop reader, so that it works from the first moment:
         while the app is still being imported or starting up, the loop is busy.
         """
-        fd_text = os.environ.pop("TETHER_PARENT_FD", None)
+        fd_text = os.environ.pop(PARENT_FD_ENV, None)
         if fd_text is None or not fd_text.isdigit():
             return
         self._is_worker = True

@@ -13,8 +13,18 @@ Listeners close first; in-flight requests finish; a keep-alive connection is
 told ``Connection: close`` on its next response; an idle keep-alive connection
 is given ``idle_grace`` to send one more request (closing it at once races a
 client that is sending right now); then background work drains, then the
-app's lifespan shutdown runs. Whatever is still running when the group
-cancels us is reported by name.
+app's lifespan shutdown runs.
+
+The drain ends early enough to leave the app's shutdown a slice of the budget
+(:func:`app_shutdown_reserve`): requests still running at the drain's deadline
+(an endless stream) are named, their connections closed and their tasks
+cancelled, and lifespan shutdown still runs, so pools are closed and buffers
+flushed even when a client never lets go. Whatever is still running when the
+group cancels us at the budget's end is reported by name.
+
+When the drain begins, the server's :class:`DrainSignal` is set: code written
+for uvicorn finds it where it looks for uvicorn's ``Server.should_exit``, so
+libraries that end long-lived streams on shutdown (sse-starlette) do so here.
 
 Nothing here polls: waits are on events that the connection and task sets
 fire when they become empty.
@@ -26,7 +36,8 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from contextlib import nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -37,12 +48,21 @@ from uvicorn.lifespan.on import LifespanOn
 from uvicorn.server import ServerState
 
 from tether._accesslog import AccessLog
+from tether._drain import DrainSignal, app_shutdown_reserve, current_drain_signal, drain_signal
 from tether._stacks import task_stack
 from tether.config import HttpOptions
 from tether.errors import AbandonedWork, StartupError
 from tether.group import StopToken
 
-__all__ = ["DrainHooks", "HttpServer", "ServeOptions"]
+__all__ = [
+    "DrainHooks",
+    "DrainSignal",
+    "HttpServer",
+    "ServeOptions",
+    "app_shutdown_reserve",
+    "drain_signal",
+    "host_wsgi",
+]
 
 logger = logging.getLogger("tether.serving")
 
@@ -73,6 +93,12 @@ class ServeOptions:
     name: str = "http"
     #: When cancelled at the deadline: seconds to wait for phase 5's report of what it abandoned.
     report_grace: float = 1.0
+    #: Open connections at most (None: no cap). Past it a new connection is closed at
+    #: once, and a connection that sends nothing is closed after ``http.timeout_keep_alive``
+    #: seconds: a port that strangers can reach cannot exhaust the process's fds.
+    max_connections: int | None = None
+    #: With ``max_connections``: a request head larger than this is answered 431.
+    max_head: int = 64 * 1024
 
 
 @dataclass
@@ -86,6 +112,8 @@ class DrainHooks:
     request_var: ContextVar[object] | None = None
     #: Where abandoned requests and the lifespan are reported.
     abandoned: list[AbandonedWork] = field(default_factory=list)
+    #: Set when the drain begins; :func:`drain_signal` returns it while the server runs.
+    drain: DrainSignal = field(default_factory=DrainSignal)
     #: Called once when ``ServeOptions.limit_max_requests`` responses have been sent.
     request_limit: Callable[[], None] | None = None
 
@@ -178,22 +206,69 @@ class _DrainMiddleware:
         self.app = app
         self.hooks = hooks
         self.draining = False
+        #: Requests still running at the drain deadline were cut (see HttpServer._cut).
+        self.cut = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             return await self.app(scope, receive, send)
+        server_send = send
         if self.draining:
             send = _closing(send)
         var = self.hooks.request_var
-        if var is None:
-            return await self.app(scope, receive, send)
         # This runs for every request: a ContextVar set/reset, nothing heavier (the
         # scope is turned into a label only if a report ever needs one).
-        token = var.set(scope)
+        token = var.set(scope) if var is not None else None
         try:
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+        except asyncio.CancelledError:
+            if not self.cut:
+                raise
+            # Cut at the drain deadline: already named in the report, its connection is
+            # closed; ending quietly keeps the server from logging it as an app error.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return
         finally:
-            var.reset(token)
+            if var is not None and token is not None:
+                var.reset(token)
+        if self.draining:
+            await _end_stream(server_send)
+
+
+async def _end_stream(send: Send) -> None:
+    """Finish a chunked response its app left open because the drain signal told it to stop.
+
+    A stream that ends on the drain signal (sse-starlette's) returns without
+    the last body message; the client gets a clean end of the stream rather
+    than a cut connection (an event stream then reconnects, to the next
+    generation in a reload), and the server does not log an app error.
+    """
+    cycle: Any = getattr(send, "__self__", None)  # uvicorn's request cycle, whose method it is
+    if (
+        cycle is not None
+        and getattr(cycle, "response_started", False)
+        and getattr(cycle, "chunked_encoding", False)
+        and not cycle.response_complete
+        and not cycle.disconnected
+    ):
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def host_wsgi(app: Any, threads: int) -> ASGIApp:
+    """A WSGI app as ASGI: a2wsgi, with its requests run in a pool of ``threads`` threads."""
+    from a2wsgi import WSGIMiddleware
+
+    def terminated(environ: Any, start_response: Any) -> Iterable[bytes]:
+        # a2wsgi's wsgi.input returns b"" where the body ends, with or without a
+        # Content-Length. Saying so is what lets Werkzeug (Flask) read a chunked
+        # body: without it, no Content-Length means an empty body to it.
+        environ["wsgi.input_terminated"] = True
+        body: Iterable[bytes] = app(environ, start_response)
+        return body
+
+    return cast(ASGIApp, WSGIMiddleware(terminated, workers=threads))
 
 
 class _RequestLimit:
@@ -241,6 +316,9 @@ class HttpServer:
     ) -> None:
         self.options = options or ServeOptions()
         self.hooks = hooks or DrainHooks()
+        # A server the runtime plugs into (the app's, not the debug server) is the one
+        # whose drain signal drain_signal() returns while it runs.
+        self._publish_drain = hooks is not None
         self.sockets = sockets
         options = self.options
         if options.limit_max_requests is not None and self.hooks.request_limit is not None:
@@ -265,13 +343,16 @@ class HttpServer:
 
     async def run(self, stop: StopToken) -> None:
         """Start, serve until ``stop``, then drain in phases (DESIGN.md, steps 3 to 6)."""
-        await self._startup()
+        published = current_drain_signal(self.hooks.drain) if self._publish_drain else nullcontext()
         try:
-            stop.ready([s.getsockname() for s in self.sockets])
-            self.phase = "serving"
-            await stop.wait()
-            await self._shutdown(stop)
+            with published:
+                await self._startup()
+                stop.ready([s.getsockname() for s in self.sockets])
+                self.phase = "serving"
+                await stop.wait()
+                await self._shutdown(stop)
         except asyncio.CancelledError:
+            self.hooks.drain.set(force=True)
             self._report_abandoned()
             await self._collect_background_report()
             raise
@@ -295,8 +376,14 @@ class HttpServer:
         app_state = self._lifespan.state if self._lifespan is not None else {}
         loop = asyncio.get_running_loop()
 
+        factory = cast(Any, config.http_protocol_class)
+        cap = self.options.max_connections
+        if cap is not None:
+            factory = _guarded(factory, self.options.max_head)
+
         def protocol() -> asyncio.Protocol:
-            factory = cast(Any, config.http_protocol_class)
+            if cap is not None and len(self.state.connections) >= cap:
+                return _Refused()
             return cast(
                 asyncio.Protocol,
                 factory(config=config, server_state=self.state, app_state=app_state, _loop=loop),
@@ -316,17 +403,59 @@ class HttpServer:
     # -- shutdown -----------------------------------------------------------------
 
     async def _shutdown(self, stop: StopToken) -> None:
-        state = self.state
+        loop = asyncio.get_running_loop()
+        deadline = stop.deadline if stop.deadline is not None else loop.time()
+        # The drain (phases 4 and 5) ends early enough to leave the app's shutdown its slice.
+        reserve = app_shutdown_reserve(deadline - loop.time()) if self._has_lifespan() else 0.0
+        drain_by = deadline - reserve
         # Phase 3: stop accepting. Our copies of the listeners close; a master
         # keeps its own, so queued connections wait for the next generation.
         self.phase = "draining"
+        self.hooks.drain.set()
         for server in self._servers:
             server.close()
-        # Phase 4: drain connections. Busy ones close after their response.
+        if reserve > 0:
+            try:
+                async with asyncio.timeout_at(drain_by):
+                    await self._drain_connections(stop)
+            except TimeoutError:
+                await self._cut(min(1.0, reserve / 4))
+        else:
+            # No app shutdown to make room for: the group cancels us at the deadline.
+            await self._drain_connections(stop)
+        # Phase 5: background work started by requests and by tether.spawn.
+        self.phase = "draining background work"
+        if self.hooks.background is not None:
+            # Shielded: if the group cancels us at the deadline, phase 5 still
+            # finishes its own cancel-and-report, and we collect that report.
+            self._background = asyncio.ensure_future(
+                self.hooks.background(max(0.0, drain_by - loop.time()))
+            )
+            left = await asyncio.shield(self._background)
+            self._background = None
+            self.hooks.abandoned.extend(left)
+        # Phase 6: the app's own shutdown.
+        self.phase = "app shutdown"
+        if self._lifespan is not None:
+            await self._lifespan.shutdown()
+        self.phase = "stopped"
+
+    def _has_lifespan(self) -> bool:
+        """True if the app took part in the lifespan protocol, so it has a shutdown to run."""
+        lifespan = self._lifespan
+        return lifespan is not None and not lifespan.error_occurred
+
+    async def _drain_connections(self, stop: StopToken) -> None:
+        """Phase 4: in-flight requests finish, keep-alive connections close, idle ones too."""
+        state = self.state
         self._middleware.draining = True
         for conn in list(state.connections):
             cycle = getattr(conn, "cycle", None)
-            if cycle is not None and not cycle.response_complete:
+            # Only where the response has not started: the server then says
+            # "Connection: close" in it. Once the headers are out, closing after the
+            # response would cut the next request the client sends without warning;
+            # that request comes during the idle grace and is told to close instead.
+            if cycle is not None and not cycle.response_started:
                 cycle.keep_alive = False
         if state.connections:
             logger.info("draining %d connection(s)", len(state.connections))
@@ -344,20 +473,42 @@ class HttpServer:
             await asyncio.wait(list(state.tasks))
         for server in self._servers:
             await server.wait_closed()
-        # Phase 5: background work started by requests and by tether.spawn.
-        self.phase = "draining background work"
-        if self.hooks.background is not None:
-            # Shielded: if the group cancels us at the deadline, phase 5 still
-            # finishes its own cancel-and-report, and we collect that report.
-            self._background = asyncio.ensure_future(self.hooks.background(stop.remaining() or 0.0))
-            left = await asyncio.shield(self._background)
-            self._background = None
-            self.hooks.abandoned.extend(left)
-        # Phase 6: the app's own shutdown.
-        self.phase = "app shutdown"
-        if self._lifespan is not None:
-            await self._lifespan.shutdown()
-        self.phase = "stopped"
+
+    async def _cut(self, unwind: float) -> None:
+        """The drain's deadline: name the requests still running, then end them.
+
+        Each one's connection is closed first (the client sees the response end
+        there, as it would if the process stopped), then its task is cancelled;
+        they get ``unwind`` seconds to finish before the app's shutdown goes ahead.
+        """
+        tasks = [task for task in self.state.tasks if not task.done()]
+        for task in tasks:
+            self.hooks.abandoned.append(
+                AbandonedWork(
+                    "request",
+                    _request_name(task),
+                    stack=task_stack(task),
+                    detail="still running at the drain deadline; cancelled so that "
+                    "the app's shutdown could run",
+                )
+            )
+        logger.warning(
+            "drain deadline: cutting %d request(s) still running, so that the app's shutdown "
+            "can run",
+            len(tasks),
+        )
+        self._middleware.cut = True
+        for conn in list(self.state.connections):
+            cycle = getattr(conn, "cycle", None)
+            if cycle is not None:
+                # What the server would learn from the closed transport a loop turn
+                # later; known now, an ended handler is not taken for an app error.
+                cycle.disconnected = True
+            conn.transport.close()
+        for task in tasks:
+            task.cancel("tether: the drain deadline passed")
+        if tasks:
+            await asyncio.wait(tasks, timeout=unwind)
 
     def _report_abandoned(self) -> None:
         """Called when the group cancels us at the deadline: name what was cut short."""
@@ -414,6 +565,50 @@ class HttpServer:
     def requests_in_flight(self) -> int:
         """Requests whose handler is still running."""
         return len(self.state.tasks)
+
+
+class _Refused(asyncio.Protocol):
+    """A connection past ``max_connections``: closed as soon as it is accepted."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cast(asyncio.Transport, transport).abort()
+
+
+def _guarded(factory: Any, max_head: int) -> Any:
+    """uvicorn's protocol, for a port strangers may reach.
+
+    Its idle timer is armed from the start of a connection (uvicorn arms it
+    only after a response: a connection that never sends a byte would hold
+    its fd as long as the peer likes), and a request head larger than
+    ``max_head`` is answered 431 instead of being buffered.
+    """
+
+    class Guarded(factory):  # type: ignore[misc]
+        _head = 0
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+
+        def data_received(self, data: bytes) -> None:
+            cycle = getattr(self, "cycle", None)
+            in_request = cycle is not None and not cycle.response_complete
+            self._head = 0 if in_request else self._head + len(data)
+            if self._head > max_head:
+                self.transport.write(_TOO_LARGE)
+                self.transport.close()
+                return
+            super().data_received(data)
+
+    return Guarded
+
+
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\n"
+    b"content-length: 29\r\nconnection: close\r\n\r\nrequest head is too large\r\n\r\n"
+)
 
 
 def _request_name(task: asyncio.Task[Any]) -> str:

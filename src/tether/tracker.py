@@ -47,6 +47,7 @@ from tether._adoption import (
     Adoption,
     install_adoption,
     no_adoption,
+    no_adoption_for,
     origin_label,
     request_scope,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "origin_label",
     "request_scope",
     "no_adoption",
+    "no_adoption_for",
     "install_adoption",
     "Adoption",
     "TrackerClosed",
@@ -90,6 +92,11 @@ WhenClosed = Literal["refuse", "inline"]
 
 #: Seconds cancelled work gets to unwind before it is reported as ignoring cancellation.
 DEFAULT_CANCEL_TIMEOUT = 2.0
+#: Loop iterations an adopted task's creator has to retrieve the exception it raised
+#: before the tracker calls it a failure. Awaiting the task, ``gather``, ``TaskGroup``
+#: and ``asyncio.wait`` followed by ``task.result()`` (Django's request handler) all
+#: retrieve it within two.
+RETRIEVE_ITERATIONS = 4
 
 # The phases of a tracker's life; the adoption factory reads them too.
 _OPEN, _DRAINING, _CANCELLING, _DONE = range(4)
@@ -149,6 +156,8 @@ class Tracker:
         self._stragglers: set[asyncio.Task[Any]] = set()  # abandoned, still referenced
         # adopted during the cancel phase, so cancelled at once
         self._late: list[tuple[asyncio.Task[Any], object]] = []
+        # Adopted tasks that raised, while their creator may still retrieve the exception.
+        self._unjudged: dict[asyncio.Task[Any], object] = {}
         self._completed = self._failed = self._cancelled = self._abandoned = self._adopted = 0
         self._on_done_cb = self._on_done
 
@@ -184,10 +193,15 @@ class Tracker:
         return result
 
     def _running(self) -> int:
-        return len(self._tasks) + len(self._fresh) + sum(len(b) for b, _ in self._batches)
+        return (
+            len(self._tasks)
+            + len(self._fresh)
+            + sum(len(b) for b, _ in self._batches)
+            + len(self._unjudged)
+        )
 
     def _busy(self) -> bool:
-        return bool(self._tasks or self._fresh or self._batches)
+        return bool(self._tasks or self._fresh or self._batches or self._unjudged)
 
     # -- starting work --------------------------------------------------------------------
 
@@ -334,7 +348,9 @@ class Tracker:
                 tasks[task] = origin
                 task.add_done_callback(on_done)
                 continue
-            if no_slots:  # _on_done's common case, inlined
+            # _on_done's common case, inlined. An exception not retrieved yet is left to
+            # _on_done: reading it here would retrieve it before the task's creator can.
+            if no_slots and not task._log_traceback:
                 try:
                     if task.exception() is None:
                         completed += 1
@@ -366,13 +382,42 @@ class Tracker:
             self._release_slot()
         if task.cancelled():
             self._cancelled += 1
+        elif origin is not None and task._log_traceback:
+            # An adopted task is its creator's: the creator may still retrieve the
+            # exception and handle it (Django's handler does, with the RequestAborted its
+            # disconnect listener raises). Judge once it had the chance.
+            self._unjudged[task] = origin
+            assert self._loop is not None
+            self._loop.call_soon(self._judge, task, RETRIEVE_ITERATIONS - 1)
+            return
         else:
             exc = task.exception()
-            if exc is None:
+            # An adopted task whose exception was retrieved was handled by its creator.
+            if exc is None or origin is not None:
                 self._completed += 1
             else:
                 self._failed += 1
                 _log_failure(task, exc, "failed")
+        if not self._busy():
+            self._wake_idle()
+
+    def _judge(self, task: asyncio.Task[Any], iterations: int = 0) -> None:
+        """An adopted task raised: a failure, unless its creator retrieved the exception."""
+        if task not in self._unjudged:
+            return  # judged already, when the shutdown reached its cancel phase
+        if iterations > 0 and task._log_traceback:
+            assert self._loop is not None
+            self._loop.call_soon(self._judge, task, iterations - 1)
+            return
+        origin = self._unjudged.pop(task)
+        if task._log_traceback:
+            self._failed += 1
+            exc = task.exception()  # retrieved now, so asyncio does not log it a second time
+            assert exc is not None
+            label = origin_label(origin)
+            _log_failure(task, exc, f"(started by {label}) failed" if label else "failed")
+        else:
+            self._completed += 1
         if not self._busy():
             self._wake_idle()
 
@@ -466,6 +511,8 @@ class Tracker:
     async def _cancel_rest(self, cancel_timeout: float) -> list[AbandonedTask]:
         self._phase = _CANCELLING
         self._settle_all()
+        for task in list(self._unjudged):
+            self._judge(task)
         cancelled: list[tuple[asyncio.Task[Any], AbandonedTask]] = []
         for task, origin in list(self._tasks.items()):
             if task.done():  # finished, just not settled yet

@@ -1,4 +1,4 @@
-"""Workers and generations: the master's bookkeeping, without the policy.
+"""Workers and generations: the pool's bookkeeping, without the policy.
 
 A *generation* is the set of workers started by one (re)load of the app; a
 *slot* is one place in it (``--workers N`` gives slots 0..N-1). When a worker
@@ -18,26 +18,46 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tether._children import Child, describe_exit
+from tether.errors import TetherError
+from tether.worker import FAILED_STATUS
 
-__all__ = ["Generation", "Worker", "WorkerFailed"]
+__all__ = ["Generation", "Worker", "WorkerFailed", "WorkersFailed"]
 
 WorkerState = Literal["starting", "ready", "stopping", "exited"]
 GenerationState = Literal["starting", "serving", "draining", "failed", "exited"]
 
 
 class WorkerFailed(Exception):
-    """A worker exited (or timed out) before it was ready; the message says which and why."""
+    """A worker exited (or timed out) before it was ready; the message says which and why.
 
-    def __init__(self, worker: Worker, why: str) -> None:
-        tail = worker.child.tail()
-        detail = f"; its last output:\n{_indent(tail)}" if tail else "; it wrote nothing to stderr"
-        super().__init__(f"{worker.label} {why}{detail}")
+    The worker's own error went to the same stderr as the master's (inherited),
+    so the message does not copy it; ``cause`` is the one line the worker sent
+    as ``STATUS=failed: ...`` (empty if it died without saying), for
+    those who do not see that stderr (``tether ctl reload``).
+    """
+
+    def __init__(self, worker: Worker | None, why: str, cause: str = "") -> None:
+        label = worker.label if worker is not None else "a new worker"
+        super().__init__(f"{label} {why}")
         self.worker = worker
         self.why = why
+        if not cause and worker is not None:
+            cause = worker.status.removeprefix(FAILED_STATUS) if worker.failed else ""
+        self.cause = cause
+
+    def with_cause(self) -> str:
+        """The message, and the worker's own reason when it gave one."""
+        return f"{self} ({self.cause})" if self.cause else str(self)
 
 
-def _indent(text: str) -> str:
-    return "\n".join("    " + line for line in text.splitlines())
+class WorkersFailed(TetherError):
+    """Workers that served exited with an error while the master stopped them."""
+
+    exit_code = 1
+
+    def __init__(self, failures: list[str]) -> None:
+        super().__init__("worker(s) failed while stopping: " + "; ".join(failures))
+        self.failures = failures
 
 
 @dataclass(eq=False)
@@ -63,6 +83,11 @@ class Worker:
     killed: bool = False
 
     @property
+    def failed(self) -> bool:
+        """The worker said why it fails."""
+        return self.status.startswith(FAILED_STATUS)
+
+    @property
     def pid(self) -> int:
         return self.child.pid
 
@@ -86,7 +111,6 @@ class Worker:
         finally:
             ready.cancel()
         if self.child.exited.done() and not self.ready.is_set():
-            await self.child.wait_output(1.0)
             raise WorkerFailed(self, describe_exit(self.child.exited.result()) + " before READY")
 
     def snapshot(self, now: float) -> dict[str, Any]:

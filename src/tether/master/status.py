@@ -1,104 +1,84 @@
-"""What the master answers: the control socket's commands and the debug listener's pages.
+"""What the master shows and answers: one status view behind the control socket and the
+debug listener.
 
-Both are views of the same state (``status()``) plus requests the master
-queues (reload, upgrade, scale, stop); this module only translates.
+The debug listener is the same :class:`~tether.debug.DebugApp` a worker
+serves, over a :class:`~tether.debug.DebugSource` filled in here: ``/readyz``
+is the pool's readiness, ``/metrics`` adds the master's collector (and any
+collector given to :class:`StatusView`, the seam for aggregated worker
+metrics), ``/debug/workers`` is the same JSON as ``tether ctl status``,
+``/debug/tasks`` is every worker's dump fetched from its private debug
+socket, ``/debug/threads`` the master's own threads.
 
-The debug listener offers what a single process offers (``/healthz``,
-``/readyz``, ``/metrics``, ``/debug/tasks``, ``/debug/threads``), plus
-``/debug/workers``; ``/debug/tasks`` is every worker's dump, ``/debug/threads``
-and ``/metrics`` describe the master itself.
+The control socket's commands are translated into requests the master
+queues (reload, upgrade, scale, stop); long ones stream progress lines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from tether._control import Reply
-from tether._masterhttp import Route, fetch_unix, json_body
-from tether.debug import format_thread_dump, thread_dump
+from tether.debug import DebugSource, format_thread_dump, thread_dump
+from tether.master.pool import Pool
+from tether.master.workers import Worker
 
-if TYPE_CHECKING:
-    from tether._generations import Generation, Worker
-
-__all__ = ["MasterAPI"]
+__all__ = ["StatusView", "fetch_unix", "format_dumps"]
 
 log = logging.getLogger("tether.master")
 
 _DUMP_TIMEOUT = 5.0
 
 
-class MasterAPI:
-    """Mixed into :class:`tether.master.Master`: control commands, debug pages, progress."""
+class StatusView:
+    """The master as others see it: status, progress, control commands, debug pages."""
 
-    generations: dict[int, Generation]
-    active: Generation | None
-    size: int
-    stopping: bool
-    last_reload: dict[str, Any] | None
-    reloads: int
-    reloads_failed: int
-    reloading: bool
-    restarts: int
-    _reload_waiters: list[asyncio.Future[dict[str, Any]]]
-    _started: float
-    _pid: int
-
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        stop: Callable[[], None],
+        collectors: Iterable[Any] = (),
+    ) -> None:
+        self.pool = pool
+        self._stop = stop
+        self._pid = os.getpid()
+        self._started = time.monotonic()
         self._subscribers: set[asyncio.Queue[str]] = set()
+        self._collectors = [_Collector(self), *collectors]
 
-    # -- provided by Master --------------------------------------------------------
-
-    def request_reload(self) -> asyncio.Future[dict[str, Any]]:
-        raise NotImplementedError
-
-    def request_upgrade(self) -> asyncio.Future[dict[str, Any]]:
-        raise NotImplementedError
-
-    def request_stop(self, mode: Any = "graceful") -> None:
-        raise NotImplementedError
-
-    def scale(self, n: int) -> None:
-        raise NotImplementedError
-
-    def status_line(self) -> str:
-        raise NotImplementedError
-
-    # -- state ---------------------------------------------------------------------
-
-    def live_workers(self) -> list[Worker]:
-        return [w for g in self.generations.values() for w in g.workers()]
-
-    def is_ready(self) -> bool:
-        return not self.stopping and self.active is not None and self.active.ready_count() > 0
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self._started
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
+        pool = self.pool
         return {
             "master": {
                 "pid": self._pid,
-                "state": "stopping" if self.stopping else self.status_line(),
-                "ready": self.is_ready(),
-                "workers": self.size,
+                "state": "stopping" if pool.stopping else pool.status_line(),
+                "ready": pool.is_ready(),
+                "workers": pool.size,
                 "uptime": round(now - self._started, 3),
-                "reloads": self.reloads,
-                "reloads_failed": self.reloads_failed,
-                "reloading": self.reloading,
-                "reload_queued": bool(self._reload_waiters),
-                "restarts": self.restarts,
+                "reloads": pool.reloads,
+                "reloads_failed": pool.reloads_failed,
+                "reloading": pool.reloading,
+                "reload_queued": pool.reload_queued,
+                "restarts": pool.restarts,
             },
             "generations": [
-                g.snapshot(now) for _, g in sorted(self.generations.items()) if g.workers()
+                g.snapshot(now) for _, g in sorted(pool.generations.items()) if g.workers()
             ],
-            "last_reload": self.last_reload,
+            "last_reload": pool.last_reload,
         }
 
     def progress(self, message: str) -> None:
@@ -117,7 +97,7 @@ class MasterAPI:
             queue: asyncio.Queue[str] = asyncio.Queue()
             self._subscribers.add(queue)
             try:
-                fut = self.request_reload() if cmd == "reload" else self.request_upgrade()
+                fut = self.pool.request("reload" if cmd == "reload" else "upgrade")
                 while not fut.done():
                     getter = asyncio.ensure_future(queue.get())
                     waiting: set[asyncio.Future[Any]] = {getter, fut}
@@ -132,13 +112,13 @@ class MasterAPI:
             finally:
                 self._subscribers.discard(queue)
         if cmd == "stop":
-            self.request_stop("graceful")
+            self._stop()
             return {"ok": True, "message": f"master {self._pid} is stopping"}
         if cmd == "scale":
             n = req.get("n")
             if not isinstance(n, int) or isinstance(n, bool) or n < 1:
                 return {"ok": False, "error": f"scale needs a whole number >= 1, got {n!r}"}
-            self.scale(n)
+            self.pool.scale(n)
             return {"ok": True, "message": f"scaling to {n} worker(s)"}
         if cmd == "tasks":
             return {"ok": True, "dumps": await self.collect_dumps("/debug/tasks")}
@@ -146,7 +126,7 @@ class MasterAPI:
 
     async def collect_dumps(self, target: str) -> list[dict[str, Any]]:
         """Ask every live worker's private debug socket for ``target``."""
-        workers = [w for w in self.live_workers() if w.debug_path]
+        workers = [w for w in self.pool.live_workers() if w.debug_path]
 
         async def one(w: Worker) -> dict[str, Any]:
             entry: dict[str, Any] = {"worker": w.id, "pid": w.pid, "generation": w.generation}
@@ -164,20 +144,11 @@ class MasterAPI:
 
     # -- debug listener ------------------------------------------------------------
 
-    def debug_routes(self) -> dict[str, Route]:
-        async def healthz(_q: dict[str, list[str]]) -> tuple[int, str, bytes]:
-            return 200, "text/plain", b"ok\n"
+    def debug_source(self) -> DebugSource:
+        """What the master's DebugApp shows."""
 
-        async def readyz(_q: dict[str, list[str]]) -> tuple[int, str, bytes]:
-            if self.is_ready():
-                return 200, "text/plain", b"ready\n"
-            return 503, "text/plain", f"not ready: {self.status()['master']['state']}\n".encode()
-
-        async def workers(_q: dict[str, list[str]]) -> tuple[int, str, bytes]:
-            return 200, "application/json", json_body(self.status())
-
-        async def tasks(q: dict[str, list[str]]) -> tuple[int, str, bytes]:
-            as_json = (q.get("format") or [""])[0] == "json"
+        async def tasks(query: dict[str, list[str]]) -> tuple[int, str, bytes]:
+            as_json = query.get("format") == ["json"]
             dumps = await self.collect_dumps(
                 "/debug/tasks?format=json" if as_json else "/debug/tasks"
             )
@@ -189,40 +160,23 @@ class MasterAPI:
                             entry["tasks"] = json.loads(text)
                         except ValueError:
                             entry["text"] = text
-                return 200, "application/json", json_body(dumps)
-            return 200, "text/plain", format_dumps(dumps).encode()
+                return 200, "application/json", _json(dumps)
+            return 200, "text/plain; charset=utf-8", format_dumps(dumps).encode()
 
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Collector(self))
-
-        async def metrics(_q: dict[str, list[str]]) -> tuple[int, str, bytes]:
-            return 200, "text/plain; version=0.0.4", generate_latest(registry)
-
-        async def threads(q: dict[str, list[str]]) -> tuple[int, str, bytes]:
+        async def threads(query: dict[str, list[str]]) -> tuple[int, str, bytes]:
             dump = thread_dump()
-            if (q.get("format") or [""])[0] == "json":
-                return 200, "application/json", json_body(dump)
+            if query.get("format") == ["json"]:
+                return 200, "application/json", _json(dump)
             text = f"tether master {self._pid}: {len(dump)} thread(s)\n" + format_thread_dump(dump)
-            return 200, "text/plain", text.encode()
+            return 200, "text/plain; charset=utf-8", text.encode()
 
-        async def index(_q: dict[str, list[str]]) -> tuple[int, str, bytes]:
-            body = (
-                f"tether master {os.getpid()}\n\n/healthz\n/readyz\n/metrics\n"
-                "/debug/workers\n/debug/tasks (every worker's; ?format=json)\n"
-                "/debug/threads (the master's; ?format=json)\n"
-            )
-            return 200, "text/plain", body.encode()
-
-        return {
-            "/healthz": healthz,
-            "/readyz": readyz,
-            "/metrics": metrics,
-            "/debug/workers": workers,
-            "/debug/tasks": tasks,
-            "/debug/threads": threads,
-            "/debug": index,
-            "/": index,
-        }
+        return DebugSource(
+            is_ready=self.pool.is_ready,
+            status=lambda: str(self.status()["master"]["state"]),
+            extra={"workers": self.status},
+            pages={"tasks": tasks, "threads": threads},
+            collectors=self._collectors,
+        )
 
 
 def format_dumps(dumps: list[dict[str, Any]]) -> str:
@@ -237,56 +191,99 @@ def format_dumps(dumps: list[dict[str, Any]]) -> str:
     return "\n".join(parts) + "\n" if parts else "no workers\n"
 
 
-class _Collector:
-    """The master's metrics, read from its state at scrape time."""
+def _json(data: object) -> bytes:
+    return json.dumps(data, indent=2, default=str).encode() + b"\n"
 
-    def __init__(self, master: MasterAPI) -> None:
-        self.master = master
+
+async def fetch_unix(path: str, target: str, limit: float = 5.0) -> tuple[int, bytes]:
+    """GET ``target`` from the HTTP server on the unix socket ``path`` within ``limit`` seconds."""
+    async with asyncio.timeout(limit):
+        reader, writer = await asyncio.open_unix_connection(path)
+        try:
+            request = f"GET {target} HTTP/1.1\r\nHost: worker\r\nConnection: close\r\n\r\n"
+            writer.write(request.encode())
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            status = int(lines[0].split(" ")[1])
+            headers = {}
+            for line in lines[1:]:
+                key, sep, value = line.partition(":")
+                if sep:
+                    headers[key.strip().lower()] = value.strip().lower()
+            if headers.get("transfer-encoding") == "chunked":
+                body = await _read_chunked(reader)
+            elif "content-length" in headers:
+                body = await reader.readexactly(int(headers["content-length"]))
+            else:
+                body = await reader.read()
+            return status, body
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            return b"".join(parts)
+        parts.append(await reader.readexactly(size))
+        await reader.readline()
+
+
+class _Collector:
+    """The master's own metrics, read from the pool at scrape time."""
+
+    def __init__(self, view: StatusView) -> None:
+        self.view = view
 
     def collect(self) -> Iterable[Metric]:
-        m = self.master
+        pool = self.view.pool
         yield GaugeMetricFamily(
             "tether_ready",
             "1 while a generation serves and the master is not stopping",
-            value=float(m.is_ready()),
+            value=float(pool.is_ready()),
         )
         states = GaugeMetricFamily(
             "tether_master_workers", "worker processes alive, by state", labels=["state"]
         )
-        live = m.live_workers()
+        live = pool.live_workers()
         for state in ("starting", "ready", "stopping"):
             states.add_metric([state], float(sum(1 for w in live if w.state == state)))
         yield states
         yield GaugeMetricFamily(
             "tether_master_workers_wanted",
             "workers per generation (--workers, TTIN/TTOU)",
-            value=float(m.size),
+            value=float(pool.size),
         )
         yield GaugeMetricFamily(
             "tether_master_generation",
             "number of the generation that serves (0: none yet)",
-            value=float(m.active.number if m.active is not None else 0),
+            value=float(pool.active.number if pool.active is not None else 0),
         )
         yield GaugeMetricFamily(
-            "tether_master_reloading", "1 while a reload runs", value=float(m.reloading)
+            "tether_master_reloading", "1 while a reload runs", value=float(pool.reloading)
         )
         yield CounterMetricFamily(
             "tether_master_reloads",
             "reloads started (HUP, tether ctl reload)",
-            value=float(m.reloads),
+            value=float(pool.reloads),
         )
         yield CounterMetricFamily(
             "tether_master_reloads_failed",
             "reloads whose new generation failed to start",
-            value=float(m.reloads_failed),
+            value=float(pool.reloads_failed),
         )
         yield CounterMetricFamily(
             "tether_master_worker_restarts",
             "workers replaced after they died unexpectedly (crash, watchdog)",
-            value=float(m.restarts),
+            value=float(pool.restarts),
         )
         yield GaugeMetricFamily(
             "tether_master_uptime_seconds",
             "seconds since this master started",
-            value=time.monotonic() - m._started,
+            value=self.view.uptime,
         )

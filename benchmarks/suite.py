@@ -1,0 +1,393 @@
+"""`make bench`: tether against its peers on one machine, in one run, written to REPORT.md.
+
+Servers: tether, uvicorn, gunicorn with uvicorn workers, granian and
+hypercorn, each with 1 and 2 workers (tether in its default master mode).
+Workloads: hello with keep-alive and with ``Connection: close``, a FastAPI
+GET returning a 20-field pydantic model, a FastAPI POST of 2 KB of JSON, and
+a Django view.
+
+For every (workload, workers) the servers run in alternated rounds (A B C,
+then C B A, ...) so that drift in the machine's load hits all alike. Each
+round starts the server, warms it for one second, loads it with ``wrk -t1
+-c64`` and records requests/s and CPU time per completed request: the CPU of
+the server's whole process tree from /proc, which a shared machine disturbs
+far less than throughput. The report gives medians with the min-max of the
+rounds, and ratios against uvicorn with the same workers.
+
+Then, once per server (2 workers): latency percentiles under a light load
+(``wrk -c4``), resident memory per worker when idle and after 100k
+requests (and tether's master's own), seconds from start to the first
+response, and seconds from SIGTERM to exit when idle. Reload figures come
+from ``bench_reload.py``, which ``make bench`` runs after this.
+
+    python benchmarks/suite.py [--rounds 3] [--duration 3] [--quick]
+
+Peers live in benchmarks/.venv-peers (created on first use), wrk comes from
+Debian's packages, matplotlib from the project's ``bench`` extra. Only
+loopback is loaded; every run is bounded by its duration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peers import PEERS, TETHER, ensure_peers, ensure_wrk, free_port
+
+HERE = Path(__file__).parent
+APPS = HERE / "apps"
+OUT = HERE / "out"
+SERVERS = ("tether", "uvicorn", "gunicorn", "granian", "hypercorn")
+#: name -> (module:app, path, wrk extra arguments)
+WORKLOADS: dict[str, tuple[str, str, list[str]]] = {
+    "hello keep-alive": ("hello:app", "/", []),
+    "hello connection-close": ("hello:app", "/", ["-H", "Connection: close"]),
+    "FastAPI GET": ("fastapi_model:app", "/item", []),
+    "FastAPI POST 2KB": ("fastapi_model:app", "/echo", ["-s", str(OUT / "post_2kb.lua")]),
+    "Django view": ("django_view:app", "/", []),
+}
+
+
+def server_argv(name: str, target: str, port: int, workers: int) -> list[str]:
+    """How each server is started: same app, same port, no access log, quiet."""
+    peer = PEERS / "bin"
+    quiet = ["--log-level", "warning"]
+    n = str(workers)
+    where = f"127.0.0.1:{port}"
+    return {
+        "tether": [str(TETHER), "run", target, "--workers", n, "--no-debug", "--bind", where,
+                   *quiet],
+        "uvicorn": [str(peer / "uvicorn"), target, "--workers", n, "--no-access-log",
+                    "--host", "127.0.0.1", "--port", str(port), *quiet],
+        "gunicorn": [str(peer / "gunicorn"), target, "-w", n, "-k",
+                     "uvicorn.workers.UvicornWorker", "-b", where, *quiet],
+        "granian": [str(peer / "granian"), "--interface", "asgi", "--workers", n,
+                    "--host", "127.0.0.1", "--port", str(port), *quiet, target],
+        "hypercorn": [str(peer / "hypercorn"), target, "-w", n, "-k", "uvloop", "-b", where,
+                      *quiet],
+    }[name]  # fmt: skip
+
+
+# -- processes -------------------------------------------------------------------
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every live process below it."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    todo += [int(p) for p in f.read().split()]
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of the given live processes."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def answers(port: int, path: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+@dataclass
+class Server:
+    name: str
+    target: str
+    path: str
+    workers: int
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    first_response: float = 0.0
+
+    def start(self) -> Server:
+        argv = server_argv(self.name, self.target, self.port, self.workers)
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            argv, cwd=APPS, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = self.started + 60
+        while not answers(self.port, self.path):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{self.name} did not serve {self.target}")
+            time.sleep(0.01)  # a harness polling a port it does not own
+        self.first_response = time.monotonic() - self.started
+        # Every worker must be up before a round starts (the first answer may come from one).
+        while len(self.workers_pids()) < self.workers and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self
+
+    def workers_pids(self) -> list[int]:
+        assert self.proc is not None
+        tree = descendants(self.proc.pid)
+        # Workers are the Python processes below the main one (not multiprocessing's
+        # resource tracker); a server with none serves from its main process.
+        return [p for p in tree[1:] if _is_worker(p)] or tree[:1]
+
+    def stop(self) -> float:
+        """SIGTERM; seconds until the whole tree has exited."""
+        assert self.proc is not None
+        begun = time.monotonic()
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # anything left in its group
+        return time.monotonic() - begun
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"python" in cmdline.split(b"\0")[0] and b"resource_tracker" not in cmdline
+
+
+@contextlib.contextmanager
+def running(server: Server) -> Iterator[Server]:
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# -- load --------------------------------------------------------------------------
+
+
+def wrk(
+    url: str, seconds: float, connections: int = 64, extra: list[str] | None = None
+) -> dict[str, float]:
+    """One wrk run: requests/s, total requests, errors, latency percentiles in ms."""
+    script = Path(tempfile.gettempdir()) / "tether-bench-report.lua"
+    script.write_text(REPORT_LUA)
+    args = [ensure_wrk(), "-t1", f"-c{connections}", f"-d{round(seconds)}s", *(extra or [])]
+    if "-s" not in args:
+        args += ["-s", str(script)]
+    out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("REPORT "))
+    result: dict[str, float] = json.loads(line[len("REPORT ") :])
+    return result
+
+
+#: wrk's done() hook, shared by the POST script: one JSON line with what the report needs.
+REPORT_LUA = """
+done = function(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.status + summary.errors.timeout
+  io.write(string.format(
+    'REPORT {"requests": %d, "seconds": %f, "errors": %d, "p50": %f, "p99": %f}\\n',
+    summary.requests, summary.duration / 1e6, errors,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+
+@dataclass
+class Round:
+    rps: float
+    cpu_us: float
+    errors: int
+
+
+def one_round(name: str, workload: str, workers: int, seconds: float) -> Round:
+    target, path, extra = WORKLOADS[workload]
+    with running(Server(name, target, path, workers)) as server:
+        url = f"http://127.0.0.1:{server.port}{path}"
+        wrk(url, 1, extra=extra)  # warm-up
+        tree = [p for p in descendants(server.proc.pid)] if server.proc else []
+        before = cpu_seconds(tree)
+        result = wrk(url, seconds, extra=extra)
+        used = cpu_seconds(tree) - before
+    return Round(
+        result["requests"] / result["seconds"],
+        used / max(1.0, result["requests"]) * 1e6,
+        int(result["errors"]),
+    )
+
+
+# -- the report ---------------------------------------------------------------------
+
+
+def med(values: list[float]) -> str:
+    return f"{statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f})"
+
+
+def throughput_table(results: dict[tuple[str, int], dict[str, list[Round]]]) -> list[str]:
+    lines = [
+        "| workload | workers | server | requests/s median (min-max) | CPU µs/request median "
+        "(min-max) | CPU/request vs uvicorn | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (workload, workers), by_server in results.items():
+        base = statistics.median(r.cpu_us for r in by_server["uvicorn"])
+        for name, rounds in by_server.items():
+            cpu = [r.cpu_us for r in rounds]
+            lines.append(
+                f"| {workload} | {workers} | {name} | {med([r.rps for r in rounds])} | "
+                f"{med(cpu)} | {statistics.median(cpu) / base:.2f}x | "
+                f"{sum(r.errors for r in rounds)} |"
+            )
+    return lines
+
+
+def plot(results: dict[tuple[str, int], dict[str, list[Round]]], path: Path) -> bool:
+    """CPU per request and requests/s by workload and server, one PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install -e '.[bench]'); no plot", flush=True)
+        return False
+    keys = list(results)
+    fig, axes = plt.subplots(2, 1, figsize=(12, 8), constrained_layout=True)
+    width = 0.8 / len(SERVERS)
+    for i, name in enumerate(SERVERS):
+        xs = [k + i * width for k in range(len(keys))]
+        cpu = [statistics.median(r.cpu_us for r in results[k][name]) for k in keys]
+        rps = [statistics.median(r.rps for r in results[k][name]) for k in keys]
+        axes[0].bar(xs, cpu, width, label=name)
+        axes[1].bar(xs, rps, width, label=name)
+    labels = [f"{w}\n{n} worker{'s' if n > 1 else ''}" for w, n in keys]
+    for ax, title in zip(axes, ("CPU µs per request (lower is better)", "requests/s"), strict=True):
+        ax.set_xticks([k + 0.4 - width / 2 for k in range(len(keys))], labels, fontsize=7)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="hello keep-alive only, 1 round")
+    args = parser.parse_args()
+    ensure_wrk()
+    ensure_peers()
+    OUT.mkdir(exist_ok=True)
+    (OUT / "post_2kb.lua").write_text(POST_LUA + REPORT_LUA)
+    workloads = ["hello keep-alive"] if args.quick else list(WORKLOADS)
+    rounds = 1 if args.quick else args.rounds
+    began = time.monotonic()
+    results: dict[tuple[str, int], dict[str, list[Round]]] = {}
+    for workload in workloads:
+        for workers in (1, 2):
+            by_server: dict[str, list[Round]] = {name: [] for name in SERVERS}
+            for i in range(rounds):
+                for name in SERVERS if i % 2 == 0 else tuple(reversed(SERVERS)):
+                    r = one_round(name, workload, workers, args.duration)
+                    by_server[name].append(r)
+                    print(
+                        f"{workload:24s} w{workers} {name:9s} {r.rps:8.0f} req/s "
+                        f"{r.cpu_us:7.1f} us CPU/request {r.errors} errors",
+                        flush=True,
+                    )
+            results[(workload, workers)] = by_server
+    process = process_figures()
+    plotted = plot(results, HERE / "report-throughput.png")
+    report = [
+        "# Benchmarks: tether and its peers, one run",
+        "",
+        f"Machine: {os.cpu_count()} CPUs, shared; Python {sys.version.split()[0]}; "
+        f"{rounds} alternated rounds of `wrk -t1 -c64 -d{args.duration:g}s` after a 1 s "
+        f"warm-up; {time.monotonic() - began:.0f} s in all. Reproduce with `make bench`.",
+        "",
+        "CPU per request is the CPU time of the server's whole process tree divided by the "
+        "requests it completed; it holds up on a shared machine far better than requests/s.",
+        "",
+        *(["![throughput](report-throughput.png)", ""] if plotted else []),
+        *throughput_table(results),
+        "",
+        "## Per server, 2 workers, hello",
+        "",
+        "| server | p50 ms at 4 connections | p99 ms | RSS per worker idle MiB | after 100k "
+        "requests | master MiB | start to first response s | SIGTERM to exit idle s |",
+        "|---|---|---|---|---|---|---|---|",
+        *process,
+        "",
+    ]
+    (HERE / "REPORT.md").write_text("\n".join(report))
+    print("\n".join(report))
+
+
+def process_figures() -> list[str]:
+    """Latency at a light load, memory, start and stop, once per server with 2 workers."""
+    rows = []
+    for name in SERVERS:
+        server = Server(name, "hello:app", "/", 2).start()
+        try:
+            url = f"http://127.0.0.1:{server.port}/"
+            pids = server.workers_pids()
+            idle = statistics.mean(rss_mib(p) for p in pids)
+            light = wrk(url, 3, connections=4)
+            total = 0.0
+            while total < 100_000:  # bounded: each run is 2 s
+                total += wrk(url, 2)["requests"]
+            loaded = statistics.mean(rss_mib(p) for p in pids)
+            assert server.proc is not None
+            master = f"{rss_mib(server.proc.pid):.1f}" if server.proc.pid not in pids else "-"
+            start = server.first_response
+        finally:
+            stop = server.stop()
+        rows.append(
+            f"| {name} | {light['p50']:.2f} | {light['p99']:.2f} | {idle:.1f} | {loaded:.1f} | "
+            f"{master} | {start:.2f} | {stop:.2f} |"
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+POST_LUA = """
+local fields = {}
+for i = 1, 60 do
+  fields[#fields + 1] = string.format('"field_%02d": "%s"', i, string.rep("x", 20))
+end
+wrk.method = "POST"
+wrk.body = "{" .. table.concat(fields, ", ") .. "}"
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+if __name__ == "__main__":
+    main()

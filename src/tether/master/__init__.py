@@ -1,0 +1,511 @@
+"""The master: holds the listening sockets, runs worker generations, reloads without downtime.
+
+It is a :class:`~tether.group.Group` of parts, each the one owner of its state:
+
+- ``pool`` (:mod:`.pool`): generations, slots, replacement, watchdog, drain,
+  and the one queue of reload/upgrade/resize requests;
+- ``upgrade`` (:mod:`.upgrade`): USR2, a new master taking every socket;
+- ``servers``: the control socket (:mod:`tether._control`) and the debug
+  listener, the same :class:`~tether.debug.DebugApp` on the same
+  :class:`~tether.serving.HttpServer` stack a worker uses, over the status
+  view (:mod:`.status`);
+- ``notifications``: every worker's READY/WATCHDOG/STATUS, routed to the pool
+  (or to the upgrader, from a new master).
+
+Signals arrive through :func:`tether.signals.handle_signals` and become
+requests: TERM/INT stop the group gracefully (a second one hurries the
+workers), QUIT stops fast, HUP/USR2/TTIN/TTOU go to the pool's queue, USR1
+asks every worker for its dumps.
+
+A stop, in order: ``/readyz`` answers 503 for ``--drain-delay``; a final stop
+closes the master's copies of the listening sockets (the kernel refuses new
+connections at once; a reload or upgrade keeps them, so queued connections go
+to the next generation); the workers drain within one budget
+(:class:`~tether.config.ShutdownBudget`); the debug listener stays up until
+they are gone.
+
+Resource handling: every child is watched through a pidfd and reaped by the
+master; a pipe whose write end only the master holds lets workers see the
+master's death (even ``kill -9``) as end-of-file. On the way out the master
+kills whatever it started and did not hand over, and removes its files.
+
+Error handling: configuration problems raise :class:`~tether.errors.ConfigError`
+before anything starts; a first generation in which no worker became ready
+raises :class:`~tether.errors.StartupError`; work abandoned by a worker raises
+:class:`~tether.errors.ShutdownAbandoned`. The CLI turns them into exit codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import resource
+import shutil
+import signal
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal
+
+from tether import sockets as sockets_mod
+from tether._children import Child, start_child
+from tether._control import ControlServer, bind_control
+from tether._listeners import open_listeners
+from tether._pidfile import PidFile
+from tether._reaper import Reaper
+from tether.config import HttpOptions, RunConfig, ShutdownBudget
+from tether.debug import DebugApp
+from tether.group import Group, StopToken
+from tether.master.pool import Pool, PoolHooks
+from tether.master.status import StatusView
+from tether.master.support import (
+    SystemdLink,
+    logical_cwd,
+    make_rundir,
+    rundir_failed,
+    upgrade_argv,
+)
+from tether.master.upgrade import Upgrader, upgrade_env
+from tether.notify import Notifier, NotifyMessage, NotifyReceiver, watchdog_interval
+from tether.serving import HttpServer, ServeOptions
+from tether.signals import handle_signals
+from tether.worker import NOTIFY_ENV, PARENT_FD_ENV, WORKER_PROGRAM, worker_argv, worker_base_env
+
+__all__ = ["Master", "run_master"]
+
+log = logging.getLogger("tether.master")
+
+StopMode = Literal["graceful", "fast"]
+
+#: The debug listener's connection cap: a port reachable by others never takes more
+#: than this many of the master's fds (and never more than an eighth of its limit).
+DEBUG_CONNECTIONS = 32
+
+_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+)
+
+
+def run_master(config: RunConfig) -> None:
+    """Run a master with ``config.workers`` workers until stopped; raises as ``Master.run``."""
+    asyncio.run(Master(config).run())
+
+
+class Master:
+    """One master process. ``run()`` once; see the module docstring for the model."""
+
+    def __init__(self, config: RunConfig, *, program: Sequence[str] = WORKER_PROGRAM) -> None:
+        self.config = config
+        self.budget = ShutdownBudget.of(config)
+        self._program = tuple(program)
+        self._pid = os.getpid()
+        self._cwd = logical_cwd()
+        self._app_socks: list[socket.socket] = []
+        self._debug_sock: socket.socket | None = None
+        self._control_sock: socket.socket | None = None
+        #: The control socket's path once this master owns it (bound or inherited):
+        #: only then is it removed on the way out, never a file that was there before.
+        self._control_path: str | None = None
+        self._rundir = ""
+        self._rx: NotifyReceiver | None = None
+        self._parent_r = self._parent_w = -1
+        self._worker_env: dict[str, str] = {}
+        self._systemd_address: str | None = None
+        self._upgraded_from: int | None = None
+        self._upstream: Notifier | None = None
+        self.systemd = SystemdLink(None)
+        self._stop_mode: StopMode = "graceful"
+        self._stop_signals = 0
+        self._first_ready = asyncio.Event()
+        self._handover = asyncio.Event()
+        self._pool_done = asyncio.Event()
+        self.group = Group(
+            "master",
+            # The pool bounds the workers' drain itself; the group only backs it up.
+            graceful_timeout=config.drain_delay
+            + self.budget.graceful
+            + 2 * self.budget.master_kill,
+            cancel_timeout=self.budget.cancel,
+        )
+        self.pool = Pool(config, self._spawn_worker)
+        self.view = StatusView(self.pool, stop=lambda: self.request_stop("graceful"))
+        self.pool.hooks = PoolHooks(
+            progress=self.view.progress,
+            systemd=self.systemd,
+            pending=self._pending,
+            upgrade=self._upgrade,
+        )
+        self.upgrader: Upgrader | None = None
+
+    # -- the whole life -------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Start, serve until stopped, drain. Raises what the group collected."""
+        loop = asyncio.get_running_loop()
+        reaper = Reaper(loop)  # orphans of the workers' apps come back here, to be reaped
+        try:
+            self._open()
+            with handle_signals(loop, dict.fromkeys(_SIGNALS, self._on_signal)):
+                self.group.add(self._pool_member, name="pool")
+                self.group.add(self._servers_member, name="servers")
+                self.group.add(self._notifications_member, name="notifications")
+                if (interval := watchdog_interval()) is not None:
+                    self.group.add(self._heartbeat_member(interval), name="systemd-watchdog")
+                try:
+                    await self.group.wait()
+                except ExceptionGroup as problems:
+                    # The master's own story needs no note naming its internal members.
+                    for leaf in problems.exceptions:
+                        notes = getattr(leaf, "__notes__", [])
+                        notes[:] = [n for n in notes if not n.endswith("of group 'master'")]
+                    raise
+        finally:
+            await self._close()
+            reaper.close()
+
+    def _open(self) -> None:
+        """Sockets, private directory, notify receiver, parent pipe. Raises ConfigError."""
+        env = os.environ
+        upgraded_from = env.pop("TETHER_UPGRADE_FROM", None)
+        self._upgraded_from = (
+            int(upgraded_from) if upgraded_from and upgraded_from.isdigit() else None
+        )
+        if self._upgraded_from is not None:
+            self._upstream = Notifier.from_env()
+            self._systemd_address = env.pop("TETHER_SYSTEMD_NOTIFY_SOCKET", None)
+            env.pop("NOTIFY_SOCKET", None)
+        else:
+            self._systemd_address = env.pop("NOTIFY_SOCKET", None)
+        if self._systemd_address:
+            self.systemd.notifier = Notifier.from_env({"NOTIFY_SOCKET": self._systemd_address})
+        listeners = open_listeners(self.config)  # inherited (an upgrade, systemd) or bound
+        self._app_socks, self._debug_sock = listeners.app, listeners.debug
+        self._control_sock = listeners.control
+        cfg = self.config
+        if self._control_sock is None and cfg.control:
+            try:
+                self._control_sock = bind_control(cfg.control)
+            except BaseException:
+                listeners.close()
+                raise
+            self._control_path = cfg.control
+        elif self._control_sock is not None:
+            name = self._control_sock.getsockname()
+            self._control_path = name if isinstance(name, str) and name else None
+        self._rundir = make_rundir()
+        try:
+            self._rx = NotifyReceiver(os.path.join(self._rundir, "notify.sock"))
+        except OSError as exc:
+            raise rundir_failed(self._rundir, exc) from exc
+        self._rx.start()
+        # Workers hold the read end; only this process holds the write end, so
+        # its death (however it happens) is end-of-file for every worker.
+        self._parent_r, self._parent_w = os.pipe()
+        self._worker_env = worker_base_env(env, cfg)
+        self._worker_env[NOTIFY_ENV] = self._rx.path
+        self._worker_env["TETHER_PARENT_PID"] = str(self._pid)
+        self._worker_env[PARENT_FD_ENV] = str(sockets_mod.LISTEN_FDS_START + len(self._app_socks))
+        self.upgrader = Upgrader(
+            argv=upgrade_argv(),
+            cwd=self._cwd,
+            env=upgrade_env(
+                {**os.environ, **cfg.successor_env()},
+                pid=self._pid,
+                notify_path=self._rx.path,
+                systemd_address=self._systemd_address,
+            ),
+            sockets=self._all_sockets,
+            timeout=cfg.reload_timeout,
+        )
+
+    def _all_sockets(self) -> list[tuple[str, socket.socket]]:
+        named = [("app", s) for s in self._app_socks]
+        named += [("debug", s) for s in [self._debug_sock] if s is not None]
+        named += [("control", s) for s in [self._control_sock] if s is not None]
+        return named
+
+    def _spawn_worker(self, wid: int, generation: int) -> tuple[Child, str | None]:
+        """The pool's seam: start one worker on this master's sockets (OSError if refused)."""
+        debug_path = os.path.join(self._rundir, f"w{wid}.sock")
+        env = dict(self._worker_env, TETHER_WORKER_ID=str(wid), TETHER_GENERATION=str(generation))
+        child, fds = start_child(
+            worker_argv(self.config, debug_path, self._program),
+            name=f"worker {wid}",
+            env=env,
+            sockets=[("app", s) for s in self._app_socks],
+            extra_fds=[self._parent_r],
+            capture_stderr=False,  # the master's stderr: a stalled master never blocks a worker
+            cwd=self._cwd,
+            new_process_group=True,  # terminal signals go to the master, which decides
+        )
+        assert str(fds[0]) == env[PARENT_FD_ENV]
+        return child, debug_path
+
+    async def _close(self) -> None:
+        """Release everything; kill any child still alive that was not handed over."""
+        handed_over = self._handover.is_set()
+        if self.upgrader is not None and not handed_over:
+            await self.upgrader.close()
+        await self.pool.close()
+        for fd in (self._parent_r, self._parent_w):
+            if fd >= 0:
+                os.close(fd)
+        self._parent_r = self._parent_w = -1
+        for sock in [*self._app_socks, self._debug_sock, self._control_sock]:
+            if sock is not None:
+                sock.close()
+        if self._rx is not None:
+            self._rx.close()
+        if self._rundir:
+            shutil.rmtree(self._rundir, ignore_errors=True)
+        if not handed_over and self._control_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._control_path)
+        if self._upstream is not None:
+            self._upstream.close()
+        self.systemd.close()
+
+    # -- members --------------------------------------------------------------------
+
+    async def _pool_member(self, stop: StopToken) -> None:
+        """The first generation, then queued operations until a stop; then the drain."""
+        try:
+            start = asyncio.ensure_future(self.pool.start())
+            if await _first(start, stop):
+                self._on_first_ready()
+                serve = asyncio.ensure_future(self.pool.serve())
+                await _first(serve, stop)
+            await self._final_stop()
+        finally:
+            self._pool_done.set()
+
+    async def _final_stop(self) -> None:
+        self.pool.begin_stop()
+        self.systemd.stopping()
+        handover = self._handover.is_set()
+        delay = self.config.drain_delay
+        if (
+            self._stop_mode == "graceful"
+            and not handover
+            and delay > 0
+            and self.pool.live_workers()
+        ):
+            log.info("master %d: /readyz answers 503 for %gs before draining", self._pid, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.pool.hurry.wait(), delay)
+        if not handover:
+            # A final stop: no generation will accept on these again. Closing our copies
+            # now (the workers close theirs as they begin to drain) makes the kernel
+            # refuse new connections at once, instead of queueing them until we exit.
+            for sock in self._app_socks:
+                sock.close()
+        await self.pool.stop_workers(fast=self._stop_mode == "fast")
+
+    async def _servers_member(self, stop: StopToken) -> None:
+        """The control socket and the debug listener; up until the workers are gone."""
+        # After an upgrade the old master serves them until we are ready: then we take over.
+        first_ready = asyncio.ensure_future(self._first_ready.wait())
+        if self._upgraded_from is not None and not await _first(first_ready, stop):
+            return
+        first_ready.cancel()
+        inner = Group("master-servers", graceful_timeout=0.5, cancel_timeout=0.5)
+        try:
+            if self._control_sock is not None:
+                await inner.start(
+                    _control_member(ControlServer(self._control_sock, self.view.handle_control)),
+                    name="control",
+                )
+            if self._debug_sock is not None:
+                cap = _debug_connection_cap()
+                debug = HttpServer(
+                    DebugApp(self.view.debug_source(), token=self.config.debug_token),
+                    [self._debug_sock],
+                    ServeOptions(
+                        lifespan="off",
+                        idle_grace=0.0,
+                        name="debug",
+                        max_connections=cap,
+                        # asyncio accepts up to a backlog's worth at a time: keep that
+                        # within the fd reserve too.
+                        http=HttpOptions(backlog=cap),
+                    ),
+                )
+                await inner.start(debug.run, name="debug")
+            handover = asyncio.ensure_future(self._handover.wait())
+            pool_done = asyncio.ensure_future(self._pool_done.wait())
+            try:
+                await asyncio.wait({handover, pool_done}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                handover.cancel()
+                pool_done.cancel()
+        finally:
+            inner.stop("the master is stopping")
+            with contextlib.suppress(Exception):
+                await inner.wait()
+        await self._pool_done.wait()
+
+    async def _notifications_member(self, stop: StopToken) -> None:
+        assert self._rx is not None
+        rx = self._rx
+
+        async def read() -> None:
+            async for message in rx:
+                self._route(message)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            await self._pool_done.wait()
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    def _heartbeat_member(self, interval: float) -> Callable[[StopToken], Awaitable[None]]:
+        async def member(_stop: StopToken) -> None:
+            # Until the workers are gone: systemd kills a master whose heartbeats stop.
+            while not self._pool_done.is_set():
+                self.systemd.send("WATCHDOG=1")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._pool_done.wait(), interval)
+
+        return member
+
+    # -- notifications ----------------------------------------------------------------
+
+    def _route(self, message: NotifyMessage) -> None:
+        if self.upgrader is not None and self.upgrader.on_notification(message):
+            return
+        self.pool.on_notification(message)
+
+    def _pending(self) -> list[NotifyMessage]:
+        """Notifications already in the socket, routed; the pool's are returned to it."""
+        if self._rx is None:
+            return []
+        ours = []
+        for message in self._rx.pending():
+            if self.upgrader is None or not self.upgrader.on_notification(message):
+                ours.append(message)
+        return ours
+
+    def _on_first_ready(self) -> None:
+        status = self.pool.status_line()
+        if self.config.pidfile:
+            PidFile(self.config.pidfile).serving()  # an upgraded master takes it over now
+        if self._upgraded_from is not None:
+            log.info("master %d: ready; telling the old master %d", self._pid, self._upgraded_from)
+            if self._upstream is not None:
+                self._upstream.send("READY=1", f"MAINPID={self._pid}", f"STATUS={status}")
+        else:
+            self.systemd.ready(status, mainpid=self._pid)
+        self._first_ready.set()
+        where = ", ".join(str(sockets_mod.bound_address(s)) for s in self._app_socks)
+        log.info("master %d: serving %s on %s: %s", self._pid, self.config.app, where, status)
+
+    # -- requests ----------------------------------------------------------------------
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            self._stop_signals += 1
+            fast = signum == signal.SIGQUIT
+            if self._stop_signals == 1:
+                how = "fast" if fast else "gracefully"
+                log.info("master %d: %s received; stopping %s", self._pid, name, how)
+                self.request_stop("fast" if fast else "graceful")
+            else:
+                log.warning("master %d: %s received again; workers stop now", self._pid, name)
+                self._stop_mode = "fast"
+                self.pool.escalate()
+        elif signum == signal.SIGHUP:
+            self.pool.request("reload")
+        elif signum == signal.SIGUSR2:
+            self.pool.request("upgrade")
+        elif signum == signal.SIGTTIN:
+            self.pool.scale(self.pool.size + 1)
+        elif signum == signal.SIGTTOU:
+            if self.pool.size <= 1:
+                log.warning("master %d: TTOU ignored: already at 1 worker", self._pid)
+            else:
+                self.pool.scale(self.pool.size - 1)
+        elif signum == signal.SIGUSR1:
+            workers = self.pool.live_workers()
+            for w in workers:
+                w.child.signal(signal.SIGUSR1)
+            log.info(
+                "master %d: asked %d worker(s) to log their task and thread dumps",
+                self._pid,
+                len(workers),
+            )
+
+    def request_stop(self, mode: StopMode = "graceful") -> None:
+        """Begin stopping (idempotent); ``fast`` skips the drain."""
+        if self.group.stopping:
+            if mode == "fast":
+                self._stop_mode = "fast"
+                self.pool.escalate()
+            return
+        self._stop_mode = mode
+        if mode == "fast":
+            self.pool.hurry.set()
+        self.group.stop(f"{mode} stop requested")
+
+    async def _upgrade(self) -> dict[str, Any]:
+        """USR2: start a new master with every socket; hand over once it is READY."""
+        assert self.upgrader is not None
+        self.view.progress(f"upgrade: starting a new master ({' '.join(upgrade_argv())})")
+        self.systemd.reloading("upgrading the master")
+        pid, why = await self.upgrader.upgrade()
+        if pid is None:
+            log.error("master %d: upgrade failed: %s; this master keeps serving", self._pid, why)
+            self.systemd.ready(self.pool.status_line())
+            return {"ok": False, "error": why}
+        self._handover.set()
+        self.pool.handed_over = True
+        self.systemd.ready(f"handed over to master {pid}", mainpid=pid)
+        self.view.progress(f"new master {pid} is ready; this master ({self._pid}) drains and exits")
+        self.request_stop("graceful")
+        return {"ok": True, "new_master": pid}
+
+
+async def _first(work: asyncio.Future[Any], stop: StopToken) -> bool:
+    """Wait for ``work`` or the stop token; True if ``work`` finished first (its error raised).
+
+    When the stop comes first, ``work`` is cancelled and awaited.
+    """
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if work.done():
+        work.result()
+        return True
+    work.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await work
+    return False
+
+
+def _control_member(server: ControlServer) -> Callable[[StopToken], Awaitable[None]]:
+    async def member(stop: StopToken) -> None:
+        await server.start()
+        stop.ready()
+        try:
+            await stop.wait()
+        finally:
+            await server.close()
+
+    return member
+
+
+def _debug_connection_cap() -> int:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(4, min(DEBUG_CONNECTIONS, soft // 8))

@@ -1,0 +1,123 @@
+"""Tests for tether.serving: the drain signal, and the app's shutdown after the drain deadline.
+
+An ASGI app served in this process on a loopback socket, stopped through its
+Group; the framework matrix (tests/test_frameworks.py) covers the same under
+`tether run` with real frameworks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+
+from tether.group import Group
+from tether.serving import DrainHooks, HttpServer, app_shutdown_reserve, drain_signal
+
+
+def listening() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    sock.setblocking(False)
+    return sock
+
+
+class StreamingApp:
+    """Lifespan, and ``GET /`` streaming one chunk every 10 ms: until the drain signal, or ever."""
+
+    def __init__(self, *, observe_drain: bool) -> None:
+        self.observe_drain = observe_drain
+        self.events: list[str] = []
+        self.streaming = asyncio.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    self.events.append("lifespan shutdown")
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        self.streaming.set()
+        drain = drain_signal()
+        while not (self.observe_drain and drain.should_exit):
+            await send({"type": "http.response.body", "body": b"tick\n", "more_body": True})
+            await asyncio.sleep(0.01)
+        self.events.append("stream ended on the drain signal")
+
+
+async def read_until_closed(port: int) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+    try:
+        return await reader.read(-1)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def serve_and_stop(app: StreamingApp, graceful_timeout: float) -> tuple[bytes, DrainHooks]:
+    """Serve ``app``, open a stream, stop the group; what the client got, and the hooks."""
+    sock = listening()
+    port = sock.getsockname()[1]
+    hooks = DrainHooks()
+    server = HttpServer(app, [sock], hooks=hooks)
+    group = Group("test", graceful_timeout=graceful_timeout, cancel_timeout=1)
+    outside = drain_signal()
+    await group.start(server.run, name="http")
+    assert drain_signal() is hooks.drain is not outside
+    client = asyncio.create_task(read_until_closed(port))
+    await asyncio.wait_for(app.streaming.wait(), 10)
+    assert not hooks.drain.should_exit
+    group.stop("test over")
+    await group.wait()
+    assert drain_signal() is outside  # a server's signal is current only while it runs
+    return await asyncio.wait_for(client, 10), hooks
+
+
+def test_a_stream_that_watches_the_drain_signal_ends_cleanly() -> None:
+    """The drain sets the signal; a stream that ends on it gets a proper last chunk."""
+
+    async def main() -> None:
+        app = StreamingApp(observe_drain=True)
+        received, hooks = await serve_and_stop(app, graceful_timeout=10)
+        assert hooks.drain.should_exit and not hooks.drain.force_exit
+        assert received.endswith(b"\r\n0\r\n\r\n")  # chunked encoding's end, not a cut
+        assert app.events == ["stream ended on the drain signal", "lifespan shutdown"]
+        assert hooks.abandoned == []
+
+    asyncio.run(main())
+
+
+def test_an_endless_stream_is_cut_at_the_drain_deadline_and_lifespan_shutdown_runs() -> None:
+    """The drain leaves lifespan shutdown its slice: the stream is named and cut, then it runs."""
+
+    async def main() -> None:
+        app = StreamingApp(observe_drain=False)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        received, hooks = await serve_and_stop(app, graceful_timeout=2)
+        assert 1.0 <= loop.time() - started < 2.0  # 2 s budget, 1 s kept for the shutdown
+        assert b"tick" in received and not received.endswith(b"\r\n0\r\n\r\n")
+        assert app.events == ["lifespan shutdown"]
+        [item] = hooks.abandoned
+        assert (item.kind, item.name) == ("request", "GET /")
+        assert item.detail == (
+            "still running at the drain deadline; cancelled so that the app's shutdown could run"
+        )
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("budget", "reserve"), [(30.0, 3.0), (100.0, 10.0), (5.0, 1.0), (1.0, 0.5), (0.0, 0.0)]
+)
+def test_app_shutdown_reserve(budget: float, reserve: float) -> None:
+    """A tenth of the budget, at least a second, at most half of it."""
+    assert app_shutdown_reserve(budget) == reserve
