@@ -155,9 +155,12 @@ def test_unusable_runtime_dir_fails_a_reload_with_its_reason(tmp_path: Path, cas
     ), line
 
 
-@pytest.mark.parametrize("app", ["plain:app", "fastapi_sync:app"])
+@pytest.mark.parametrize("app", ["plain:app", "fastapi_sync:app", "import_thread:app"])
 def test_clean_stops_report_no_leak(app: str) -> None:
-    """Stopped cleanly again and again, a service reports nothing of tether's own as leaked."""
+    """Stopped cleanly again and again, a service reports nothing of tether's own as leaked.
+
+    Nor what the app's import made for the life of the process (a logging thread).
+    """
     for _ in range(3):
         with tether(app) as t:
             t.ready()
@@ -187,3 +190,22 @@ def test_a_reload_reports_no_leak() -> None:
     old = [line for line in err.splitlines() if f"[{first}]" in line]
     assert any("stopped cleanly" in line for line in old), err
     assert "leaked" not in err, err
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_signals_while_the_app_imports_do_not_end_it(tmp_path: Path, workers: str) -> None:
+    """HUP, USR1, USR2, TTIN and TTOU that reach the importing process are harmless."""
+    marker = tmp_path / "importing"
+    env = {"SLOW_IMPORT_MARKER": str(marker), "SLOW_IMPORT_SECONDS": "2"}
+    with tether("slow_import:app", "--workers", workers, **env) as t:  # type: ignore[arg-type]
+        assert t.proc is not None
+        while not marker.exists():
+            assert t.proc.poll() is None, t.stderr()
+            time.sleep(0.01)  # the app's import writes the marker: wait for that file
+        importing = int(marker.read_text())  # the worker, in master mode
+        for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU):
+            os.kill(importing, sig)
+        t.ready()
+        assert get(t.port, "/")[:2] == (200, "ok")
+        t.signal(signal.SIGTERM)
+        assert t.wait() == 0

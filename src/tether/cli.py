@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -80,6 +81,31 @@ def _hard_stop() -> None:
     )
     sys.stderr.flush()
     os._exit(EXIT_ABANDONED)
+
+
+#: Signals whose default action would end (or suspend) a process that is still starting.
+_STARTUP_SIGNALS = (
+    signal.SIGHUP,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+)
+
+
+def _hold_signals_while_starting() -> None:
+    """Until the runtime installs its own handlers, these signals do nothing.
+
+    Importing an app takes a while; a HUP from a deploy script, a USR1 from an
+    operator or a TTIN meant for a master must not kill the process meanwhile.
+    The runtime's handlers replace these (and put them back when it returns).
+    """
+    for signum in _STARTUP_SIGNALS:
+        signal.signal(signum, _ignore_while_starting)
+
+
+def _ignore_while_starting(_signum: int, _frame: object) -> None:
+    """Nothing to do yet: the process is not serving, so there is nothing to reload or dump."""
 
 
 def _run(config: RunConfig) -> int:
@@ -560,6 +586,7 @@ def run(**opts: Any) -> None:
                 # Workers read it from here (the master never imports the app); each
                 # worker removes it again before it imports the app.
                 os.environ[SSL_PASSWORD_ENV] = config.http.ssl_keyfile_password
+            _hold_signals_while_starting()
             code = _run(config)
     except TetherError as exc:
         click.echo(f"tether: error: {exc}", err=True)

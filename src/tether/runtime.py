@@ -241,8 +241,6 @@ class Service:
         """Serve until stopped; raise an ExceptionGroup if anything failed or was abandoned."""
         listeners = self._open = self._open or open_listeners(self.config)
         self._watch_parent(asyncio.get_running_loop())
-        # What exists now is ours; what the app starts and leaves behind is reported at the end.
-        since = leaks.snapshot()
         # Before the app is imported: app code that notifies at import must not reach
         # whoever waits for this process's READY (a master, systemd).
         address, from_master = take_notify_address()
@@ -263,6 +261,10 @@ class Service:
             if self.notifier is not None:
                 self.notifier.close()
             raise
+        # What exists now is ours, or the app's for the life of the process (what its
+        # import made: a logging thread, a pool); what it starts from here on and leaves
+        # behind is reported at the end.
+        since = leaks.snapshot()
         loop = asyncio.get_running_loop()
         handled = {
             signal.SIGTERM,

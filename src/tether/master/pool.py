@@ -50,6 +50,9 @@ __all__ = ["Pool", "PoolHooks", "Spawn"]
 
 log = logging.getLogger("tether.master")
 
+#: Seconds a worker asked for its stacks (USR1) gets to write them before it is killed.
+STACKS_GRACE = 2.0
+
 #: Start a worker: (worker id, generation number) -> its child and private debug socket path.
 #: Raises OSError when the OS refuses (EMFILE, EAGAIN, ENOMEM).
 Spawn = Callable[[int, int], tuple[Child, str | None]]
@@ -305,7 +308,9 @@ class Pool:
         except TimeoutError:
             laggard = next(w for w in gen.slots.values() if not w.ready.is_set())
             laggard.child.signal(signal.SIGUSR1)  # ask for its stacks before it goes
-            await laggard.child.wait(0.5)
+            # Its task dump is written from its event loop, which a busy machine may run
+            # late: give it a moment (the reload has failed already; the old code serves).
+            await laggard.child.wait(STACKS_GRACE)
             failure = WorkerFailed(laggard, f"was not READY within --reload-timeout {timeout:g}s")
         except ExceptionGroup as group:
             first_error = group.exceptions[0]
