@@ -39,7 +39,8 @@ def test_access_log_is_one_line_per_response_with_its_duration(workers: str) -> 
     )
     assert first is not None, logged[0]
     slow = re.search(r'"GET /slow\?seconds=0.3 HTTP/1.1" 200 \d+ ([\d.]+)s$', logged[1])
-    assert slow is not None and float(slow.group(1)) >= 0.3
+    # The loop's timers have millisecond resolution: a 0.3 s sleep may end a hair early.
+    assert slow is not None and float(slow.group(1)) >= 0.29
 
 
 def test_a_failed_request_is_logged_once_with_the_status_sent() -> None:
