@@ -34,7 +34,7 @@ def server_argv(name: str, port: int) -> list[str]:
     extra = ["--no-gc-freeze"] if "no-gc-freeze" in name else []
     return [str(BIN / "tether"), "run", "fastapi_model:app", "--workers", "0",
             "--bind", f"127.0.0.1:{port}", "--debug-bind", f"127.0.0.1:{free_port()}",
-            "--log-level", "warning", *extra]  # fmt: skip
+            "--no-access-log", "--log-level", "warning", *extra]  # fmt: skip
 
 
 def measure(wrk: str, name: str, path: str, duration: int) -> tuple[float, float]:

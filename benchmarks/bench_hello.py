@@ -56,6 +56,7 @@ def server_argv(name: str, port: int) -> list[str]:
         f"127.0.0.1:{port}",
         "--debug-bind",
         f"127.0.0.1:{free_port()}",
+        "--no-access-log",
         "--log-level",
         "warning",
     ]

@@ -78,6 +78,7 @@ def server_argv(name: str, port: int) -> list[str]:
             "--workers",
             "2",
             "--no-debug",
+            "--no-access-log",
             "--bind",
             f"127.0.0.1:{port}",
             *quiet,

@@ -68,7 +68,7 @@ def server_argv(name: str, target: str, port: int, workers: int) -> list[str]:
     where = f"127.0.0.1:{port}"
     return {
         "tether": [str(TETHER), "run", target, "--workers", n, "--no-debug", "--bind", where,
-                   *quiet],
+                   "--no-access-log", *quiet],
         "uvicorn": [str(peer / "uvicorn"), target, "--workers", n, "--no-access-log",
                     "--host", "127.0.0.1", "--port", str(port), *quiet],
         "gunicorn": [str(peer / "gunicorn"), target, "-w", n, "-k",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from masterproc import MasterProc, free_port, write_app
+from tether.master.support import remove_stale_rundirs
 
 
 def run_master(cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -87,3 +89,19 @@ def _with_runtime_dir(tmp_path: Path, runtime: Path) -> None:
             del os.environ["XDG_RUNTIME_DIR"]
 
     asyncio.run(scenario())
+
+
+def test_a_held_runtime_directory_is_never_removed(tmp_path: Path) -> None:
+    """A pid that looks dead may be another PID namespace's: a held notify socket keeps it."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    held = tmp_path / f"tether-master-{dead.pid}-held1234"
+    held.mkdir()
+    gone = tmp_path / f"tether-master-{dead.pid}-gone1234"
+    gone.mkdir()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as owner:
+        owner.bind(str(held / "notify.sock"))
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as former:
+            former.bind(str(gone / "notify.sock"))  # bound, then closed: its master is gone
+        assert remove_stale_rundirs(str(tmp_path)) == [str(gone)]
+        assert held.exists()

@@ -30,7 +30,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
 
 from tether import leaks
@@ -302,7 +302,10 @@ class Service:
             self._disarm_hard_stop()
             if self.notifier is not None:
                 self.notifier.close()
-            await self._report_leaks(since)
+            # The service has stopped: a TERM now (a master stopping while this worker
+            # leaves on its own) must not kill the process in the middle of its report.
+            with _holding(_STOP_SIGNALS):
+                await self._report_leaks(since)
 
     def _failed(self, exc: BaseException) -> None:
         """Tell whoever supervises this process why it ends (one line, over notify).
@@ -581,6 +584,21 @@ class Service:
         if errors:
             msg = "the service ended with problems"
             raise ExceptionGroup(msg, errors)
+
+
+@contextlib.contextmanager
+def _holding(signums: Iterable[int]) -> Iterator[None]:
+    """Signals in ``signums`` do nothing while the block runs (the process is ending anyway)."""
+    previous = {signum: signal.signal(signum, _ignore) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _ignore(_signum: int, _frame: object) -> None:
+    """The stop it asks for has already happened."""
 
 
 def _libuv_reserve_fd(leak: leaks.Leak) -> bool:

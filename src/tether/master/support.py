@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -43,6 +44,8 @@ RUNDIR_PREFIX = "tether-master-"
 _MAX_SOCKET_PATH = 107
 #: The longest name the master puts in its directory (a worker's debug socket).
 _LONGEST_NAME = "w99999999.sock"
+#: A runtime directory without its notify socket yet is left alone this long (seconds).
+_STARTING_GRACE = 60.0
 
 
 def runtime_base() -> str:
@@ -101,12 +104,28 @@ def remove_stale_rundirs(base: str) -> list[str]:
                 follow_symlinks=False
             ):
                 continue
-            if _alive(int(pid_text)):
+            # A pid is only a hint: another PID namespace sharing this directory (a
+            # container, a sandbox) has its own numbers. A master that is alive holds
+            # its notify socket; only a directory nobody holds is stale.
+            if _alive(int(pid_text)) or _in_use(entry.path):
                 continue
             shutil.rmtree(entry.path)
             removed.append(entry.path)
             log.info("removed %s, left by master %s, which is gone", entry.path, pid_text)
     return removed
+
+
+def _in_use(directory: str) -> bool:
+    """Whether a master holds this runtime directory's notify socket (or is creating it)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(os.path.join(directory, "notify.sock"))
+        except FileNotFoundError:
+            # Not bound yet (a master starting right now) or never bound: judge by age.
+            return time.time() - os.stat(directory).st_mtime < _STARTING_GRACE
+        except OSError:
+            return False  # refused: the socket's owner has gone
+    return True
 
 
 def _alive(pid: int) -> bool:
