@@ -122,9 +122,10 @@ class Tether:
         return "".join(self._err)
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.proc is not None:
+            # The whole group: workers, and successors of a process that has already left.
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)  # workers too, if any
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         if self._reader is not None:
             self._reader.join(10)

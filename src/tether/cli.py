@@ -272,6 +272,20 @@ RUN_OPTIONS: list[Callable[[F], F]] = [
         help="Add 0..N at random to --limit-max-requests, per process.",
     ),
     _opt(
+        "--max-requests",
+        type=int,
+        metavar="N",
+        help="After N responses a process is recycled: a fresh one starts, and the old one "
+        "drains once the new one is READY (gunicorn's option; no request fails).",
+    ),
+    _opt(
+        "--max-requests-jitter",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Add 0..N at random to --max-requests, per process, so workers recycle apart.",
+    ),
+    _opt(
         "--gc-freeze/--no-gc-freeze",
         default=True,
         show_default=True,

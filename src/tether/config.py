@@ -261,6 +261,10 @@ class RunConfig:
     #: A serving process stops gracefully after this many responses (plus up to the jitter).
     limit_max_requests: int | None = field(default=None, metadata=_flag("--limit-max-requests"))
     limit_max_requests_jitter: int = field(default=0, metadata=_flag("--limit-max-requests-jitter"))
+    #: gunicorn's recycling: after this many responses (plus up to the jitter) a process is
+    #: replaced by a fresh one that is READY before it drains.
+    max_requests: int | None = field(default=None, metadata=_flag("--max-requests"))
+    max_requests_jitter: int = field(default=0, metadata=_flag("--max-requests-jitter"))
     #: tether's access log: one record per response, after it, with its duration.
     access_log: bool = field(default=True, metadata=_flag("--access-log"))
     #: The access log's line, in gunicorn's atoms (None: tether's default line).
@@ -306,6 +310,15 @@ class RunConfig:
         if self.limit_max_requests is not None:
             _check_count("--limit-max-requests", self.limit_max_requests, minimum=1)
         _check_count("--limit-max-requests-jitter", self.limit_max_requests_jitter)
+        if self.max_requests is not None:
+            _check_count("--max-requests", self.max_requests, minimum=1)
+            if self.limit_max_requests is not None:
+                msg = (
+                    "give one of --max-requests (a fresh process takes over, READY first) "
+                    "and --limit-max-requests (the process just stops)"
+                )
+                raise ConfigError(msg)
+        _check_count("--max-requests-jitter", self.max_requests_jitter)
         for flag, path in (("--env-file", self.env_file), ("--log-config", self.log_config)):
             if path is not None and not os.path.isfile(path):
                 msg = f"{flag} {path}: no such file; check the path (relative to {os.getcwd()})"

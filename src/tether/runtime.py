@@ -52,7 +52,13 @@ from tether.notify import Notifier, watchdog_interval
 from tether.serving import ASGIApp, DrainHooks, HttpServer, ServeOptions, host_wsgi
 from tether.signals import handle_signals
 from tether.tracker import REQUEST_SCOPE, Tracker, install_adoption, set_current_tracker
-from tether.worker import FAILED_STATUS, PARENT_FD_ENV, failure_line, take_notify_address
+from tether.worker import (
+    FAILED_STATUS,
+    PARENT_FD_ENV,
+    RECYCLE_FIELD,
+    failure_line,
+    take_notify_address,
+)
 
 __all__ = ["Service"]
 
@@ -400,6 +406,9 @@ class Service:
             self.hooks.request_limit = lambda: self.request_stop(
                 f"served {limit} requests (--limit-max-requests)"
             )
+        elif config.max_requests is not None:
+            limit = config.max_requests + random.randint(0, config.max_requests_jitter)
+            self.hooks.request_limit = functools.partial(self._recycle, limit)
         return ServeOptions(
             idle_grace=config.idle_grace,
             lifespan="off" if kind == "wsgi" else config.lifespan,
@@ -441,6 +450,20 @@ class Service:
             with Notifier(self._handoff_notify) as predecessor:
                 predecessor.send("READY=1")
 
+    def _recycle(self, served: int) -> None:
+        """--max-requests reached: a fresh process takes over, READY before this one drains.
+
+        A master's worker asks its master, which starts the successor in its slot;
+        one process hands its sockets over as a reload does.
+        """
+        why = f"served {served} requests (--max-requests)"
+        if self._is_worker:
+            logger.info("%s: asking the master for a successor", why)
+            if self.notifier is not None:
+                self.notifier.send(f"{RECYCLE_FIELD}=1", f"STATUS=recycling: {why}")
+        else:
+            self._reload(why)
+
     def _reload(self, signame: str) -> None:
         """HUP/USR2 in one process: hand the sockets to a fresh copy, then drain."""
         if self._is_worker:
@@ -462,7 +485,8 @@ class Service:
 
     async def _hand_over(self, signame: str) -> None:
         assert self._argv is not None and self._open is not None
-        logger.info("%s received: handing the sockets to a fresh copy of this process", signame)
+        what = signame if " " in signame else f"{signame} received"
+        logger.info("%s: handing the sockets to a fresh copy of this process", what)
         if self.notifier is not None:
             self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         pid = await hand_over(

@@ -34,6 +34,7 @@ __all__ = [
     "FAILED_STATUS",
     "NOTIFY_ENV",
     "PARENT_FD_ENV",
+    "RECYCLE_FIELD",
     "WORKER_PROGRAM",
     "failure_line",
     "take_notify_address",
@@ -47,6 +48,8 @@ NOTIFY_ENV = "TETHER_NOTIFY_SOCKET"
 PARENT_FD_ENV = "TETHER_PARENT_FD"
 #: How a worker's last STATUS begins when it fails (to start, or while serving).
 FAILED_STATUS = "failed: "
+#: The notification field a worker sets when it has served its --max-requests.
+RECYCLE_FIELD = "TETHER_RECYCLE"
 #: How a worker is started; the rest of the command line is ``worker_argv``.
 WORKER_PROGRAM: tuple[str, ...] = (sys.executable, "-m", "tether")
 

@@ -45,6 +45,7 @@ from tether.master.support import SystemdLink
 from tether.master.watchdog import Watchdog
 from tether.master.workers import Generation, Worker, WorkerFailed, WorkersFailed
 from tether.notify import NotifyMessage
+from tether.worker import RECYCLE_FIELD
 
 __all__ = ["Pool", "PoolHooks", "Spawn"]
 
@@ -114,6 +115,8 @@ class Pool:
         self.reloads_failed = 0
         self.reloading = False
         self.restarts = 0
+        #: Workers replaced after their --max-requests.
+        self.recycles = 0
 
     # -- what others ask ----------------------------------------------------------
 
@@ -438,12 +441,7 @@ class Pool:
 
     def _spawn_worker(self, gen: Generation, slot: int, restarts: int = 0) -> Worker:
         """Start a worker in ``slot``; raises OSError if the OS refuses (EMFILE, EAGAIN...)."""
-        wid = self._next_worker
-        self._next_worker += 1
-        child, debug_path = self._spawn(wid, gen.number)
-        if self.active is not None and self.active is not gen:
-            self.hooks.renice(child.pid, STARTING_NICENESS)  # a reload: serving workers first
-        w = Worker(wid, gen.number, slot, child, debug_path, restarts=restarts)
+        w = self._start_worker(gen, slot, restarts)
         old = gen.slots.get(slot)
         if old is not None and old.child.alive:
             gen.retired.append(old)
@@ -451,10 +449,104 @@ class Pool:
             self.by_pid.pop(old.pid, None)
             old.child.close()
         gen.slots[slot] = w
-        self.by_pid[w.pid] = w
-        child.exited.add_done_callback(lambda _: self._on_worker_exit(w))
         log.info("master %d: started %s in slot %d", self._pid, w.label, slot)
         return w
+
+    def _start_worker(self, gen: Generation, slot: int, restarts: int) -> Worker:
+        """A new worker for ``slot``, known by pid, not yet in the slot."""
+        wid = self._next_worker
+        self._next_worker += 1
+        child, debug_path = self._spawn(wid, gen.number)
+        if self.active is not None and self.active is not gen:
+            self.hooks.renice(child.pid, STARTING_NICENESS)  # a reload: serving workers first
+        w = Worker(wid, gen.number, slot, child, debug_path, restarts=restarts)
+        self.by_pid[w.pid] = w
+        child.exited.add_done_callback(lambda _: self._on_worker_exit(w))
+        return w
+
+    # -- recycling (--max-requests) -----------------------------------------------
+
+    def _on_recycle(self, w: Worker) -> None:
+        """``w`` served its --max-requests: a successor takes its slot once READY."""
+        gen = self.generations.get(w.generation)
+        if (
+            self.stopping
+            or gen is None
+            or gen is not self.active
+            or gen.state != "serving"
+            or gen.slots.get(w.slot) is not w
+            or w.slot in gen.successors
+            or w.slot in gen.replacing
+        ):
+            return  # a reload, a stop or a replacement already takes care of it
+        self._keep_task(gen, w.slot, self._recycle(gen, w))
+
+    async def _recycle(self, gen: Generation, old: Worker) -> None:
+        """Start ``old``'s successor; when it is READY, it takes the slot and ``old`` drains.
+
+        Invariant: the slot always has a serving worker. A successor that fails
+        (exits, not READY in --reload-timeout, refused by the OS) is retried with
+        backoff while ``old`` serves on.
+        """
+        attempt = 0
+        while self._holds(gen, old):
+            attempt += 1
+            if attempt > 1:
+                await asyncio.sleep(max(BACKOFF_FIRST, _delay(attempt)))
+                if not self._holds(gen, old):
+                    return
+            try:
+                new = self._start_worker(gen, old.slot, 0)
+            except OSError as exc:
+                log.error(  # noqa: TRY400 - the OS error says it all
+                    "master %d: cannot start a successor for %s: %s; it serves on",
+                    self._pid,
+                    old.label,
+                    exc,
+                )
+                continue
+            log.info("master %d: %s recycles; started %s", self._pid, old.label, new.label)
+            gen.successors[old.slot] = new
+            try:
+                async with asyncio.timeout(self.config.reload_timeout):
+                    await new.until_ready()
+            except asyncio.CancelledError:
+                gen.retired.append(new)  # the master is stopping: it stops with the rest
+                raise
+            except (TimeoutError, WorkerFailed) as exc:
+                log.error(  # noqa: TRY400 - the reason is the whole story
+                    "master %d: %s, successor of %s, failed: %s; %s serves on",
+                    self._pid,
+                    new.label,
+                    old.label,
+                    exc if isinstance(exc, WorkerFailed) else "not READY in --reload-timeout",
+                    old.label,
+                )
+                new.child.kill()
+                continue
+            finally:
+                gen.successors.pop(old.slot, None)
+            if not self._holds(gen, old):
+                gen.retired.append(new)  # the slot moved on meanwhile (a crash, a reload)
+                self._ask_to_stop(new, signal.SIGTERM)
+                return
+            gen.slots[old.slot] = new
+            gen.retired.append(old)
+            self._ask_to_stop(old, signal.SIGTERM)
+            self.recycles += 1
+            log.info("master %d: %s took over from %s", self._pid, new.label, old.label)
+            self.hooks.systemd.status(self.status_line())
+            return
+
+    def _holds(self, gen: Generation, w: Worker) -> bool:
+        """Whether ``w`` is still the serving worker of its slot in the serving generation."""
+        return (
+            not self.stopping
+            and gen is self.active
+            and gen.state == "serving"
+            and gen.slots.get(w.slot) is w
+            and w.child.alive
+        )
 
     def _ask_to_stop(self, w: Worker, sig: int) -> None:
         if w.child.alive and not w.asked_to_stop:
@@ -636,6 +728,8 @@ class Pool:
                 log.info("master %d: %s ready in %.2fs", self._pid, w.label, took)
                 self.hooks.systemd.status(self.status_line())
             self.watchdog.beat(w)
+        if fields.get(RECYCLE_FIELD) == "1":
+            self._on_recycle(w)
         if fields.get("WATCHDOG") == "1" and w.state == "ready":
             w.last_heartbeat = time.monotonic()
             self.watchdog.beat(w)

@@ -74,6 +74,7 @@ class StatusView:
                 "reloading": pool.reloading,
                 "reload_queued": pool.reload_queued,
                 "restarts": pool.restarts,
+                "recycles": pool.recycles,
             },
             "generations": [
                 g.snapshot(now) for _, g in sorted(pool.generations.items()) if g.workers()

@@ -143,11 +143,14 @@ class Generation:
     retired: list[Worker] = field(default_factory=list)
     failures: dict[int, int] = field(default_factory=dict)
     replacing: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    #: Successors starting for slots whose worker served its --max-requests.
+    successors: dict[int, Worker] = field(default_factory=dict)
     created_at: float = field(default_factory=time.monotonic)
 
     def workers(self) -> list[Worker]:
         """Every worker of this generation that may still be running."""
-        return [w for w in [*self.slots.values(), *self.retired] if w.child.alive]
+        everyone = [*self.slots.values(), *self.successors.values(), *self.retired]
+        return [w for w in everyone if w.child.alive]
 
     def ready_count(self) -> int:
         return sum(1 for w in self.slots.values() if w.state == "ready")

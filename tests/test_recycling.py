@@ -1,0 +1,73 @@
+"""--max-requests: processes are recycled under wrk load, each successor READY first; none fails.
+
+gunicorn's option, done as a reload of one worker: the master starts the
+successor in the slot, and only when it is READY does the old worker drain.
+With ``--workers 0`` the process hands its sockets to a fresh copy, as HUP does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import time
+
+import pytest
+
+from masterproc import pids_gone
+from rolling import Outcome, load, parse_wrk
+
+from proc import get, tether
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("wrk") is None, reason="needs Debian's wrk (`make system-packages` installs it)"
+)
+
+RECYCLES = 3
+LIMIT = ("--max-requests", "400", "--max-requests-jitter", "200", "--no-access-log")
+
+
+def test_workers_are_recycled_under_load_with_no_failed_request() -> None:
+    """Master mode, 2 workers: at least 3 recycles under load, 0 failed requests, exit 0."""
+    with tether("plain:app", "--workers", "2", *LIMIT) as t:
+        t.ready()
+        deadline = time.monotonic() + 60
+        with load(t.port, connections=16) as report:
+            while True:
+                status = json.loads(get(t.debug_port, "/debug/workers")[1])
+                if status["master"]["recycles"] >= RECYCLES:
+                    break
+                assert time.monotonic() < deadline, status
+                time.sleep(0.1)  # the master's own count: the state this test waits on
+        outcome = Outcome("tether")
+        parse_wrk(report[0], outcome)
+        assert outcome.requests > RECYCLES * 400, report[0]
+        assert outcome.failed == 0, report[0]
+        t.signal(signal.SIGTERM)
+        assert t.wait() == 0
+        err = t.stderr()
+    assert err.count("served") >= RECYCLES and "took over from" in err, err
+
+
+def test_one_process_hands_over_to_a_fresh_copy_with_no_failed_request() -> None:
+    """--workers 0: past its count the process hands its sockets over; 0 failed requests."""
+    successors: list[int] = []
+    with tether("plain:app", *LIMIT) as t:
+        first = int(t.wait_for("READY")["MAINPID"])
+        try:
+            with load(t.port, connections=16) as report:
+                while len(successors) < RECYCLES:
+                    successors.append(int(t.wait_for("MAINPID", 60)["MAINPID"]))
+            outcome = Outcome("tether")
+            parse_wrk(report[0], outcome)
+            assert outcome.requests > RECYCLES * 400, report[0]
+            assert outcome.failed == 0, report[0]
+            assert first not in successors and len(set(successors)) == RECYCLES
+            assert t.wait() == 0  # the first process drained and left
+        finally:
+            # Every process since the first is in its process group: stop them as one.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(first, signal.SIGTERM)
+            assert pids_gone(successors, 30) == []
