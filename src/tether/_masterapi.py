@@ -14,20 +14,28 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from tether._control import Reply
 from tether._masterhttp import Route, fetch_unix, json_body
+from tether.console import gather_console, render
 from tether.debug import format_thread_dump, thread_dump
+from tether.metrics import (
+    Aggregator,
+    Lifecycle,
+    WorkerTarget,
+    exposition,
+    process_families,
+    process_rss,
+)
 
 if TYPE_CHECKING:
     from tether._generations import Generation, Worker
+    from tether.config import RunConfig
 
 __all__ = ["MasterAPI"]
 
@@ -39,6 +47,7 @@ _DUMP_TIMEOUT = 5.0
 class MasterAPI:
     """Mixed into :class:`tether.master.Master`: control commands, debug pages, progress."""
 
+    config: RunConfig
     generations: dict[int, Generation]
     active: Generation | None
     size: int
@@ -54,6 +63,10 @@ class MasterAPI:
 
     def __init__(self) -> None:
         self._subscribers: set[asyncio.Queue[str]] = set()
+        #: /metrics: the workers' sums, kept across their exits (issue 12's hook).
+        self.aggregator = Aggregator(fetch_unix)
+        self.lifecycle = Lifecycle()
+        self._watchdog_killed: set[int] = set()
 
     # -- provided by Master --------------------------------------------------------
 
@@ -164,6 +177,45 @@ class MasterAPI:
 
     # -- debug listener ------------------------------------------------------------
 
+    def _targets(self) -> list[WorkerTarget]:
+        return [
+            WorkerTarget(str(w.id), w.pid, w.generation, w.debug_path)
+            for w in self.live_workers()
+            if w.debug_path
+        ]
+
+    async def console_data(self) -> dict[str, Any]:
+        """The console's data: the master, then what each worker says about itself."""
+        status = self.status()
+        master = status["master"]
+        me = {
+            "role": "master",
+            "id": "master",
+            "pid": self._pid,
+            "generation": self.active.number if self.active is not None else 0,
+            "state": master["state"],
+            "age": master["uptime"],
+            "restarts": master["restarts"],
+            "rss": process_rss(),
+        }
+        known = {str(w.id): w for w in self.live_workers()}
+        processes = [me]
+        for entry in await gather_console(self._targets(), fetch_unix):
+            w = known.get(str(entry["id"]))
+            if w is not None:
+                entry.update(generation=w.generation, restarts=w.restarts)
+                entry["state"] = f"{w.state}" + (
+                    f" ({entry['state']})" if "error" not in entry else ""
+                )
+            processes.append(entry)
+        return {
+            "title": f"tether: {self.config.app}",
+            "summary": f"master {self._pid}, {master['state']}",
+            "processes": processes,
+            "reloads": self.lifecycle.history,
+            "extra": ["workers"],
+        }
+
     def debug_routes(self) -> dict[str, Route]:
         async def healthz(_q: dict[str, list[str]]) -> tuple[int, str, bytes]:
             return 200, "text/plain", b"ok\n"
@@ -192,11 +244,19 @@ class MasterAPI:
                 return 200, "application/json", json_body(dumps)
             return 200, "text/plain", format_dumps(dumps).encode()
 
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Collector(self))
+        collector = _Collector(self)
 
         async def metrics(_q: dict[str, list[str]]) -> tuple[int, str, bytes]:
-            return 200, "text/plain; version=0.0.4", generate_latest(registry)
+            live = self._targets()
+            await self.aggregator.scrape(live)
+
+            def own() -> Iterable[Metric]:
+                yield from collector.collect()
+                yield from self.lifecycle.families()
+                yield from process_families("master")
+
+            body = exposition(lambda: self.aggregator.families(own(), [w.id for w in live]))
+            return 200, "text/plain; version=0.0.4", body
 
         async def threads(q: dict[str, list[str]]) -> tuple[int, str, bytes]:
             dump = thread_dump()
@@ -205,13 +265,14 @@ class MasterAPI:
             text = f"tether master {self._pid}: {len(dump)} thread(s)\n" + format_thread_dump(dump)
             return 200, "text/plain", text.encode()
 
-        async def index(_q: dict[str, list[str]]) -> tuple[int, str, bytes]:
-            body = (
-                f"tether master {os.getpid()}\n\n/healthz\n/readyz\n/metrics\n"
-                "/debug/workers\n/debug/tasks (every worker's; ?format=json)\n"
-                "/debug/threads (the master's; ?format=json)\n"
-            )
-            return 200, "text/plain", body.encode()
+        async def index(q: dict[str, list[str]]) -> tuple[int, str, bytes]:
+            data = await self.console_data()
+            if (q.get("format") or [""])[0] == "json":
+                return 200, "application/json", json_body(data)
+            token = (q.get("token") or [""])[0] or None
+            refresh = (q.get("refresh") or [""])[0]
+            page = render(data, token=token, refresh=int(refresh) if refresh.isdigit() else 0)
+            return 200, "text/html; charset=utf-8", page.encode()
 
         return {
             "/healthz": healthz,

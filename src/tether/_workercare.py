@@ -27,6 +27,7 @@ from tether._generations import Generation, Worker, WorkerFailed
 from tether._masterapi import MasterAPI
 from tether._mastersupport import SystemdLink, worker_argv
 from tether.config import RunConfig
+from tether.metrics import FINAL_ENV, final_path
 from tether.notify import NotifyMessage, NotifyReceiver
 
 __all__ = ["KILL_MARGIN", "WorkerCare"]
@@ -65,6 +66,8 @@ class WorkerCare(MasterAPI):
     _handover: bool
     _debug_sock: socket.socket | None
     _control_sock: socket.socket | None
+    #: Pids the watchdog killed, so their restart counts as "watchdog", not "crash".
+    _watchdog_killed: set[int]
 
     def _spawn_task(self, coro: Any, name: str) -> asyncio.Task[Any]:
         raise NotImplementedError
@@ -86,6 +89,7 @@ class WorkerCare(MasterAPI):
         self._next_worker += 1
         debug_path = os.path.join(self._rundir, f"w{wid}.sock")
         env = dict(self._worker_env, TETHER_WORKER_ID=str(wid), TETHER_GENERATION=str(gen.number))
+        env[FINAL_ENV] = final_path(debug_path)  # issue 12: where it leaves its final counts
         child, fds = start_child(
             worker_argv(self.config, debug_path, self._program),
             name=f"worker {wid}",
@@ -167,6 +171,7 @@ class WorkerCare(MasterAPI):
     # -- workers that die, scale ----------------------------------------------------
 
     def _on_worker_exit(self, w: Worker) -> None:
+        self.aggregator.retire(str(w.id), w.debug_path)  # issue 12: its counts are kept
         code = w.child.exited.result()
         was_ready = w.state == "ready"
         w.state = "exited"
@@ -195,6 +200,7 @@ class WorkerCare(MasterAPI):
             f" in {delay:.1f}s (failure {failures} in a row)" if delay else "",
         )
         self.restarts += 1
+        self.lifecycle.restarted("watchdog" if w.pid in self._watchdog_killed else "crash")
         task = self._spawn_task(
             self._replace(gen, w.slot, delay, w.restarts + 1), f"replace-{w.slot}"
         )
@@ -293,6 +299,7 @@ class WorkerCare(MasterAPI):
             w.label,
             self.config.watchdog_timeout,
         )
+        self._watchdog_killed.add(w.pid)
         w.child.signal(signal.SIGUSR1)
         asyncio.get_running_loop().call_later(1.0, w.child.kill)
 

@@ -19,13 +19,14 @@ import hmac
 import html
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import Metric as MetricFamily
 
 from tether._stacks import format_frames, task_frames, thread_stacks
 from tether.serving import Receive, Scope, Send
@@ -44,8 +45,15 @@ class DebugSource:
     is_ready: Callable[[], bool] = lambda: False
     #: Why the service is not ready, for the 503 body.
     status: Callable[[], str] = lambda: "starting"
-    #: Gauges and counters for ``/metrics``.
+    #: Gauges for ``/metrics``, as (name, help, value).
     metrics: Callable[[], Iterable[Metric]] = lambda: ()
+    #: Typed metric families for ``/metrics`` (counters, histograms, labelled gauges).
+    families: Callable[[], Iterable[MetricFamily]] = lambda: ()
+    #: Awaited before ``/metrics`` is rendered (the master scrapes its workers here).
+    scrape: Callable[[], Awaitable[None]] | None = None
+    #: What the HTML console at ``/debug/`` shows (see :mod:`tether.console`); None: a list
+    #: of links.
+    console: Callable[[], Awaitable[dict[str, Any]]] | None = None
     #: Extra read-only JSON endpoints under ``/debug/`` (for example ``workers``).
     extra: dict[str, Callable[[], Any]] = field(default_factory=dict)
 
@@ -54,9 +62,10 @@ class _Collector:
     def __init__(self, source: DebugSource) -> None:
         self.source = source
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[MetricFamily]:
         for name, help_text, value in self.source.metrics():
             yield GaugeMetricFamily(name, help_text, value=value)
+        yield from self.source.families()
 
 
 def task_dump(loop: asyncio.AbstractEventLoop | None = None) -> list[dict[str, Any]]:
@@ -117,7 +126,7 @@ class DebugApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # served with lifespan off; no websockets here
-        status, ctype, body = self.respond(scope)
+        status, ctype, body = await self.respond_async(scope)
         await send(
             {
                 "type": "http.response.start",
@@ -130,6 +139,26 @@ class DebugApp:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+    async def respond_async(self, scope: Scope) -> tuple[int, str, bytes]:
+        """Like :meth:`respond`, for the pages whose source is asynchronous."""
+        path: str = scope["path"]
+        if path == "/metrics" and self.source.scrape is not None:
+            await self.source.scrape()
+        elif path in ("/debug", "/debug/") and self.source.console is not None:
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            if not self._authorized(scope, query):
+                return self.respond(scope)  # the 401
+            from tether.console import render
+
+            data = await self.source.console()
+            if query.get("format") == ["json"]:
+                return 200, "application/json", json.dumps(data, default=str).encode()
+            token = query["token"][0] if "token" in query else None
+            refresh = query.get("refresh", [""])[0]
+            page = render(data, token=token, refresh=int(refresh) if refresh.isdigit() else 0)
+            return 200, "text/html; charset=utf-8", page.encode()
+        return self.respond(scope)
 
     def respond(self, scope: Scope) -> tuple[int, str, bytes]:
         """Status, content type and body for one request."""

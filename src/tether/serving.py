@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from uvicorn.config import Config
 from uvicorn.lifespan.on import LifespanOn
@@ -39,6 +39,9 @@ from uvicorn.server import ServerState
 from tether._stacks import task_stack
 from tether.errors import AbandonedWork, StartupError
 from tether.group import StopToken
+
+if TYPE_CHECKING:
+    from tether.metrics import ProcessMetrics
 
 __all__ = ["DrainHooks", "HttpServer", "ServeOptions"]
 
@@ -80,6 +83,8 @@ class DrainHooks:
     request_var: ContextVar[object] | None = None
     #: Where abandoned requests and the lifespan are reported.
     abandoned: list[AbandonedWork] = field(default_factory=list)
+    #: Where every response, drain phase and loop-lag sample is counted; None: not counted.
+    metrics: ProcessMetrics | None = None
 
 
 class _Connections(set[Any]):
@@ -123,23 +128,37 @@ class _State(ServerState):
     a connection is open: no per-request cost, and no wake-ups when idle.
     """
 
-    def __init__(self, extra_headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(
+        self,
+        extra_headers: list[tuple[bytes, bytes]],
+        lag: Callable[[float], None] | None = None,
+    ) -> None:
         super().__init__()
         self.watched_connections = _Connections(self._start_clock, self._stop_clock)
         self.connections = self.watched_connections
         self._extra = extra_headers
         self._clock: asyncio.TimerHandle | None = None
+        # The clock is also the event-loop lag probe: it only runs while there is traffic.
+        self._lag = lag
+        self._due = 0.0  # loop time the clock's next tick is due
         self._refresh_date()
 
     def _refresh_date(self) -> None:
         now = time.time()
         self.default_headers = [(b"date", formatdate(now, usegmt=True).encode()), *self._extra]
         if self._clock is not None:
+            loop = asyncio.get_running_loop()
+            if self._lag is not None:
+                self._lag(loop.time() - self._due)
             # Fire just after the next second starts, so the header is never a second behind.
-            self._clock = asyncio.get_running_loop().call_later(1.0 - now % 1.0, self._refresh_date)
+            delay = 1.0 - now % 1.0
+            self._due = loop.time() + delay
+            self._clock = loop.call_later(delay, self._refresh_date)
 
     def _start_clock(self) -> None:
-        self._clock = asyncio.get_running_loop().call_later(0, self._refresh_date)
+        loop = asyncio.get_running_loop()
+        self._due = loop.time()
+        self._clock = loop.call_later(0, self._refresh_date)
 
     def _stop_clock(self) -> None:
         if self._clock is not None:
@@ -164,6 +183,7 @@ class _DrainMiddleware:
         self.app = app
         self.hooks = hooks
         self.draining = False
+        self.inner = app if hooks.metrics is None else _Recording(app, hooks.metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -172,14 +192,52 @@ class _DrainMiddleware:
             send = _closing(send)
         var = self.hooks.request_var
         if var is None:
-            return await self.app(scope, receive, send)
+            return await self.inner(scope, receive, send)
         # This runs for every request: a ContextVar set/reset, nothing heavier (the
         # scope is turned into a label only if a report ever needs one).
         token = var.set(scope)
         try:
-            return await self.app(scope, receive, send)
+            return await self.inner(scope, receive, send)
         finally:
             var.reset(token)
+
+
+class _Recording:
+    """Counts each request's method, status, duration and body bytes into ProcessMetrics."""
+
+    def __init__(self, app: ASGIApp, metrics: ProcessMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        metrics = self.metrics
+        if scope["type"] != "http":
+            metrics.websockets += 1
+            try:
+                return await self.app(scope, receive, send)
+            finally:
+                metrics.websockets -= 1
+        status = 0
+        sent = 0
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            elif message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        started = scope["tether.started"] = time.perf_counter()
+        try:
+            await self.app(scope, receive, recording_send)
+        except asyncio.CancelledError:
+            raise  # cut at the deadline: counted as such, not as an answer
+        except BaseException:
+            # Before a response started, the server answers 500 for the app.
+            metrics.request(scope["method"], status or 500, time.perf_counter() - started, sent)
+            raise
+        metrics.request(scope["method"], status or 500, time.perf_counter() - started, sent)
 
 
 def _closing(send: Send) -> Send:
@@ -221,7 +279,10 @@ class HttpServer:
             interface="asgi3",
         )
         self.config.load()
-        self.state = _State(self.config.encoded_headers)
+        metrics = self.hooks.metrics
+        self.state = _State(
+            self.config.encoded_headers, metrics.loop_lag if metrics is not None else None
+        )
         self.phase = "created"
         self._servers: list[asyncio.Server] = []
         self._lifespan: _Lifespan | None = None
@@ -277,6 +338,10 @@ class HttpServer:
 
     async def _shutdown(self, stop: StopToken) -> None:
         state = self.state
+        metrics = self.hooks.metrics
+        if metrics is not None:
+            metrics.drains += 1
+        began = time.perf_counter()
         # Phase 3: stop accepting. Our copies of the listeners close; a master
         # keeps its own, so queued connections wait for the next generation.
         self.phase = "draining"
@@ -304,6 +369,7 @@ class HttpServer:
             await asyncio.wait(list(state.tasks))
         for server in self._servers:
             await server.wait_closed()
+        began = self._phase_done("connections", began)
         # Phase 5: background work started by requests and by tether.spawn.
         self.phase = "draining background work"
         if self.hooks.background is not None:
@@ -313,16 +379,26 @@ class HttpServer:
             left = await asyncio.shield(self._background)
             self._background = None
             self.hooks.abandoned.extend(left)
+            began = self._phase_done("background", began)
         # Phase 6: the app's own shutdown.
         self.phase = "app shutdown"
         if self._lifespan is not None:
             await self._lifespan.shutdown()
+            self._phase_done("app shutdown", began)
         self.phase = "stopped"
+
+    def _phase_done(self, phase: str, began: float) -> float:
+        now = time.perf_counter()
+        if self.hooks.metrics is not None:
+            self.hooks.metrics.drain_phase(phase, now - began)
+        return now
 
     def _report_abandoned(self) -> None:
         """Called when the group cancels us at the deadline: name what was cut short."""
         for task in list(self.state.tasks):
             if not task.done():
+                if self.hooks.metrics is not None:
+                    self.hooks.metrics.requests_cut += 1
                 self.hooks.abandoned.append(
                     AbandonedWork(
                         "request",
@@ -375,13 +451,37 @@ class HttpServer:
         """Requests whose handler is still running."""
         return len(self.state.tasks)
 
+    def in_flight(self) -> list[dict[str, Any]]:
+        """Each request whose handler runs: method, path, seconds since it reached the app."""
+        now = time.perf_counter()
+        out = []
+        for task in list(self.state.tasks):
+            scope = _task_scope(task)
+            if scope is None:
+                continue
+            started = scope.get("tether.started")
+            out.append(
+                {
+                    "method": scope.get("method", "WEBSOCKET"),
+                    "path": scope.get("path", ""),
+                    "age": None if started is None else round(now - started, 3),
+                }
+            )
+        return sorted(out, key=lambda r: -(r["age"] or 0.0))
 
-def _request_name(task: asyncio.Task[Any]) -> str:
-    """``METHOD /path`` for a uvicorn request task, from the cycle it runs."""
+
+def _task_scope(task: asyncio.Task[Any]) -> dict[str, Any] | None:
+    """The ASGI scope of a uvicorn request task, from the cycle it runs."""
     coro: Any = task.get_coro()
     frame = getattr(coro, "cr_frame", None)
     cycle = frame.f_locals.get("self") if frame is not None else None
     scope = getattr(cycle, "scope", None)
-    if isinstance(scope, dict) and "path" in scope:
+    return scope if isinstance(scope, dict) and "path" in scope else None
+
+
+def _request_name(task: asyncio.Task[Any]) -> str:
+    """``METHOD /path`` for a uvicorn request task."""
+    scope = _task_scope(task)
+    if scope is not None:
         return f"{scope.get('method', 'WS')} {scope['path']}"
     return task.get_name()

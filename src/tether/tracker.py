@@ -50,6 +50,7 @@ from tether._adoption import (
     origin_label,
     request_scope,
 )
+from tether._creation import task_site
 from tether._stacks import format_frames, task_frames
 from tether._trackertypes import (
     AbandonedTask,
@@ -133,6 +134,8 @@ class Tracker:
         # Settled tasks still running (see _settle): task -> the request scope it was
         # adopted from, None if spawned explicitly.
         self._tasks: dict[asyncio.Task[Any], object] = {}
+        # When each of those was settled (loop time), for the debug console's "running for".
+        self._since: dict[asyncio.Task[Any], float] = {}
         # Registered, not settled yet: parallel lists of tasks and origins, then in flight.
         self._fresh: list[asyncio.Task[Any]] = []
         self._fresh_origins: list[object] = []
@@ -182,6 +185,36 @@ class Tracker:
             result.extend(batch)
         result.extend(self._fresh)
         return result
+
+    def running(self) -> list[dict[str, Any]]:
+        """Tracked tasks still running: name, who started them, seconds running; longest first.
+
+        ``started_by`` is the request a task was adopted from, else where it was
+        created (with creation tracking on), else ``tether.spawn``. The age counts
+        from the task's first step, so a task that just started shows 0.
+        """
+        now = self._loop.time() if self._loop is not None else 0.0
+        out = []
+        for task in self.tasks():
+            if task.done():
+                continue
+            origin = self._tasks.get(task)
+            started_by = origin_label(origin)
+            if started_by is None:
+                site = task_site(task)
+                started_by = "tether.spawn"
+                if site is not None:
+                    started_by = f"{site[0].co_name} ({site[2]}:{site[1]})"
+            since = self._since.get(task)
+            out.append(
+                {
+                    "name": _display_name(task),
+                    "started_by": started_by,
+                    "adopted": origin is not None,
+                    "age": 0.0 if since is None else round(now - since, 3),
+                }
+            )
+        return sorted(out, key=lambda t: -t["age"])
 
     def _running(self) -> int:
         return len(self._tasks) + len(self._fresh) + sum(len(b) for b, _ in self._batches)
@@ -329,9 +362,13 @@ class Tracker:
         on_done = self._on_done_cb
         no_slots = self.limit is None or self._phase != _OPEN
         completed = 0
+        now = -1.0
         for task, origin in zip(batch, origins, strict=True):
             if not task.done():
                 tasks[task] = origin
+                if now < 0:
+                    now = self._loop.time() if self._loop is not None else 0.0
+                self._since[task] = now
                 task.add_done_callback(on_done)
                 continue
             if no_slots:  # _on_done's common case, inlined
@@ -362,6 +399,7 @@ class Tracker:
 
     def _on_done(self, task: asyncio.Task[Any]) -> None:
         origin = self._tasks.pop(task)
+        self._since.pop(task, None)
         if origin is None and self.limit is not None and self._phase == _OPEN:
             self._release_slot()
         if task.cancelled():
@@ -477,6 +515,7 @@ class Tracker:
             cancelled.append((task, item))
             task.remove_done_callback(self._on_done_cb)
             del self._tasks[task]
+            self._since.pop(task, None)
             self._abandoned += 1
             self._stragglers.add(task)
             task.add_done_callback(self._on_abandoned_done)
