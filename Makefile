@@ -24,6 +24,7 @@ typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
 pytest: $(BIN)/.installed
+	.ci/scripts/ensure-chromium
 	$(BIN)/pytest
 
 bench: $(BIN)/.installed

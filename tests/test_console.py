@@ -1,0 +1,113 @@
+"""The debug console, rendered by a real browser (headless Chromium) and as plain HTML."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tether.console import render
+
+from proc import tether
+
+BROWSER_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """Run headless Chromium with a fresh profile; fail clearly if it is not installed."""
+    exe = shutil.which("chromium")
+    if exe is None:
+        pytest.fail("chromium is not installed: run .ci/scripts/ensure-chromium (make test does)")
+    profile = tmp_path / f"profile-{time.monotonic_ns()}"
+    return subprocess.run(
+        [exe, *BROWSER_FLAGS, f"--user-data-dir={profile}", *args],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+
+
+def get_json(port: int, path: str) -> Any:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        return json.loads(response.read())
+
+
+def until_in_flight(port: int, path: str, limit: float = 20.0) -> dict[str, Any]:
+    """The console's JSON once some worker reports a request for ``path`` in flight."""
+    deadline = time.monotonic() + limit
+    while True:
+        data = get_json(port, "/debug/?format=json")
+        paths = [r["path"] for p in data["processes"] for r in p.get("requests", [])]
+        if path in paths:
+            return dict(data)
+        assert time.monotonic() < deadline, f"{path} never showed as in flight: {data}"
+        time.sleep(0.05)
+
+
+def test_console_in_a_browser_shows_workers_members_and_requests(tmp_path: Path) -> None:
+    """Chromium loads /debug/ of the demo in master mode: every worker pid, the consumer, /slow."""
+    with tether("tether.demo:app", "--workers", "2") as t:
+        t.ready()
+        with socket.create_connection(("127.0.0.1", t.port), timeout=10) as slow:
+            slow.sendall(b"GET /slow?seconds=30 HTTP/1.1\r\nHost: test\r\n\r\n")
+            until_in_flight(t.debug_port, "/slow")
+            status = get_json(t.debug_port, "/debug/workers")
+            pids = [w["pid"] for g in status["generations"] for w in g["workers"]]
+            assert len(pids) == 2
+            url = f"http://127.0.0.1:{t.debug_port}/debug/"
+            dom = chromium(tmp_path, "--dump-dom", url).stdout.decode()
+            shot = tmp_path / "console.png"
+            chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,1000", url)
+        assert "<h2>Processes</h2>" in dom
+        for pid in [*pids, t.proc.pid if t.proc else 0]:
+            assert f'<td class="n">{pid}</td>' in dom, pid
+        assert "consumer" in dom  # the demo's queue consumer member, by name
+        assert "<td>/slow</td>" in dom
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        t.close()
+
+
+def test_console_escapes_what_the_app_named() -> None:
+    """Paths and task names from the app are escaped, never markup."""
+    page = render(
+        {
+            "processes": [
+                {
+                    "role": "process",
+                    "id": "0",
+                    "pid": 1,
+                    "requests": [{"method": "GET", "path": "/<script>x</script>", "age": 1.0}],
+                    "background": [
+                        {"name": "<b>", "started_by": "GET /e", "adopted": True, "age": 2.0}
+                    ],
+                }
+            ]
+        },
+        token="a&b",
+    )
+    assert "<script>x" not in page and "&lt;script&gt;x&lt;/script&gt;" in page
+    assert "<td>&lt;b&gt;</td>" in page and "adopted from GET /e" in page
+    assert "/debug/tasks?token=a%26b" in page
+    assert "<script" not in page  # no JavaScript at all
+
+
+def test_console_auto_refresh_is_a_meta_tag() -> None:
+    """?refresh=N asks the browser to reload every N seconds, without JavaScript."""
+    assert '<meta http-equiv="refresh" content="5">' in render({}, refresh=5)
+    assert "http-equiv" not in render({})
