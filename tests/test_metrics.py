@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import urllib.error
 import urllib.request
@@ -128,13 +129,30 @@ DOCUMENTED_TYPES = {
 }
 
 
+DOCS = (Path(__file__).parent.parent / "docs" / "observability.md").read_text()
+DASHBOARD = (Path(__file__).parent.parent / "deploy" / "grafana-dashboard.json").read_text()
+
+
 def check_types(families: dict[str, Any], master: bool) -> None:
+    """Types as documented, and every family exposed is in docs/observability.md."""
     for name, kind in DOCUMENTED_TYPES.items():
         assert families[name].type == kind, (name, families[name].type)
+    for name, family in families.items():
+        shown = name + "_total" if family.type == "counter" else name
+        assert f"`{shown}`" in DOCS or f"`{shown}`," in DOCS, f"{shown} is not documented"
     if master:
         assert families["tether_reloads"].type == "counter"
         assert families["tether_worker_restarts"].type == "counter"
         assert families["tether_master_generation"].type == "gauge"
+
+
+def test_the_dashboard_uses_only_documented_metrics() -> None:
+    """Every metric the Grafana dashboard queries is one docs/observability.md lists."""
+    used = set(re.findall(r"tether_[a-z_]+", DASHBOARD)) - {"tether_service"}
+    bare = {re.sub(r"_(bucket|sum|count)$", "", n) for n in used}
+    assert used and all(f"`{n}`" in DOCS for n in bare), sorted(
+        n for n in bare if f"`{n}`" not in DOCS
+    )
 
 
 # -- the recording and the sum, in one process ------------------------------------------------
