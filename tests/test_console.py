@@ -111,3 +111,36 @@ def test_console_auto_refresh_is_a_meta_tag() -> None:
     """?refresh=N asks the browser to reload every N seconds, without JavaScript."""
     assert '<meta http-equiv="refresh" content="5">' in render({}, refresh=5)
     assert "http-equiv" not in render({})
+
+
+def test_console_of_one_process_names_who_started_background_work(tmp_path: Path) -> None:
+    """--workers 0: an adopted task shows the request it came from, a spawned one its name."""
+    events = tmp_path / "events.txt"
+    with tether("events:app", EVENTS_FILE=str(events), EVENT_DELAY="60") as t:
+        t.ready()
+        assert get_status(t.port, "/plain?r1") == 202
+        assert get_status(t.port, "/spawn?r2") == 202
+        deadline = time.monotonic() + 20
+        while True:
+            data = get_json(t.debug_port, "/debug/?format=json")
+            background = data["processes"][0]["background"]
+            if len(background) == 2:
+                break
+            assert time.monotonic() < deadline, data
+            time.sleep(0.05)
+        by_name = {b["name"]: b for b in background}
+        spawned = by_name.pop("event r2")
+        assert spawned["started_by"] == "tether.spawn" and not spawned["adopted"]
+        [adopted] = by_name.values()
+        assert adopted["adopted"] and adopted["started_by"] == "GET /plain"
+        with urllib.request.urlopen(f"http://127.0.0.1:{t.debug_port}/debug/") as response:
+            page = response.read().decode()
+        assert "adopted from GET /plain" in page and "<td>event r2</td>" in page
+        assert data["processes"][0]["pid"] == (t.proc.pid if t.proc else 0)
+        # The text and JSON task dumps are still there.
+        assert isinstance(get_json(t.debug_port, "/debug/tasks?format=json"), list)
+
+
+def get_status(port: int, path: str) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        return int(response.status)

@@ -6,7 +6,9 @@ queues (reload, upgrade, scale, stop); this module only translates.
 The debug listener offers what a single process offers (``/healthz``,
 ``/readyz``, ``/metrics``, ``/debug/tasks``, ``/debug/threads``), plus
 ``/debug/workers``; ``/debug/tasks`` is every worker's dump, ``/debug/threads``
-and ``/metrics`` describe the master itself.
+describes the master itself, ``/metrics`` is the master's own figures plus its
+workers' summed by :class:`tether.metrics.Aggregator`, and ``/debug/`` is the
+console of :mod:`tether.console` over the master and what each worker says.
 """
 
 from __future__ import annotations
