@@ -114,7 +114,7 @@ def test_console_auto_refresh_is_a_meta_tag() -> None:
 
 
 def test_console_of_one_process_names_who_started_background_work(tmp_path: Path) -> None:
-    """--workers 0: an adopted task shows the request it came from, a spawned one its name."""
+    """--workers 0: adopted and spawned tasks both name the request that started them."""
     events = tmp_path / "events.txt"
     with tether("events:app", EVENTS_FILE=str(events), EVENT_DELAY="60") as t:
         t.ready()
@@ -130,7 +130,7 @@ def test_console_of_one_process_names_who_started_background_work(tmp_path: Path
             time.sleep(0.05)
         by_name = {b["name"]: b for b in background}
         spawned = by_name.pop("event r2")
-        assert spawned["started_by"] == "tether.spawn" and not spawned["adopted"]
+        assert spawned["started_by"] == "GET /spawn" and not spawned["adopted"]
         [adopted] = by_name.values()
         assert adopted["adopted"] and adopted["started_by"] == "GET /plain"
         with urllib.request.urlopen(f"http://127.0.0.1:{t.debug_port}/debug/") as response:

@@ -189,7 +189,8 @@ class Tracker:
     def running(self) -> list[dict[str, Any]]:
         """Tracked tasks still running: name, who started them, seconds running; longest first.
 
-        ``started_by`` is the request a task was adopted from, else where it was
+        ``started_by`` is the request a task was adopted from or spawned in, else
+        the task that spawned it (a member is ``service:NAME``), else where it was
         created (with creation tracking on), else ``tether.spawn``. The age counts
         from the task's first step, so a task that just started shows 0.
         """
@@ -199,7 +200,7 @@ class Tracker:
             if task.done():
                 continue
             origin = self._tasks.get(task)
-            started_by = origin_label(origin)
+            started_by = origin_label(origin if origin is not None else _spawned_by(task))
             if started_by is None:
                 site = task_site(task)
                 started_by = "tether.spawn"
@@ -282,7 +283,12 @@ class Tracker:
 
     def _start(self, coro: Coroutine[Any, Any, T], name: str | None) -> asyncio.Task[T]:
         name = _work_name(coro, name)
-        wrapped = _guarded(coro, name)
+        # Who spawned it, for the debug console: the request, else the task (a member).
+        by = REQUEST_SCOPE.get()
+        if by is None:
+            creator = asyncio.current_task()
+            by = creator.get_name() if creator is not None else None
+        wrapped = _guarded(coro, name, by)
         self._spawning = True
         try:
             loop = asyncio.get_running_loop()
@@ -557,7 +563,8 @@ def _work_name(coro: object, name: str | None) -> str:
     return getattr(coro, "__qualname__", None) or type(coro).__name__
 
 
-async def _guarded(coro: Coroutine[Any, Any, T], name: str) -> T:
+async def _guarded(coro: Coroutine[Any, Any, T], name: str, by: object = None) -> T:
+    # ``by`` is only kept to be read from this frame by Tracker.running().
     # Keeps KeyboardInterrupt/SystemExit from escaping a task, which would stop the loop.
     try:
         return await coro
@@ -566,6 +573,14 @@ async def _guarded(coro: Coroutine[Any, Any, T], name: str) -> T:
 
 
 _GUARD_CODE = _guarded.__code__
+
+
+def _spawned_by(task: asyncio.Task[Any]) -> object:
+    """What ``spawn`` noted as the spawner of a task it started: a request scope or a task name."""
+    frame = getattr(task.get_coro(), "cr_frame", None)
+    if frame is None or frame.f_code is not _GUARD_CODE:
+        return None
+    return frame.f_locals.get("by")
 
 
 def _display_name(task: asyncio.Task[Any]) -> str:
