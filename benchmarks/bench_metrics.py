@@ -19,6 +19,7 @@ Three figures, one run:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import os
 import re
@@ -55,6 +56,15 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of one process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return sum(int(f) for f in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ns(pid: int) -> int:
+    """Nanoseconds every thread of a process has run (schedstat: finer than clock ticks)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):  # a thread that ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
 
 
 def tree(pid: int) -> list[int]:
@@ -145,9 +155,9 @@ def idle_cpu(workers: int, seconds: float) -> float:
         pids = tree(proc.pid)
         if workers:
             assert len(pids) == 1 + workers, pids
-        before = sum(cpu_seconds(p) for p in pids)
+        before = sum(cpu_ns(p) for p in pids)
         time.sleep(seconds)
-        return (sum(cpu_seconds(p) for p in pids) - before) * 1000
+        return (sum(cpu_ns(p) for p in pids) - before) / 1e6
     finally:
         proc.terminate()
         proc.wait(30)
@@ -181,7 +191,7 @@ def main() -> None:
     for workers in (0, 1):
         ms = idle_cpu(workers, args.idle)
         what = "one process (--workers 0)" if workers == 0 else "master + 1 worker"
-        print(f"idle CPU over {args.idle:g}s, {what}: {ms:.1f} ms")
+        print(f"idle CPU over {args.idle:g}s, {what}: {ms:.2f} ms")
     print(f"\ncpu count {os.cpu_count()}, wrk -t1 -c64 -d{args.duration}s, {args.rounds} rounds")
 
 
