@@ -44,6 +44,8 @@ async def app(scope, receive, send):
                 return
     path = scope["path"]
     status = int(path.rsplit("/", 1)[1]) if path.startswith("/status/") else 200
+    if path == "/slow":
+        await asyncio.sleep(60)
     if path == "/boom":
         raise RuntimeError("boom")
     body = b"x" * 10
@@ -354,5 +356,50 @@ def test_master_sums_workers_and_counters_survive_reload_and_crash(tmp_path: Pat
             assert histogram_count(families) == sum(expected.values())
             restarts = values(families["tether_worker_restarts"], "tether_worker_restarts_total")
             assert restarts[(("cause", "crash"),)] == 1.0
+
+    asyncio.run(scenario())
+
+
+def in_flight(port: int) -> float:
+    return sum(
+        values(
+            scrape(port)["tether_http_requests_in_flight"], "tether_http_requests_in_flight"
+        ).values()
+    )
+
+
+@pytest.mark.timeout(120)
+def test_a_drain_that_hits_the_deadline_is_counted(tmp_path: Path) -> None:
+    """A reload whose old worker must cut a request at the deadline shows it in /metrics."""
+    (tmp_path / "hello.py").write_text(STATUS_APP)
+
+    async def scenario() -> None:
+        async with MasterProc(tmp_path, "--graceful-timeout", "1", workers=1, debug=True) as master:
+            await master.wait_for("READY")
+            old = await master.worker_pids()
+            _reader, writer = await asyncio.open_connection("127.0.0.1", master.port)
+            try:
+                writer.write(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
+                await writer.drain()
+                async with asyncio.timeout(20):
+                    while await asyncio.to_thread(in_flight, master.debug_port) != 1:
+                        await asyncio.sleep(0.05)
+                os.kill(master.pid, signal.SIGHUP)
+                await until_status(
+                    master,
+                    lambda s: (
+                        ready_workers(s, 1)
+                        and s["master"]["reloads"] == 1
+                        and old[0] not in {w["pid"] for w in s["generations"][0]["workers"]}
+                    ),
+                )
+            finally:
+                writer.close()
+            master.seen_workers.update(await master.worker_pids())
+            families = await asyncio.to_thread(scrape, master.debug_port)
+            cut = values(families["tether_drain_requests_cut"], "tether_drain_requests_cut_total")
+            assert cut == {(): 1.0}
+            assert values(families["tether_drains"], "tether_drains_total") == {(): 1.0}
+            assert in_flight(master.debug_port) == 0
 
     asyncio.run(scenario())
