@@ -31,6 +31,7 @@ from proc import tether
 #: An app whose status is in its path: GET /status/404 answers 404.
 STATUS_APP = """\
 import asyncio
+import time
 
 
 async def app(scope, receive, send):
@@ -46,6 +47,8 @@ async def app(scope, receive, send):
     status = int(path.rsplit("/", 1)[1]) if path.startswith("/status/") else 200
     if path == "/slow":
         await asyncio.sleep(60)
+    if path == "/block":
+        time.sleep(1.2)  # blocks the event loop, as careless code does
     if path == "/boom":
         raise RuntimeError("boom")
     body = b"x" * 10
@@ -278,6 +281,25 @@ def test_single_process_counts_every_request_exactly(tmp_path: Path) -> None:
         check_types(families, master=False)
         t.signal(signal.SIGTERM)
         assert t.wait() == 0
+
+
+def test_a_blocked_event_loop_shows_in_the_lag_histogram(tmp_path: Path) -> None:
+    """A handler that blocks the loop for 1.2 s makes the running clock fire late: lag > 0.25 s."""
+    (tmp_path / "statusapp.py").write_text(STATUS_APP)
+    with tether("statusapp:app", "--app-dir", str(tmp_path)) as t:
+        t.ready()
+        families = scrape(t.debug_port)
+        lag = families["tether_event_loop_lag_seconds"]
+        assert values(lag, "tether_event_loop_lag_seconds_count") == {(("worker", "0"),): 0.0}
+        assert http_status(t.port, "/block") == 200
+        families = scrape(t.debug_port)
+        buckets = values(
+            families["tether_event_loop_lag_seconds"], "tether_event_loop_lag_seconds_bucket"
+        )
+        late = (
+            buckets[(("le", "+Inf"), ("worker", "0"))] - buckets[(("le", "0.25"), ("worker", "0"))]
+        )
+        assert late >= 1, buckets
 
 
 def ready_workers(status: dict[str, Any], n: int) -> bool:
