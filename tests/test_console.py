@@ -144,3 +144,39 @@ def test_console_of_one_process_names_who_started_background_work(tmp_path: Path
 def get_status(port: int, path: str) -> int:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
         return int(response.status)
+
+
+def test_debug_app_serves_the_console_with_the_token_rules() -> None:
+    """DebugApp: /debug/ renders the console, ?format=json gives its data; both need the token."""
+    from test_debug import call
+    from tether.debug import DebugApp, DebugSource
+
+    async def console() -> dict[str, Any]:
+        return {"title": "svc", "processes": [{"role": "process", "id": "0", "pid": 42}]}
+
+    app = DebugApp(DebugSource(console=console), token="s3cret")
+    assert call(app, "/debug/")[0] == 401
+    status, body = call(app, "/debug/", "token=s3cret")
+    assert status == 200 and "<h1>svc</h1>" in body and '<td class="n">42</td>' in body
+    assert "/debug/tasks?token=s3cret" in body  # links carry the token
+    status, body = call(app, "/debug/", "token=s3cret&format=json")
+    assert status == 200 and json.loads(body)["processes"][0]["pid"] == 42
+
+
+def test_debug_app_scrapes_before_rendering_metrics() -> None:
+    """DebugApp awaits the source's scrape before /metrics, then renders its families."""
+    from prometheus_client.core import CounterMetricFamily
+
+    from test_debug import call
+    from tether.debug import DebugApp, DebugSource
+
+    scraped: list[int] = []
+
+    async def scrape() -> None:
+        scraped.append(1)
+
+    def families() -> Any:
+        yield CounterMetricFamily("things", "things done", value=len(scraped))
+
+    status, body = call(DebugApp(DebugSource(families=families, scrape=scrape)), "/metrics")
+    assert status == 200 and "# TYPE things_total counter\nthings_total 1.0" in body
