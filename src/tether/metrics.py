@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import os
 import resource
-import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -114,29 +113,56 @@ class ProcessMetrics:
 
     def __init__(self, worker: str = "0") -> None:
         self.worker = worker
-        self.requests: dict[tuple[str, int], int] = {}
-        self.durations: dict[str, Histogram] = {}
-        self.response_bytes = 0
+        # (method, status) -> [count, bucket counts..., +Inf count, seconds, body bytes]:
+        # one dict lookup per request; per-method histograms are summed at scrape time.
+        self._records: dict[tuple[str, int], list[Any]] = {}
         self.websockets = 0
         self.lag = Histogram(LAG_BUCKETS)
         self.drains = 0
         self.phases: dict[str, Histogram] = {}
         self.requests_cut = 0
-        self.started = time.time()
 
     def request(self, method: str, status: int, seconds: float, sent: int) -> None:
         """Count one finished HTTP request (per-request path: keep it cheap)."""
+        record = self._records.get((method, status))
+        if record is None:
+            record = self._record(method, status)
+        record[0] += 1
+        record[bisect_left(LATENCY_BUCKETS, seconds) + 1] += 1
+        record[-2] += seconds
+        record[-1] += sent
+
+    def _record(self, method: str, status: int) -> list[Any]:
         if method not in _METHODS:
-            method = "OTHER"
-        key = (method, status)
-        requests = self.requests
-        requests[key] = requests.get(key, 0) + 1
-        hist = self.durations.get(method)
-        if hist is None:
-            hist = self.durations[method] = Histogram(LATENCY_BUCKETS)
-        hist.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        hist.sum += seconds
-        self.response_bytes += sent
+            method = "OTHER"  # unknown methods share a record, so they cannot grow the series
+        record = self._records.get((method, status))
+        if record is None:
+            record = [0] * (len(LATENCY_BUCKETS) + 2) + [0.0, 0]
+            self._records[(method, status)] = record
+        return record
+
+    @property
+    def requests(self) -> dict[tuple[str, int], int]:
+        """Requests answered, by method and status."""
+        return {key: record[0] for key, record in self._records.items()}
+
+    @property
+    def durations(self) -> dict[str, Histogram]:
+        """Request durations by method."""
+        out: dict[str, Histogram] = {}
+        for (method, _), record in self._records.items():
+            hist = out.get(method)
+            if hist is None:
+                hist = out[method] = Histogram(LATENCY_BUCKETS)
+            for i, count in enumerate(record[1:-2]):
+                hist.counts[i] += count
+            hist.sum += record[-2]
+        return out
+
+    @property
+    def response_bytes(self) -> int:
+        """Response body bytes sent."""
+        return sum(int(record[-1]) for record in self._records.values())
 
     def loop_lag(self, seconds: float) -> None:
         """A periodic callback ran ``seconds`` later than it was scheduled."""
