@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import re
 import signal
@@ -31,6 +32,7 @@ from proc import tether
 #: An app whose status is in its path: GET /status/404 answers 404.
 STATUS_APP = """\
 import asyncio
+import os
 import time
 
 
@@ -52,7 +54,7 @@ async def app(scope, receive, send):
     if path == "/boom":
         raise RuntimeError("boom")
     body = b"x" * 10
-    headers = [(b"content-length", b"10")]
+    headers = [(b"content-length", b"10"), (b"x-pid", str(os.getpid()).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 """
@@ -61,12 +63,19 @@ async def app(scope, receive, send):
 PLAN = [("/", 7, "200"), ("/status/404", 3, "404"), ("/status/503", 2, "503"), ("/boom", 1, "500")]
 
 
+#: How many requests each worker pid answered (send_plan notes it from the x-pid header).
+ANSWERED: collections.Counter[int] = collections.Counter()
+
+
 def http_status(port: int, path: str) -> int:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            ANSWERED[int(response.headers["x-pid"])] += 1
             return int(response.status)
     except urllib.error.HTTPError as exc:
         with exc:
+            if exc.headers["x-pid"]:
+                ANSWERED[int(exc.headers["x-pid"])] += 1
             return exc.code
 
 
@@ -363,7 +372,13 @@ def test_master_sums_workers_and_counters_survive_reload_and_crash(tmp_path: Pat
             assert reloads[(("outcome", "ok"),)] == 1.0
 
             # A worker killed with -9 keeps what the master last read from it.
-            victim = (await master.worker_pids())[0]
+            ANSWERED.clear()
+            more = await asyncio.to_thread(send_plan, master.port)
+            expected = {k: expected[k] + more[k] for k in expected}
+            families = await asyncio.to_thread(scrape, master.debug_port)
+            assert by_status(families) == expected
+            victim, answered = ANSWERED.most_common(1)[0]
+            assert answered > 0 and victim in await master.worker_pids()
             os.kill(victim, signal.SIGKILL)
             await until_status(
                 master,
