@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -180,3 +181,35 @@ def test_debug_app_scrapes_before_rendering_metrics() -> None:
 
     status, body = call(DebugApp(DebugSource(families=families, scrape=scrape)), "/metrics")
     assert status == 200 and "# TYPE things_total counter\nthings_total 1.0" in body
+
+
+def test_master_console_needs_the_token(tmp_path: Path) -> None:
+    """Master mode with --debug-token: /debug/ needs it, / shows no data, links carry it."""
+    import asyncio
+
+    from masterproc import MasterProc, write_app
+
+    write_app(tmp_path, "v1")
+
+    def fetch(port: int, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+                return int(r.status), r.read().decode()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, exc.read().decode()
+
+    async def scenario() -> None:
+        async with MasterProc(tmp_path, "--debug-token", "tok", workers=1, debug=True) as master:
+            await master.wait_for("READY")
+            master.seen_workers.update(await master.worker_pids())
+            port = master.debug_port
+            assert (await asyncio.to_thread(fetch, port, "/debug/"))[0] == 401
+            status, body = await asyncio.to_thread(fetch, port, "/")
+            assert status == 200 and "pid" not in body and "/debug/" in body
+            status, body = await asyncio.to_thread(fetch, port, "/debug/?token=tok")
+            assert status == 200 and "/debug/tasks?token=tok" in body
+            pid = (await master.worker_pids())[0]
+            assert f'<td class="n">{pid}</td>' in body
+
+    asyncio.run(scenario())

@@ -267,6 +267,11 @@ class MasterAPI:
             text = f"tether master {self._pid}: {len(dump)} thread(s)\n" + format_thread_dump(dump)
             return 200, "text/plain", text.encode()
 
+        async def root(_q: dict[str, list[str]]) -> tuple[int, str, bytes]:
+            # Open like /healthz, so it shows no data: the console is under /debug/ (token rules).
+            body = f"tether master {self._pid}\n\n/healthz\n/readyz\n/metrics\n/debug/\n"
+            return 200, "text/plain", body.encode()
+
         async def index(q: dict[str, list[str]]) -> tuple[int, str, bytes]:
             data = await self.console_data()
             if (q.get("format") or [""])[0] == "json":
@@ -284,7 +289,7 @@ class MasterAPI:
             "/debug/tasks": tasks,
             "/debug/threads": threads,
             "/debug": index,
-            "/": index,
+            "/": root,
         }
 
 
