@@ -65,7 +65,7 @@ class MasterAPI:
 
     def __init__(self) -> None:
         self._subscribers: set[asyncio.Queue[str]] = set()
-        #: /metrics: the workers' sums, kept across their exits (issue 12's hook).
+        #: /metrics: the workers' sums, kept across their exits.
         self.aggregator = Aggregator(fetch_unix)
         self.lifecycle = Lifecycle()
         self._watchdog_killed: set[int] = set()

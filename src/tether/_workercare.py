@@ -89,7 +89,7 @@ class WorkerCare(MasterAPI):
         self._next_worker += 1
         debug_path = os.path.join(self._rundir, f"w{wid}.sock")
         env = dict(self._worker_env, TETHER_WORKER_ID=str(wid), TETHER_GENERATION=str(gen.number))
-        env[FINAL_ENV] = final_path(debug_path)  # issue 12: where it leaves its final counts
+        env[FINAL_ENV] = final_path(debug_path)  # where it leaves its final counts
         child, fds = start_child(
             worker_argv(self.config, debug_path, self._program),
             name=f"worker {wid}",
@@ -171,7 +171,7 @@ class WorkerCare(MasterAPI):
     # -- workers that die, scale ----------------------------------------------------
 
     def _on_worker_exit(self, w: Worker) -> None:
-        self.aggregator.retire(str(w.id), w.debug_path)  # issue 12: its counts are kept
+        self.aggregator.retire(str(w.id), w.debug_path)  # its counts are kept in /metrics
         code = w.child.exited.result()
         was_ready = w.state == "ready"
         w.state = "exited"

@@ -493,7 +493,7 @@ class Master(WorkerCare):
         self.systemd.ready(self.status_line())
         outcome["finished_at"] = time.time()
         self.last_reload = outcome
-        self.lifecycle.reloaded(outcome)  # issue 12: reloads by outcome, the console's history
+        self.lifecycle.reloaded(outcome)  # reloads by outcome, the console's history
         return outcome
 
     async def _drain(self, gen: Generation, why: str) -> None:
