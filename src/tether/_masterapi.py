@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from tether._control import Reply
 from tether._masterhttp import Route, fetch_unix, json_body
-from tether.console import gather_console, render
+from tether.console import master_console, render
 from tether.debug import format_thread_dump, thread_dump
 from tether.metrics import (
     Aggregator,
@@ -181,15 +181,14 @@ class MasterAPI:
 
     def _targets(self) -> list[WorkerTarget]:
         return [
-            WorkerTarget(str(w.id), w.pid, w.generation, w.debug_path)
+            WorkerTarget(str(w.id), w.pid, w.generation, w.debug_path, w.state, w.restarts)
             for w in self.live_workers()
             if w.debug_path
         ]
 
     async def console_data(self) -> dict[str, Any]:
         """The console's data: the master, then what each worker says about itself."""
-        status = self.status()
-        master = status["master"]
+        master = self.status()["master"]
         me = {
             "role": "master",
             "id": "master",
@@ -200,23 +199,10 @@ class MasterAPI:
             "restarts": master["restarts"],
             "rss": process_rss(),
         }
-        known = {str(w.id): w for w in self.live_workers()}
-        processes = [me]
-        for entry in await gather_console(self._targets(), fetch_unix):
-            w = known.get(str(entry["id"]))
-            if w is not None:
-                entry.update(generation=w.generation, restarts=w.restarts)
-                entry["state"] = f"{w.state}" + (
-                    f" ({entry['state']})" if "error" not in entry else ""
-                )
-            processes.append(entry)
-        return {
-            "title": f"tether: {self.config.app}",
-            "summary": f"master {self._pid}, {master['state']}",
-            "processes": processes,
-            "reloads": self.lifecycle.history,
-            "extra": ["workers"],
-        }
+        title = f"tether: {self.config.app}"
+        return await master_console(
+            me, self._targets(), fetch_unix, title=title, reloads=self.lifecycle.history
+        )
 
     def debug_routes(self) -> dict[str, Route]:
         async def healthz(_q: dict[str, list[str]]) -> tuple[int, str, bytes]:

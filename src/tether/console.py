@@ -31,7 +31,7 @@ from urllib.parse import quote
 if TYPE_CHECKING:
     from tether.metrics import WorkerTarget
 
-__all__ = ["gather_console", "render"]
+__all__ = ["gather_console", "master_console", "render"]
 
 #: GET ``target`` from the unix socket ``path`` within ``timeout``: status and body.
 Fetch = Callable[[str, str, float], Awaitable[tuple[int, bytes]]]
@@ -66,6 +66,37 @@ th{background:#f0f0f3}td.n{text-align:right;font-variant-numeric:tabular-nums}
 pre{margin:.3em 0;font-size:12px;white-space:pre-wrap}.muted{color:#777}
 .bad{color:#b00020}.ok{color:#0a7d32}nav a{margin-right:1em}
 """
+
+
+async def master_console(
+    master: dict[str, Any],
+    workers: list[WorkerTarget],
+    fetch: Fetch,
+    *,
+    title: str,
+    reloads: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The console's data in master mode: the master, then each worker as it describes itself.
+
+    ``master`` is the master's own process entry; each worker's entry is what
+    its ``/debug/?format=json`` says, with the master's view of it (generation,
+    restarts, state) added.
+    """
+    known = {w.id: w for w in workers}
+    processes = [master]
+    for entry in await gather_console(workers, fetch):
+        w = known[entry["id"]]
+        entry.update(generation=w.generation, restarts=w.restarts)
+        own = entry.get("state")
+        entry["state"] = f"{w.state} ({own})" if own and "error" not in entry else w.state
+        processes.append(entry)
+    return {
+        "title": title,
+        "summary": f"master {master.get('pid')}, {master.get('state')}",
+        "processes": processes,
+        "reloads": reloads,
+        "extra": ["workers"],
+    }
 
 
 def _e(value: object) -> str:

@@ -288,6 +288,10 @@ class WorkerTarget:
     pid: int
     generation: int
     debug_path: str
+    #: The master's view of it (for the console): starting, ready, stopping.
+    state: str = ""
+    #: How many workers its slot had before it.
+    restarts: int = 0
 
 
 @dataclass
