@@ -23,15 +23,16 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
-# Debian packages the suite runs for real (the rolling update through a load balancer).
-SYSTEM_PACKAGES := haproxy wrk
+# Debian packages the suite runs for real: the rolling update through a load balancer
+# (haproxy, wrk) and the console in a headless browser (chromium).
+SYSTEM_PACKAGES := haproxy wrk chromium
 system-packages:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing $$missing"; \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null \
-		|| { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; } \
-		|| echo "could not install $$missing (not root?): the tests that need them are skipped"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null \
+		|| { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; } \
+		|| echo "could not install $$missing (not root?): install them, or the tests that need them skip or fail"; \
 	fi
 
 pytest: $(BIN)/.installed system-packages
