@@ -23,17 +23,17 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
-# Debian packages the suite runs for real (the rolling update through a load balancer;
-# openssl makes TLS certificates, ss from iproute2 reads a listener's accept queue).
-# Each entry is COMMAND:PACKAGE.
-SYSTEM_PACKAGES := haproxy:haproxy wrk:wrk openssl:openssl ss:iproute2
+# Debian packages the suite runs for real: the rolling update through a load balancer
+# (haproxy, wrk), the console in a headless browser (chromium), TLS certificates
+# (openssl), a listener's accept queue (ss, from iproute2). Each entry is COMMAND:PACKAGE.
+SYSTEM_PACKAGES := haproxy:haproxy wrk:wrk chromium:chromium openssl:openssl ss:iproute2
 system-packages:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do command -v $${p%%:*} >/dev/null || echo $${p#*:}; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing $$missing"; \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null \
-		|| { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; } \
-		|| echo "could not install $$missing (not root?): the tests that need them are skipped"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null \
+		|| { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; } \
+		|| echo "could not install $$missing (not root?): install them, or the tests that need them skip or fail"; \
 	fi
 
 pytest: $(BIN)/.installed system-packages

@@ -377,3 +377,48 @@ def test_the_masters_own_stall_kills_no_worker() -> None:
         await pool.close()
 
     run(scenario)
+
+
+def test_the_pool_tells_its_hooks_each_exit_restart_cause_and_reload() -> None:
+    """What /metrics counts: a reload's outcome, every exit, restarts by cause (crash, watchdog)."""
+
+    async def scenario() -> None:
+        fake = FakeOS()
+        exited: list[int] = []
+        causes: list[str] = []
+        reloads: list[dict[str, Any]] = []
+        hooks = PoolHooks(
+            renice=_no_renice,
+            exited=lambda w: exited.append(w.pid),
+            restarted=causes.append,
+            reloaded=reloads.append,
+        )
+        pool = Pool(RunConfig(app="x:app", workers=1, watchdog_timeout=0.2), fake.spawn, hooks)
+        start = asyncio.ensure_future(pool.start())
+        await settle()
+        (first,) = fake.children
+        ready(pool, first)
+        await start
+        serve = asyncio.ensure_future(pool.serve())
+        outcome = pool.request("reload")
+        await settle()
+        (second,) = fake.last()
+        ready(pool, second)
+        assert (await outcome)["ok"]
+        await settle()
+        assert [r["generation"] for r in reloads] == [2] and reloads[0]["ok"]
+        assert exited == [first.pid] and causes == []  # drained by the reload: no restart
+        second.exit(1)  # a crash while serving
+        await settle()
+        (third,) = fake.last()
+        assert causes == ["crash"] and exited == [first.pid, second.pid]
+        ready(pool, third)  # then silent: the watchdog asks for stacks and kills it
+        async with asyncio.timeout(10):
+            await third.exited
+        await settle()
+        assert third.signals == [signal.SIGUSR1, signal.SIGKILL]
+        assert causes == ["crash", "watchdog"] and exited[-1] == third.pid
+        serve.cancel()
+        await pool.close()
+
+    run(scenario)

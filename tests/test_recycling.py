@@ -19,7 +19,7 @@ import pytest
 from masterproc import pids_gone
 from rolling import Outcome, load, parse_wrk
 
-from proc import get, tether
+from proc import Tether, get, tether
 
 pytestmark = pytest.mark.skipif(
     shutil.which("wrk") is None, reason="needs Debian's wrk (`make system-packages` installs it)"
@@ -27,6 +27,17 @@ pytestmark = pytest.mark.skipif(
 
 RECYCLES = 3
 LIMIT = ("--max-requests", "400", "--max-requests-jitter", "200", "--no-access-log")
+
+
+def next_mainpid(t: Tether, within: float) -> int:
+    """The next MAINPID= a process of this service reports (the first one may have left)."""
+    assert t.notify is not None
+    t.notify.settimeout(within)
+    while True:
+        data = t.notify.recv(4096).decode()
+        for line in data.splitlines():
+            if line.startswith("MAINPID="):
+                return int(line.removeprefix("MAINPID="))
 
 
 def test_workers_are_recycled_under_load_with_no_failed_request() -> None:
@@ -45,6 +56,13 @@ def test_workers_are_recycled_under_load_with_no_failed_request() -> None:
         parse_wrk(report[0], outcome)
         assert outcome.requests > RECYCLES * 400, report[0]
         assert outcome.failed == 0, report[0]
+        metrics = get(t.debug_port, "/metrics")[1]
+        counted = next(
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith('tether_worker_restarts_total{cause="recycling"}')
+        )
+        assert counted >= RECYCLES
         t.signal(signal.SIGTERM)
         assert t.wait() == 0
         err = t.stderr()
@@ -59,7 +77,7 @@ def test_one_process_hands_over_to_a_fresh_copy_with_no_failed_request() -> None
         try:
             with load(t.port, connections=16) as report:
                 while len(successors) < RECYCLES:
-                    successors.append(int(t.wait_for("MAINPID", 60)["MAINPID"]))
+                    successors.append(next_mainpid(t, within=60))
             outcome = Outcome("tether")
             parse_wrk(report[0], outcome)
             assert outcome.requests > RECYCLES * 400, report[0]

@@ -4,7 +4,9 @@ A plain ASGI app (no framework), served by its own uvicorn instance as a
 member of the service's Group, on loopback by default. ``/debug/tasks`` is
 Go's goroutine dump for asyncio: every task with its whole await chain,
 tasks with identical stacks grouped and counted, so that a thousand requests
-stuck on the same lock read as one entry with a count.
+stuck on the same lock read as one entry with a count. ``/debug/`` is a list
+of links, or the page the source gives for it (the runtime and the master give
+the HTML console of :mod:`tether.console`).
 
 Security: ``/healthz``, ``/readyz`` and ``/metrics`` are open; ``/debug/*``
 needs the token when one is configured (``Authorization: Bearer TOKEN`` or
@@ -46,16 +48,20 @@ class DebugSource:
     is_ready: Callable[[], bool] = lambda: False
     #: Why the service is not ready, for the 503 body.
     status: Callable[[], str] = lambda: "starting"
-    #: Gauges and counters for ``/metrics``.
+    #: Plain gauges for ``/metrics``, as (name, help, value).
     metrics: Callable[[], Iterable[Metric]] = lambda: ()
     #: Extra read-only JSON endpoints under ``/debug/`` (for example ``workers``).
     extra: dict[str, Callable[[], Any]] = field(default_factory=dict)
     #: Pages under ``/debug/`` that need to wait (a master asks its workers); they
-    #: take the place of a built-in page of the same name (``tasks``, ``threads``).
+    #: take the place of a built-in page of the same name (``tasks``, ``threads``, and
+    #: ``""``, the index at ``/debug/``: :func:`tether.console.console_page`).
     pages: dict[str, Page] = field(default_factory=dict)
     #: Prometheus collectors (objects with ``collect()``) served on ``/metrics`` too:
-    #: the seam for metrics richer than gauges (counters, labels, a master's aggregate).
+    #: the seam for metrics richer than gauges (counters, histograms, labels, a master's
+    #: sum of its workers).
     collectors: list[Any] = field(default_factory=list)
+    #: Awaited before ``/metrics`` is collected: where a master scrapes its workers.
+    scrape: Callable[[], Awaitable[None]] | None = None
 
 
 class _Collector:
@@ -127,6 +133,8 @@ class DebugApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # served with lifespan off; no websockets here
+        if scope["path"] == "/metrics" and self.source.scrape is not None:
+            await self.source.scrape()
         status, ctype, body = self.respond(scope)
         page = self._page(scope)
         if page is not None and status == 200:
@@ -168,7 +176,7 @@ class DebugApp:
             extra = "".join(
                 f'<li><a href="/debug/{html.escape(n)}{q}">/debug/{html.escape(n)}</a>'
                 for n in [*self.source.extra, *self.source.pages]
-                if n not in ("tasks", "threads")
+                if n not in ("", "tasks", "threads")
             )
             return 200, "text/html; charset=utf-8", _INDEX.format(q=q, extra=extra).encode()
         if name in self.source.pages:
@@ -193,9 +201,9 @@ class DebugApp:
 
     def _page(self, scope: Scope) -> Page | None:
         path: str = scope["path"]
-        if not path.startswith("/debug/"):
+        if not (path == "/debug" or path.startswith("/debug/")):
             return None
-        return self.source.pages.get(path.removeprefix("/debug/").strip("/"))
+        return self.source.pages.get(path.removeprefix("/debug").strip("/"))
 
     def _authorized(self, scope: Scope, query: dict[str, list[str]]) -> bool:
         if self.token is None:

@@ -33,6 +33,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
 
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+
 from tether import leaks
 from tether import sockets as sockets_mod
 from tether._handoff import HANDOFF_ENV, hand_over
@@ -40,6 +42,7 @@ from tether._listeners import Listeners, open_listeners
 from tether._pidfile import PidFile
 from tether.app import App, load_app
 from tether.config import RunConfig, ShutdownBudget
+from tether.console import console_page
 from tether.debug import (
     DebugApp,
     DebugSource,
@@ -48,6 +51,14 @@ from tether.debug import (
 )
 from tether.errors import AbandonedWork, ShutdownAbandoned
 from tether.group import Group, StopToken
+from tether.metrics import (
+    FINAL_ENV,
+    Families,
+    ProcessMetrics,
+    process_families,
+    process_rss,
+    write_final,
+)
 from tether.notify import Notifier, watchdog_interval
 from tether.serving import ASGIApp, DrainHooks, HttpServer, ServeOptions, host_wsgi
 from tether.signals import handle_signals
@@ -132,7 +143,15 @@ class Service:
         )
         #: Background work of this process: ``tether.spawn`` and tasks requests start.
         self.tracker = Tracker(name="background")
-        self.hooks = DrainHooks(background=self._drain_background, request_var=REQUEST_SCOPE)
+        #: Requests, loop lag and drains of this process (``TETHER_REQUEST_METRICS=off``: none).
+        self.metrics = ProcessMetrics(worker=os.environ.get("TETHER_WORKER_ID", "0"))
+        recording = os.environ.get("TETHER_REQUEST_METRICS", "on") != "off"
+        self.hooks = DrainHooks(
+            background=self._drain_background,
+            request_var=REQUEST_SCOPE,
+            metrics=self.metrics if recording else None,
+        )
+        self._started = time.monotonic()
         self.http: HttpServer | None = None
         self.ready = False
         self.status = "starting"
@@ -252,6 +271,7 @@ class Service:
         address, from_master = take_notify_address()
         self._supervisor_notify = None if from_master else address
         self._handoff_notify = os.environ.pop(HANDOFF_ENV, None)
+        final = os.environ.pop(FINAL_ENV, None)
         self.notifier = Notifier.from_env({"NOTIFY_SOCKET": address or ""})
         try:
             interface = self.config.interface
@@ -308,6 +328,8 @@ class Service:
             self._disarm_hard_stop()
             if self.notifier is not None:
                 self.notifier.close()
+            if final:  # the master keeps these counts once this process is gone
+                write_final(final, self._families)
             # The service has stopped: a TERM now (a master stopping while this worker
             # leaves on its own) must not kill the process in the middle of its report.
             with _holding(_STOP_SIGNALS):
@@ -443,7 +465,7 @@ class Service:
             )
             interval = watchdog_interval()
             if interval is not None:
-                cleanups.append(_every(loop, interval, lambda: self._heartbeat()))
+                cleanups.append(_every(loop, interval, self._heartbeat))
         if self._handoff_notify is not None:
             # After MAINPID: a supervisor must know us before the predecessor exits.
             # The process that started us with its sockets drains once it hears this.
@@ -509,7 +531,8 @@ class Service:
         if again:
             self._reload("a HUP received during the failed reload")
 
-    def _heartbeat(self) -> None:
+    def _heartbeat(self, late: float = 0.0) -> None:
+        self.metrics.loop_lag(late)
         if self.notifier is not None:
             self.notifier.send("WATCHDOG=1")
 
@@ -563,32 +586,70 @@ class Service:
         return DebugSource(
             is_ready=lambda: self.ready,
             status=lambda: self.status,
-            metrics=self._metrics,
+            collectors=[Families(self._families)],
+            pages={"": console_page(self._console)},
         )
 
-    def _metrics(self) -> Iterable[tuple[str, str, float]]:
-        yield ("tether_ready", "1 while the service accepts traffic", float(self.ready))
-        if self.http is not None:
-            yield ("tether_http_connections", "open client connections", self.http.connections)
-            yield (
-                "tether_http_requests_in_flight",
-                "requests whose handler is running",
-                self.http.requests_in_flight,
-            )
-            yield (
-                "tether_http_requests_total",
-                "responses completed",
-                self.http.state.total_requests,
-            )
+    def _families(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "tether_ready", "1 while the service accepts traffic", value=float(self.ready)
+        )
+        http = self.http
+        yield GaugeMetricFamily(
+            "tether_http_connections",
+            "open client connections",
+            value=http.connections if http is not None else 0,
+        )
+        yield GaugeMetricFamily(
+            "tether_http_requests_in_flight",
+            "requests whose handler is running",
+            value=http.requests_in_flight if http is not None else 0,
+        )
+        yield from self.metrics.families()
         stats = self.tracker.stats()
-        for name in ("spawned", "running", "completed", "failed", "abandoned"):
-            yield (
+        for name in ("spawned", "completed", "failed", "abandoned"):
+            yield CounterMetricFamily(
                 f"tether_background_{name}",
                 f"background tasks {name} (tether.spawn and adopted)",
-                getattr(stats, name),
+                value=getattr(stats, name),
             )
-        yield ("tether_asyncio_tasks", "asyncio tasks in this process", len(asyncio.all_tasks()))
-        yield ("tether_threads", "threads in this process", threading.active_count())
+        yield GaugeMetricFamily(
+            "tether_background_running",
+            "background tasks running (tether.spawn and adopted)",
+            value=stats.running,
+        )
+        worker = self.metrics.worker
+        tasks = GaugeMetricFamily(
+            "tether_asyncio_tasks", "asyncio tasks in this process", labels=["worker"]
+        )
+        tasks.add_metric([worker], len(asyncio.all_tasks()))
+        yield tasks
+        threads = GaugeMetricFamily("tether_threads", "threads in this process", labels=["worker"])
+        threads.add_metric([worker], threading.active_count())
+        yield threads
+        yield from process_families(worker)
+
+    async def _console(self) -> dict[str, Any]:
+        """What ``/debug/`` shows about this process (a master asks each worker for it)."""
+        process = {
+            "role": "worker" if self._is_worker else "process",
+            "id": self.metrics.worker,
+            "pid": os.getpid(),
+            "generation": int(os.environ.get("TETHER_GENERATION", "0") or 0),
+            "state": self.status,
+            "age": round(time.monotonic() - self._started, 3),
+            "rss": process_rss(),
+            "members": sorted(self.group.tasks()),
+            "requests": self.http.in_flight() if self.http is not None else [],
+            "background": self.tracker.running(),
+            "tasks": task_dump(),
+        }
+        return {
+            "title": f"tether: {self.config.app}",
+            "summary": f"pid {os.getpid()}, {self.status}",
+            "processes": [process],
+            "reloads": [],
+        }
 
     def _raise_problems(self, problems: list[Exception]) -> None:
         """One ExceptionGroup: members' errors, and everything abandoned in one report."""
@@ -639,13 +700,15 @@ async def group_wait_quietly(group: Group) -> None:
 
 
 def _every(
-    loop: asyncio.AbstractEventLoop, interval: float, fn: Callable[[], None]
+    loop: asyncio.AbstractEventLoop, interval: float, fn: Callable[[float], None]
 ) -> Callable[[], None]:
-    """Call ``fn`` every ``interval`` seconds on the loop (a protocol heartbeat, not a poll)."""
+    """Call ``fn(seconds late)`` every ``interval`` seconds (a protocol heartbeat, not a poll)."""
     handle: list[asyncio.TimerHandle] = []
+    due = [loop.time()]
 
     def tick() -> None:
-        fn()
+        fn(loop.time() - due[0])
+        due[0] = loop.time() + interval
         handle[:] = [loop.call_later(interval, tick)]
 
     handle.append(loop.call_later(0, tick))

@@ -41,7 +41,7 @@ from contextlib import nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from uvicorn.config import Config
 from uvicorn.lifespan.on import LifespanOn
@@ -54,6 +54,9 @@ from tether.config import HttpOptions
 from tether.errors import AbandonedWork, StartupError
 from tether.group import StopToken
 
+if TYPE_CHECKING:
+    from tether.metrics import ProcessMetrics
+
 __all__ = [
     "DrainHooks",
     "DrainSignal",
@@ -65,6 +68,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("tether.serving")
+
+_now = time.perf_counter  # per request: one global lookup, not two
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -116,6 +121,8 @@ class DrainHooks:
     drain: DrainSignal = field(default_factory=DrainSignal)
     #: Called once when ``ServeOptions.limit_max_requests`` responses have been sent.
     request_limit: Callable[[], None] | None = None
+    #: Where every response, drain phase and loop-lag sample is counted; None: not counted.
+    metrics: ProcessMetrics | None = None
 
 
 class _Connections(set[Any]):
@@ -159,29 +166,45 @@ class _State(ServerState):
     a connection is open: no per-request cost, and no wake-ups when idle.
     """
 
-    def __init__(self, extra_headers: list[tuple[bytes, bytes]], *, date: bool = True) -> None:
+    def __init__(
+        self,
+        extra_headers: list[tuple[bytes, bytes]],
+        *,
+        date: bool = True,
+        lag: Callable[[float], None] | None = None,
+    ) -> None:
         super().__init__()
         self._dated = date
         self.watched_connections = _Connections(self._start_clock, self._stop_clock)
         self.connections = self.watched_connections
         self._extra = extra_headers
         self._clock: asyncio.TimerHandle | None = None
-        if date:
-            self._refresh_date()
-        else:
-            self.default_headers = list(extra_headers)
+        # The clock is also the event-loop lag probe: it only runs while there is traffic.
+        self._lag = lag
+        self._due = 0.0  # loop time the clock's next tick is due
+        self._refresh_date()
 
     def _refresh_date(self) -> None:
         now = time.time()
-        self.default_headers = [(b"date", formatdate(now, usegmt=True).encode()), *self._extra]
+        if self._dated:
+            self.default_headers = [(b"date", formatdate(now, usegmt=True).encode()), *self._extra]
+        else:
+            self.default_headers = list(self._extra)
         if self._clock is not None:
+            loop = asyncio.get_running_loop()
+            if self._lag is not None:
+                self._lag(loop.time() - self._due)
             # Fire just after the next second starts, so the header is never a second behind.
-            self._clock = asyncio.get_running_loop().call_later(1.0 - now % 1.0, self._refresh_date)
+            delay = 1.0 - now % 1.0
+            self._due = loop.time() + delay
+            self._clock = loop.call_later(delay, self._refresh_date)
 
     def _start_clock(self) -> None:
-        if not self._dated:
+        if not self._dated and self._lag is None:
             return
-        self._clock = asyncio.get_running_loop().call_later(0, self._refresh_date)
+        loop = asyncio.get_running_loop()
+        self._due = loop.time()
+        self._clock = loop.call_later(0, self._refresh_date)
 
     def _stop_clock(self) -> None:
         if self._clock is not None:
@@ -200,17 +223,19 @@ class _Lifespan(LifespanOn):
 
 
 class _DrainMiddleware:
-    """Marks each request's context, and asks for ``Connection: close`` while draining."""
+    """Marks each request's context, counts it, and asks for ``Connection: close`` when draining."""
 
     def __init__(self, app: ASGIApp, hooks: DrainHooks) -> None:
         self.app = app
         self.hooks = hooks
+        self.metrics = hooks.metrics
         self.draining = False
         #: Requests still running at the drain deadline were cut (see HttpServer._cut).
         self.cut = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
+        kind = scope["type"]
+        if kind == "lifespan":
             return await self.app(scope, receive, send)
         server_send = send
         if self.draining:
@@ -219,8 +244,40 @@ class _DrainMiddleware:
         # This runs for every request: a ContextVar set/reset, nothing heavier (the
         # scope is turned into a label only if a report ever needs one).
         token = var.set(scope) if var is not None else None
+        metrics = self.metrics
         try:
-            await self.app(scope, receive, send)
+            if metrics is None:
+                await self.app(scope, receive, send)
+            elif kind != "http":
+                metrics.websockets += 1
+                try:
+                    await self.app(scope, receive, send)
+                finally:
+                    metrics.websockets -= 1
+            else:
+                # Counted here, in the same frame: two clock reads, a plain function in
+                # front of send (no extra coroutine per message), one call to record.
+                status = 0
+                sent = 0
+
+                def recording_send(message: Message) -> Awaitable[None]:
+                    nonlocal status, sent
+                    if message["type"] == "http.response.body":
+                        sent += len(message.get("body", b""))
+                    elif message["type"] == "http.response.start":
+                        status = message["status"]
+                    return send(message)
+
+                started = scope["tether.started"] = _now()
+                try:
+                    await self.app(scope, receive, recording_send)
+                except asyncio.CancelledError:
+                    raise  # cut at the deadline: counted as such, not as an answer
+                except BaseException:
+                    # Before a response started, the server answers 500 for the app.
+                    metrics.request(scope["method"], status or 500, _now() - started, sent)
+                    raise
+                metrics.request(scope["method"], status or 500, _now() - started, sent)
         except asyncio.CancelledError:
             if not self.cut:
                 raise
@@ -335,7 +392,12 @@ class HttpServer:
             **options.http.engine_kwargs(),
         )
         self.config.load()
-        self.state = _State(self.config.encoded_headers, date=options.http.date_header)
+        metrics = self.hooks.metrics
+        self.state = _State(
+            self.config.encoded_headers,
+            date=options.http.date_header,
+            lag=metrics.loop_lag if metrics is not None else None,
+        )
         self.phase = "created"
         self._servers: list[asyncio.Server] = []
         self._lifespan: _Lifespan | None = None
@@ -408,6 +470,9 @@ class HttpServer:
         # The drain (phases 4 and 5) ends early enough to leave the app's shutdown its slice.
         reserve = app_shutdown_reserve(deadline - loop.time()) if self._has_lifespan() else 0.0
         drain_by = deadline - reserve
+        if self.hooks.metrics is not None:
+            self.hooks.metrics.drains += 1
+        began = time.perf_counter()
         # Phase 3: stop accepting. Our copies of the listeners close; a master
         # keeps its own, so queued connections wait for the next generation.
         self.phase = "draining"
@@ -423,6 +488,7 @@ class HttpServer:
         else:
             # No app shutdown to make room for: the group cancels us at the deadline.
             await self._drain_connections(stop)
+        began = self._phase_done("connections", began)
         # Phase 5: background work started by requests and by tether.spawn.
         self.phase = "draining background work"
         if self.hooks.background is not None:
@@ -434,11 +500,19 @@ class HttpServer:
             left = await asyncio.shield(self._background)
             self._background = None
             self.hooks.abandoned.extend(left)
+            began = self._phase_done("background", began)
         # Phase 6: the app's own shutdown.
         self.phase = "app shutdown"
         if self._lifespan is not None:
             await self._lifespan.shutdown()
+            self._phase_done("app shutdown", began)
         self.phase = "stopped"
+
+    def _phase_done(self, phase: str, began: float) -> float:
+        now = time.perf_counter()
+        if self.hooks.metrics is not None:
+            self.hooks.metrics.drain_phase(phase, now - began)
+        return now
 
     def _has_lifespan(self) -> bool:
         """True if the app took part in the lifespan protocol, so it has a shutdown to run."""
@@ -498,6 +572,8 @@ class HttpServer:
             len(tasks),
         )
         self._middleware.cut = True
+        if self.hooks.metrics is not None:
+            self.hooks.metrics.requests_cut += len(tasks)
         for conn in list(self.state.connections):
             cycle = getattr(conn, "cycle", None)
             if cycle is not None:
@@ -514,6 +590,8 @@ class HttpServer:
         """Called when the group cancels us at the deadline: name what was cut short."""
         for task in list(self.state.tasks):
             if not task.done():
+                if self.hooks.metrics is not None and not self._middleware.cut:
+                    self.hooks.metrics.requests_cut += 1  # not counted yet by _cut
                 self.hooks.abandoned.append(
                     AbandonedWork(
                         "request",
@@ -566,6 +644,24 @@ class HttpServer:
         """Requests whose handler is still running."""
         return len(self.state.tasks)
 
+    def in_flight(self) -> list[dict[str, Any]]:
+        """Each request whose handler runs: method, path, seconds since it reached the app."""
+        now = time.perf_counter()
+        out = []
+        for task in list(self.state.tasks):
+            scope = _task_scope(task)
+            if scope is None:
+                continue
+            started = scope.get("tether.started")
+            out.append(
+                {
+                    "method": scope.get("method", "WEBSOCKET"),
+                    "path": scope.get("path", ""),
+                    "age": None if started is None else round(now - started, 3),
+                }
+            )
+        return sorted(out, key=lambda r: -(r["age"] or 0.0))
+
 
 class _Refused(asyncio.Protocol):
     """A connection past ``max_connections``: closed as soon as it is accepted."""
@@ -611,12 +707,18 @@ _TOO_LARGE = (
 )
 
 
-def _request_name(task: asyncio.Task[Any]) -> str:
-    """``METHOD /path`` for a uvicorn request task, from the cycle it runs."""
+def _task_scope(task: asyncio.Task[Any]) -> dict[str, Any] | None:
+    """The ASGI scope of a uvicorn request task, from the cycle it runs."""
     coro: Any = task.get_coro()
     frame = getattr(coro, "cr_frame", None)
     cycle = frame.f_locals.get("self") if frame is not None else None
     scope = getattr(cycle, "scope", None)
-    if isinstance(scope, dict) and "path" in scope:
+    return scope if isinstance(scope, dict) and "path" in scope else None
+
+
+def _request_name(task: asyncio.Task[Any]) -> str:
+    """``METHOD /path`` for a uvicorn request task."""
+    scope = _task_scope(task)
+    if scope is not None:
         return f"{scope.get('method', 'WS')} {scope['path']}"
     return task.get_name()

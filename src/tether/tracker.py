@@ -51,6 +51,7 @@ from tether._adoption import (
     origin_label,
     request_scope,
 )
+from tether._creation import task_site
 from tether._stacks import format_frames, task_frames
 from tether._trackertypes import (
     AbandonedTask,
@@ -140,6 +141,8 @@ class Tracker:
         # Settled tasks still running (see _settle): task -> the request scope it was
         # adopted from, None if spawned explicitly.
         self._tasks: dict[asyncio.Task[Any], object] = {}
+        # When each of those was settled (loop time), for the debug console's "running for".
+        self._since: dict[asyncio.Task[Any], float] = {}
         # Registered, not settled yet: parallel lists of tasks and origins, then in flight.
         self._fresh: list[asyncio.Task[Any]] = []
         self._fresh_origins: list[object] = []
@@ -191,6 +194,37 @@ class Tracker:
             result.extend(batch)
         result.extend(self._fresh)
         return result
+
+    def running(self) -> list[dict[str, Any]]:
+        """Tracked tasks still running: name, who started them, seconds running; longest first.
+
+        ``started_by`` is the request a task was adopted from or spawned in, else
+        the task that spawned it (a member is ``service:NAME``), else where it was
+        created (with creation tracking on), else ``tether.spawn``. The age counts
+        from the task's first step, so a task that just started shows 0.
+        """
+        now = self._loop.time() if self._loop is not None else 0.0
+        out = []
+        for task in self.tasks():
+            if task.done():
+                continue
+            origin = self._tasks.get(task)
+            started_by = origin_label(origin if origin is not None else _spawned_by(task))
+            if started_by is None:
+                site = task_site(task)
+                started_by = "tether.spawn"
+                if site is not None:
+                    started_by = f"{site[0].co_name} ({site[2]}:{site[1]})"
+            since = self._since.get(task)
+            out.append(
+                {
+                    "name": _display_name(task),
+                    "started_by": started_by,
+                    "adopted": origin is not None,
+                    "age": 0.0 if since is None else round(now - since, 3),
+                }
+            )
+        return sorted(out, key=lambda t: -t["age"])
 
     def _running(self) -> int:
         return (
@@ -263,7 +297,12 @@ class Tracker:
 
     def _start(self, coro: Coroutine[Any, Any, T], name: str | None) -> asyncio.Task[T]:
         name = _work_name(coro, name)
-        wrapped = _guarded(coro, name)
+        # Who spawned it, for the debug console: the request, else the task (a member).
+        by = REQUEST_SCOPE.get()
+        if by is None:
+            creator = asyncio.current_task()
+            by = creator.get_name() if creator is not None else None
+        wrapped = _guarded(coro, name, by)
         self._spawning = True
         try:
             loop = asyncio.get_running_loop()
@@ -343,9 +382,13 @@ class Tracker:
         on_done = self._on_done_cb
         no_slots = self.limit is None or self._phase != _OPEN
         completed = 0
+        now = -1.0
         for task, origin in zip(batch, origins, strict=True):
             if not task.done():
                 tasks[task] = origin
+                if now < 0:
+                    now = self._loop.time() if self._loop is not None else 0.0
+                self._since[task] = now
                 task.add_done_callback(on_done)
                 continue
             # _on_done's common case, inlined. An exception not retrieved yet is left to
@@ -378,6 +421,7 @@ class Tracker:
 
     def _on_done(self, task: asyncio.Task[Any]) -> None:
         origin = self._tasks.pop(task)
+        self._since.pop(task, None)
         if origin is None and self.limit is not None and self._phase == _OPEN:
             self._release_slot()
         if task.cancelled():
@@ -524,6 +568,7 @@ class Tracker:
             cancelled.append((task, item))
             task.remove_done_callback(self._on_done_cb)
             del self._tasks[task]
+            self._since.pop(task, None)
             self._abandoned += 1
             self._stragglers.add(task)
             task.add_done_callback(self._on_abandoned_done)
@@ -565,7 +610,8 @@ def _work_name(coro: object, name: str | None) -> str:
     return getattr(coro, "__qualname__", None) or type(coro).__name__
 
 
-async def _guarded(coro: Coroutine[Any, Any, T], name: str) -> T:
+async def _guarded(coro: Coroutine[Any, Any, T], name: str, by: object = None) -> T:
+    # ``by`` is only kept to be read from this frame by Tracker.running().
     # Keeps KeyboardInterrupt/SystemExit from escaping a task, which would stop the loop.
     try:
         return await coro
@@ -574,6 +620,14 @@ async def _guarded(coro: Coroutine[Any, Any, T], name: str) -> T:
 
 
 _GUARD_CODE = _guarded.__code__
+
+
+def _spawned_by(task: asyncio.Task[Any]) -> object:
+    """What ``spawn`` noted as the spawner of a task it started: a request scope or a task name."""
+    frame = getattr(task.get_coro(), "cr_frame", None)
+    if frame is None or frame.f_code is not _GUARD_CODE:
+        return None
+    return frame.f_locals.get("by")
 
 
 def _display_name(task: asyncio.Task[Any]) -> str:

@@ -10,12 +10,18 @@ sockets by ``LISTEN_FDS`` and these variables (env in):
   promote a generation whose startup has not run yet;
 - ``TETHER_PARENT_FD``: the read end of a pipe only the master writes to;
   end-of-file means the master is gone and the worker stops;
-- ``TETHER_PARENT_PID``, ``TETHER_WORKER_ID``, ``TETHER_GENERATION``: for logs;
-- ``WATCHDOG_USEC``: heartbeats go at half of it, from the event loop.
+- ``TETHER_PARENT_PID``, ``TETHER_WORKER_ID``, ``TETHER_GENERATION``: for logs
+  (the id is also the ``worker`` label of its per-process metrics);
+- ``WATCHDOG_USEC``: heartbeats go at half of it, from the event loop;
+- ``TETHER_METRICS_FINAL`` (:data:`tether.metrics.FINAL_ENV`): the file where
+  it writes its final counts when it exits, so the master's ``/metrics`` keeps
+  them.
 
 What it sends back (env out, over the notify socket): ``READY=1`` once it
 serves; ``STATUS=failed: <one line>`` when it fails (to start or later), so
 the master can say why a reload failed without copying the worker's output.
+Its private debug socket (``--debug-bind unix:PATH``) answers the master's scrapes of
+``/metrics`` and ``/debug/?format=json``.
 
 A worker's stderr is the master's stderr, inherited: a stalled master never
 blocks a worker that logs, and a dead master does not swallow its workers'

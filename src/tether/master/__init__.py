@@ -58,7 +58,7 @@ from tether.config import HttpOptions, RunConfig, ShutdownBudget
 from tether.debug import DebugApp
 from tether.group import Group, StopToken
 from tether.master.pool import Pool, PoolHooks
-from tether.master.status import StatusView
+from tether.master.status import StatusView, fetch_unix
 from tether.master.support import (
     SystemdLink,
     logical_cwd,
@@ -67,6 +67,7 @@ from tether.master.support import (
     upgrade_argv,
 )
 from tether.master.upgrade import Upgrader, upgrade_env
+from tether.metrics import FINAL_ENV, Aggregator, Lifecycle, final_path
 from tether.notify import Notifier, NotifyMessage, NotifyReceiver, watchdog_interval
 from tether.serving import HttpServer, ServeOptions
 from tether.signals import handle_signals
@@ -136,12 +137,23 @@ class Master:
             cancel_timeout=self.budget.cancel,
         )
         self.pool = Pool(config, self._spawn_worker)
-        self.view = StatusView(self.pool, stop=lambda: self.request_stop("graceful"))
+        #: /metrics: the workers' sums, kept across their exits; reloads and restarts.
+        self.aggregator = Aggregator(fetch_unix)
+        self.lifecycle = Lifecycle()
+        self.view = StatusView(
+            self.pool,
+            stop=lambda: self.request_stop("graceful"),
+            aggregator=self.aggregator,
+            lifecycle=self.lifecycle,
+        )
         self.pool.hooks = PoolHooks(
             progress=self.view.progress,
             systemd=self.systemd,
             pending=self._pending,
             upgrade=self._upgrade,
+            exited=lambda w: self.aggregator.retire(str(w.id), w.debug_path),
+            restarted=self.lifecycle.restarted,
+            reloaded=self.lifecycle.reloaded,
         )
         self.upgrader: Upgrader | None = None
 
@@ -236,6 +248,7 @@ class Master:
         """The pool's seam: start one worker on this master's sockets (OSError if refused)."""
         debug_path = os.path.join(self._rundir, f"w{wid}.sock")
         env = dict(self._worker_env, TETHER_WORKER_ID=str(wid), TETHER_GENERATION=str(generation))
+        env[FINAL_ENV] = final_path(debug_path)  # where it leaves its final counts for /metrics
         child, fds = start_child(
             worker_argv(self.config, debug_path, self._program),
             name=f"worker {wid}",

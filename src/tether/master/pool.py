@@ -22,7 +22,10 @@ Invariants:
 - every wait on a worker's exit is bounded, then SIGKILL.
 
 Everything that touches the OS to start a worker goes through one seam, the
-``spawn`` callable, so the pool's logic is tested with fake children.
+``spawn`` callable, so the pool's logic is tested with fake children. What
+happens to workers is told through :class:`PoolHooks`: every exit, each
+restart with its cause (crash, watchdog), each reload's outcome (the master's
+``/metrics`` counts them and keeps the final counts of workers that exit).
 """
 
 from __future__ import annotations
@@ -81,6 +84,13 @@ class PoolHooks:
     upgrade: Callable[[], Awaitable[dict[str, Any]]] | None = None
     #: A pid whose niceness may change (a fake pool has none).
     renice: Callable[[int, int], None] = lambda pid, value: _renice(pid, value)
+    #: A worker's process ended, whatever the cause (its metrics are kept).
+    exited: Callable[[Worker], None] = lambda _w: None
+    #: A worker of the serving generation is replaced: ``crash``, ``watchdog`` or
+    #: ``recycling`` (it served its --max-requests).
+    restarted: Callable[[str], None] = lambda _cause: None
+    #: A reload finished, with its outcome (the one ``tether ctl reload`` gets).
+    reloaded: Callable[[dict[str, Any]], None] = lambda _outcome: None
 
 
 RequestKind = Literal["reload", "upgrade", "scale"]
@@ -402,6 +412,7 @@ class Pool:
         self.hooks.systemd.ready(self.status_line())
         outcome["finished_at"] = time.time()
         self.last_reload = outcome
+        self.hooks.reloaded(outcome)
         return outcome
 
     async def _drain(self, gen: Generation, why: str) -> None:
@@ -534,6 +545,7 @@ class Pool:
             gen.retired.append(old)
             self._ask_to_stop(old, signal.SIGTERM)
             self.recycles += 1
+            self.hooks.restarted("recycling")
             log.info("master %d: %s took over from %s", self._pid, new.label, old.label)
             self.hooks.systemd.status(self.status_line())
             return
@@ -597,6 +609,7 @@ class Pool:
         code = w.child.exited.result()
         w.state = "exited"
         self.watchdog.cancel(w)
+        self.hooks.exited(w)
         gen = self.generations.get(w.generation)
         if w.asked_to_stop or self.stopping or gen is None:
             # A generation that failed to start is discarded: its failure is the story.
@@ -634,6 +647,7 @@ class Pool:
             f" in {delay:.1f}s (failure {failures} in a row)" if delay else "",
         )
         self.restarts += 1
+        self.hooks.restarted("watchdog" if w.watchdog_killed else "crash")
         self._keep_task(gen, w.slot, self._replace(gen, w.slot, delay, w.restarts + 1))
         self.hooks.systemd.status(self.status_line())
 

@@ -3,11 +3,13 @@ debug listener.
 
 The debug listener is the same :class:`~tether.debug.DebugApp` a worker
 serves, over a :class:`~tether.debug.DebugSource` filled in here: ``/readyz``
-is the pool's readiness, ``/metrics`` adds the master's collector (and any
-collector given to :class:`StatusView`, the seam for aggregated worker
-metrics), ``/debug/workers`` is the same JSON as ``tether ctl status``,
-``/debug/tasks`` is every worker's dump fetched from its private debug
-socket, ``/debug/threads`` the master's own threads.
+is the pool's readiness; ``/metrics`` is the master's own figures plus its
+workers' summed by a :class:`~tether.metrics.Aggregator` (scraped from their
+private debug sockets when the master is scraped, kept across their exits);
+``/debug/`` is the console (:mod:`tether.console`) over the master and what
+each worker says of itself; ``/debug/workers`` is the same JSON as ``tether
+ctl status``, ``/debug/tasks`` every worker's dump fetched from its private
+debug socket, ``/debug/threads`` the master's own threads.
 
 The control socket's commands are translated into requests the master
 queues (reload, upgrade, scale, stop); long ones stream progress lines.
@@ -17,19 +19,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from tether._control import Reply
+from tether.console import console_page, master_console
 from tether.debug import DebugSource, format_thread_dump, thread_dump
 from tether.master.pool import Pool
 from tether.master.workers import Worker
+from tether.metrics import (
+    Aggregator,
+    Families,
+    Lifecycle,
+    WorkerTarget,
+    process_families,
+    process_rss,
+)
 
 __all__ = ["StatusView", "fetch_unix", "format_dumps"]
 
@@ -46,14 +58,19 @@ class StatusView:
         pool: Pool,
         *,
         stop: Callable[[], None],
-        collectors: Iterable[Any] = (),
+        aggregator: Aggregator,
+        lifecycle: Lifecycle,
     ) -> None:
         self.pool = pool
         self._stop = stop
         self._pid = os.getpid()
         self._started = time.monotonic()
         self._subscribers: set[asyncio.Queue[str]] = set()
-        self._collectors = [_Collector(self), *collectors]
+        #: The workers' metrics, summed; the pool tells it when one exits.
+        self.aggregator = aggregator
+        #: Reloads by outcome, restarts by cause; the pool tells it.
+        self.lifecycle = lifecycle
+        self._own = _Collector(self)
 
     @property
     def uptime(self) -> float:
@@ -143,6 +160,49 @@ class StatusView:
 
         return list(await asyncio.gather(*(one(w) for w in workers)))
 
+    # -- metrics and the console ----------------------------------------------------
+
+    def targets(self) -> list[WorkerTarget]:
+        """The live workers, with the private debug socket the master asks them on."""
+        return [
+            WorkerTarget(str(w.id), w.pid, w.generation, w.debug_path, w.state, w.restarts)
+            for w in self.pool.live_workers()
+            if w.debug_path
+        ]
+
+    async def scrape(self) -> None:
+        """Read every live worker's ``/metrics`` (in parallel, bounded): before ``/metrics``."""
+        await self.aggregator.scrape(self.targets())
+
+    def families(self) -> Iterator[Metric]:
+        """``/metrics``: the master's own families, then its workers' summed."""
+        own = itertools.chain(
+            self._own.collect(), self.lifecycle.families(), process_families("master")
+        )
+        return self.aggregator.families(own, [t.id for t in self.targets()])
+
+    async def console_data(self) -> dict[str, Any]:
+        """The console's data: the master, then what each worker says about itself."""
+        master = self.status()["master"]
+        pool = self.pool
+        me = {
+            "role": "master",
+            "id": "master",
+            "pid": self._pid,
+            "generation": pool.active.number if pool.active is not None else 0,
+            "state": master["state"],
+            "age": master["uptime"],
+            "restarts": master["restarts"],
+            "rss": process_rss(),
+        }
+        return await master_console(
+            me,
+            self.targets(),
+            fetch_unix,
+            title=f"tether: {pool.config.app}",
+            reloads=self.lifecycle.history,
+        )
+
     # -- debug listener ------------------------------------------------------------
 
     def debug_source(self) -> DebugSource:
@@ -175,8 +235,9 @@ class StatusView:
             is_ready=self.pool.is_ready,
             status=lambda: str(self.status()["master"]["state"]),
             extra={"workers": self.status},
-            pages={"tasks": tasks, "threads": threads},
-            collectors=self._collectors,
+            pages={"": console_page(self.console_data), "tasks": tasks, "threads": threads},
+            collectors=[Families(self.families)],
+            scrape=self.scrape,
         )
 
 

@@ -75,5 +75,6 @@ class Watchdog:
             w.label,
             self.timeout,
         )
+        w.watchdog_killed = True
         w.child.signal(signal.SIGUSR1)
         asyncio.get_running_loop().call_later(1.0, w.child.kill)

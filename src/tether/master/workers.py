@@ -81,6 +81,8 @@ class Worker:
     asked_to_stop: bool = False
     #: The master had to kill it at the end of its shutdown budget.
     killed: bool = False
+    #: The watchdog killed it: its event loop sent no heartbeat (a restart's cause).
+    watchdog_killed: bool = False
 
     @property
     def failed(self) -> bool:
