@@ -113,6 +113,10 @@ class Tether:
             for line in iter(stream.readline, ""):
                 self._err.append(line)
 
+    def output(self) -> str:
+        """What the service has written to stderr so far (it may still be running)."""
+        return "".join(self._err)
+
     def stderr(self) -> str:
         assert self.proc is not None
         if self.proc.poll() is None:

@@ -272,6 +272,34 @@ RUN_OPTIONS: list[Callable[[F], F]] = [
         help="Add 0..N at random to --limit-max-requests, per process.",
     ),
     _opt(
+        "--reload",
+        is_flag=True,
+        help="Development: reload when a file under the app's directory changes. The new "
+        "code serves once it starts; a save that fails keeps the last good code serving.",
+    ),
+    _opt(
+        "--reload-dir",
+        "reload_dirs",
+        multiple=True,
+        metavar="DIR",
+        help="Watch DIR for --reload (repeatable). [default: --app-dir]",
+    ),
+    _opt(
+        "--reload-include",
+        "reload_includes",
+        multiple=True,
+        metavar="GLOB",
+        help="A change counts if its file name matches GLOB (repeatable). [default: *.py]",
+    ),
+    _opt(
+        "--reload-exclude",
+        "reload_excludes",
+        multiple=True,
+        metavar="GLOB",
+        help="Changes to names matching GLOB never count (repeatable; hidden files, bytecode "
+        "and editors' swap files never do).",
+    ),
+    _opt(
         "--max-requests",
         type=int,
         metavar="N",

@@ -261,6 +261,18 @@ class RunConfig:
     #: A serving process stops gracefully after this many responses (plus up to the jitter).
     limit_max_requests: int | None = field(default=None, metadata=_flag("--limit-max-requests"))
     limit_max_requests_jitter: int = field(default=0, metadata=_flag("--limit-max-requests-jitter"))
+    #: Development: a saved change to the app's files reloads it (HUP's way).
+    reload: bool = field(default=False, metadata=_flag("--reload", worker=False))
+    #: Directories --reload watches (the --app-dir when none is given).
+    reload_dirs: tuple[str, ...] = field(default=(), metadata=_flag("--reload-dir", worker=False))
+    #: Names a change must match to count (default ``*.py``).
+    reload_includes: tuple[str, ...] = field(
+        default=(), metadata=_flag("--reload-include", worker=False)
+    )
+    #: Names (or directory names) whose changes never count.
+    reload_excludes: tuple[str, ...] = field(
+        default=(), metadata=_flag("--reload-exclude", worker=False)
+    )
     #: gunicorn's recycling: after this many responses (plus up to the jitter) a process is
     #: replaced by a fresh one that is READY before it drains.
     max_requests: int | None = field(default=None, metadata=_flag("--max-requests"))
@@ -319,6 +331,10 @@ class RunConfig:
                 )
                 raise ConfigError(msg)
         _check_count("--max-requests-jitter", self.max_requests_jitter)
+        for directory in self.reload_dirs:
+            if not os.path.isdir(directory):
+                msg = f"--reload-dir {directory}: no such directory; check the path"
+                raise ConfigError(msg)
         for flag, path in (("--env-file", self.env_file), ("--log-config", self.log_config)):
             if path is not None and not os.path.isfile(path):
                 msg = f"{flag} {path}: no such file; check the path (relative to {os.getcwd()})"
@@ -368,6 +384,14 @@ class RunConfig:
         if self.http.ssl_keyfile_password is not None:
             env[SSL_PASSWORD_ENV] = self.http.ssl_keyfile_password
         return env
+
+    def reload_watch(self) -> tuple[list[str], list[str], list[str]]:
+        """What --reload watches: directories, include patterns, exclude patterns."""
+        from tether._reloader import DEFAULT_EXCLUDES, DEFAULT_INCLUDES
+
+        dirs = [os.path.abspath(d) for d in self.reload_dirs or (self.app_dir,)]
+        includes = list(self.reload_includes or DEFAULT_INCLUDES)
+        return dirs, includes, [*DEFAULT_EXCLUDES, *self.reload_excludes]
 
     def to_argv(self, *, debug_path: str | None) -> list[str]:
         """``run APP`` and every option a worker needs, for a worker on inherited sockets.

@@ -40,6 +40,7 @@ from tether import sockets as sockets_mod
 from tether._handoff import HANDOFF_ENV, hand_over
 from tether._listeners import Listeners, open_listeners
 from tether._pidfile import PidFile
+from tether._reloader import watcher
 from tether.app import App, load_app
 from tether.config import RunConfig, ShutdownBudget
 from tether.console import console_page
@@ -394,6 +395,10 @@ class Service:
                 await group.start(self.http.run, name="http")
             for name, member in app.members.items():
                 group.add(member, name=name)
+            if self.config.reload and not self._is_worker:
+                dirs, includes, excludes = self.config.reload_watch()
+                changed = lambda paths: self._reload(f"{', '.join(paths[:3])} changed")  # noqa: E731
+                group.add(watcher(dirs, includes, excludes, changed), name="reload-watch")
             # A member's exit stops the group without a signal: that is a stop too.
             armer = loop.create_task(self._arm_when_stopping(), name="tether-hard-stop-armer")
             cleanups.append(armer.cancel)

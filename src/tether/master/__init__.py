@@ -54,6 +54,7 @@ from tether._control import ControlServer, bind_control
 from tether._listeners import open_listeners
 from tether._pidfile import PidFile
 from tether._reaper import Reaper
+from tether._reloader import watcher
 from tether.config import HttpOptions, RunConfig, ShutdownBudget
 from tether.debug import DebugApp
 from tether.group import Group, StopToken
@@ -169,6 +170,10 @@ class Master:
                 self.group.add(self._pool_member, name="pool")
                 self.group.add(self._servers_member, name="servers")
                 self.group.add(self._notifications_member, name="notifications")
+                if self.config.reload:
+                    dirs, includes, excludes = self.config.reload_watch()
+                    watch = watcher(dirs, includes, excludes, self._on_code_change)
+                    self.group.add(watch, name="reload-watch")
                 if (interval := watchdog_interval()) is not None:
                     self.group.add(self._heartbeat_member(interval), name="systemd-watchdog")
                 try:
@@ -182,6 +187,11 @@ class Master:
         finally:
             await self._close()
             reaper.close()
+
+    def _on_code_change(self, paths: list[str]) -> None:
+        """--reload: a save reloads the app as HUP does (a failed start keeps the old code)."""
+        log.info("master %d: %s changed; reloading", self._pid, ", ".join(paths[:3]))
+        self.pool.request("reload")
 
     def _open(self) -> None:
         """Sockets, private directory, notify receiver, parent pipe. Raises ConfigError."""
