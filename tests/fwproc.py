@@ -20,34 +20,21 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
+
+from waiting import eventually
 
 FRAMEWORK_APPS = Path(__file__).parent / "apps" / "frameworks"
 
 #: `tether run` options for each process model.
 MODES = {"single": ("--workers", "0"), "master": ("--workers", "1")}
 
-T = TypeVar("T")
-
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def eventually(check: Callable[[], T | None], what: str, within: float = 30.0) -> T:
-    """The first truthy result of ``check()``, which is retried until ``within`` seconds pass."""
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within}s: {what}")
-        time.sleep(0.02)
 
 
 def request(

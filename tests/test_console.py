@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tether.console import render
+from waiting import eventually
 
 from proc import tether
 
@@ -51,14 +52,13 @@ def get_json(port: int, path: str) -> Any:
 
 def until_in_flight(port: int, path: str, limit: float = 20.0) -> dict[str, Any]:
     """The console's JSON once some worker reports a request for ``path`` in flight."""
-    deadline = time.monotonic() + limit
-    while True:
+
+    def showing() -> dict[str, Any] | None:
         data = get_json(port, "/debug/?format=json")
         paths = [r["path"] for p in data["processes"] for r in p.get("requests", [])]
-        if path in paths:
-            return dict(data)
-        assert time.monotonic() < deadline, f"{path} never showed as in flight: {data}"
-        time.sleep(0.05)
+        return dict(data) if path in paths else None
+
+    return eventually(showing, f"{path} shown as in flight", limit)
 
 
 def test_console_in_a_browser_shows_workers_members_and_requests(tmp_path: Path) -> None:
@@ -121,14 +121,13 @@ def test_console_of_one_process_names_who_started_background_work(tmp_path: Path
         t.ready()
         assert get_status(t.port, "/plain?r1") == 202
         assert get_status(t.port, "/spawn?r2") == 202
-        deadline = time.monotonic() + 20
-        while True:
+
+        def both_shown() -> dict[str, Any] | None:
             data = get_json(t.debug_port, "/debug/?format=json")
-            background = data["processes"][0]["background"]
-            if len(background) == 2:
-                break
-            assert time.monotonic() < deadline, data
-            time.sleep(0.05)
+            return dict(data) if len(data["processes"][0]["background"]) == 2 else None
+
+        data = eventually(both_shown, "two background tasks shown", 20)
+        background = data["processes"][0]["background"]
         by_name = {b["name"]: b for b in background}
         spawned = by_name.pop("event r2")
         assert spawned["started_by"] == "GET /spawn" and not spawned["adopted"]

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from masterproc import pids_gone
+from waiting import eventually
 
 from proc import Tether, get, tether
 
@@ -72,8 +73,7 @@ def test_usr1_and_a_failed_reload_never_end_the_service(tmp_path: Path) -> None:
         # Requests in flight across the whole window: a hard stop would cut them.
         long = f"/slow?seconds={2 * HARD_STOP + 1}"
         slow = [pool.submit(get, t.port, long, 60) for t in (single, master)]
-        while in_flight(single) < 1:
-            pass
+        eventually(lambda: in_flight(single) >= 1, "the long request in flight")
         (tmp_path / "versioned.py").write_text("def app(:\n")
         signalled = time.monotonic()
         single.signal(signal.SIGUSR1)
@@ -106,8 +106,7 @@ def test_term_after_a_reload_keeps_draining(tmp_path: Path) -> None:
     with tether("plain:app") as t, ThreadPoolExecutor(5) as pool:
         first = int(t.wait_for("READY")["MAINPID"])
         slow = [pool.submit(get, t.port, "/slow?seconds=4", 30) for _ in range(5)]
-        while in_flight(t) < 5:
-            pass
+        eventually(lambda: in_flight(t) >= 5, "5 requests in flight")
         t.signal(signal.SIGHUP)
         try:
             successor = int(t.wait_for("READY")["MAINPID"])
@@ -199,9 +198,10 @@ def test_signals_while_the_app_imports_do_not_end_it(tmp_path: Path, workers: st
     env = {"SLOW_IMPORT_MARKER": str(marker), "SLOW_IMPORT_SECONDS": "2"}
     with tether("slow_import:app", "--workers", workers, **env) as t:  # type: ignore[arg-type]
         assert t.proc is not None
-        while not marker.exists():
-            assert t.proc.poll() is None, t.stderr()
-            time.sleep(0.01)  # the app's import writes the marker: wait for that file
+        # The app's import writes the marker: signals sent after it reach a process importing.
+        proc = t.proc
+        eventually(lambda: marker.exists() or proc.poll() is not None, "the import begun")
+        assert proc.poll() is None, t.stderr()
         importing = int(marker.read_text())  # the worker, in master mode
         for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU):
             os.kill(importing, sig)

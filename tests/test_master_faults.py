@@ -26,6 +26,7 @@ import pytest
 
 from loadclient import Load
 from masterproc import MasterProc, free_port, pids_gone
+from waiting import eventually
 
 FAULT_APP = """\
 import asyncio
@@ -565,14 +566,14 @@ def test_foreign_listen_pid_is_ignored(tmp_path: Path, workers: str) -> None:
 
 def http_get_when_up(port: int, limit: float = 20.0) -> tuple[int, str]:
     """GET / once something accepts on ``port`` (connection refused means not yet bound)."""
-    deadline = time.monotonic() + limit
-    while True:
+
+    def answer() -> tuple[int, str] | None:
         try:
             return http_get(port)
         except urllib.error.URLError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+            return None  # connection refused: not bound yet
+
+    return eventually(answer, f"an answer on port {port}", limit)
 
 
 @pytest.mark.parametrize("workers", ["0", "1"])

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from waiting import eventually
+
 from proc import APPS, Tether, fetch, free_port, get, running
 
 
@@ -276,9 +278,7 @@ def test_fd_and_uds_are_served(workers: str, tmp_path: Path) -> None:
     try:
         wait_listening(port, proc)
         assert fetch(port)[0] == 200
-        deadline = time.monotonic() + 10
-        while not os.path.exists(uds) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        eventually(lambda: os.path.exists(uds), f"{uds} bound", 10)
         assert unix_get(uds)[0] == 200
         proc.terminate()
         assert proc.wait(20) == 0

@@ -20,12 +20,13 @@ import socket
 import subprocess
 import sys
 import termios
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from waiting import eventually
 
 from proc import APPS, Tether, free_port, get
 
@@ -108,13 +109,16 @@ MODES = [
 
 def wait_gone(t: Pid1, pids: list[int], within: float) -> dict[str, str]:
     """Wait until every pid has left the namespace's /proc; the last states seen."""
-    deadline = time.monotonic() + within
     query = ",".join(map(str, pids))
-    while True:
-        states: dict[str, str] = t.json(f"/state?pids={query}")
-        if all(s == "gone" for s in states.values()) or time.monotonic() > deadline:
-            return states
-        time.sleep(0.02)
+    states: dict[str, str] = {}
+
+    def all_gone() -> bool:
+        states.update(t.json(f"/state?pids={query}"))
+        return all(s == "gone" for s in states.values())
+
+    with contextlib.suppress(AssertionError):  # the caller asserts on the states it gets
+        eventually(all_gone, "every pid gone", within)
+    return states
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -178,12 +182,13 @@ def test_a_worker_keeps_its_exit_status_under_the_subreaper_master() -> None:
         t.json("/orphans?n=10")
         with contextlib.suppress(OSError):
             get(t.port, "/exit?code=7", timeout=5)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # until the replacement worker answers
+
+        def replaced() -> bool:
             with contextlib.suppress(OSError):
-                if t.json("/pid") != first:
-                    break
-            time.sleep(0.05)
+                return bool(t.json("/pid") != first)
+            return False
+
+        eventually(replaced, "the replacement worker answers", 30)
         t.kill_init(signal.SIGTERM)
         assert t.wait() == 0
         assert "exited with code 7" in t.stderr()
@@ -261,14 +266,13 @@ def test_sockets_passed_to_pid1_reach_the_service() -> None:
     t.start()
     try:
         # systemd-socket-activate listens, then starts the command on the first connection.
-        deadline = time.monotonic() + 20
-        while True:
+        def answered() -> bool:
             try:
-                assert t.json("/pid") == 2
-                break
+                return bool(t.json("/pid") == 2)
             except ConnectionRefusedError:
-                assert time.monotonic() < deadline, t.stderr()
-                time.sleep(0.05)  # not listening yet
+                return False  # not listening yet
+
+        eventually(answered, "the service answers as pid 2", 20)
         assert t.wait_for("READY")["MAINPID"] == "2"
         with socket.socket() as s:
             s.bind(("127.0.0.1", unused))

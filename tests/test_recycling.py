@@ -12,12 +12,12 @@ import json
 import os
 import shutil
 import signal
-import time
 
 import pytest
 
 from masterproc import pids_gone
 from rolling import Outcome, load, parse_wrk
+from waiting import eventually
 
 from proc import Tether, get, tether
 
@@ -27,6 +27,11 @@ pytestmark = pytest.mark.skipif(
 
 RECYCLES = 3
 LIMIT = ("--max-requests", "400", "--max-requests-jitter", "200", "--no-access-log")
+
+
+def recycles(t: Tether) -> int:
+    """The master's own count of workers replaced after their --max-requests."""
+    return int(json.loads(get(t.debug_port, "/debug/workers")[1])["master"]["recycles"])
 
 
 def next_mainpid(t: Tether, within: float) -> int:
@@ -44,14 +49,8 @@ def test_workers_are_recycled_under_load_with_no_failed_request() -> None:
     """Master mode, 2 workers: at least 3 recycles under load, 0 failed requests, exit 0."""
     with tether("plain:app", "--workers", "2", *LIMIT) as t:
         t.ready()
-        deadline = time.monotonic() + 60
         with load(t.port, connections=16) as report:
-            while True:
-                status = json.loads(get(t.debug_port, "/debug/workers")[1])
-                if status["master"]["recycles"] >= RECYCLES:
-                    break
-                assert time.monotonic() < deadline, status
-                time.sleep(0.1)  # the master's own count: the state this test waits on
+            eventually(lambda: recycles(t) >= RECYCLES, f"{RECYCLES} recycles", 60)
         outcome = Outcome("tether")
         parse_wrk(report[0], outcome)
         assert outcome.requests > RECYCLES * 400, report[0]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from tether._reloader import DEFAULT_EXCLUDES, DEFAULT_INCLUDES, accepts
+from waiting import eventually
 
 from proc import Tether, get, tether
 
@@ -25,13 +25,6 @@ async def app(scope, receive, send):
 
 def save(directory: Path, text: str) -> None:
     (directory / "versioned.py").write_text(text)
-
-
-def until(check: object, what: str, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"not within {within}s: {what}"
-        time.sleep(0.05)  # the state waited on is the server's answer or its log
 
 
 def serving(t: Tether, version: str) -> bool:
@@ -51,12 +44,12 @@ def test_a_save_reloads_a_broken_save_keeps_serving_and_the_fix_reloads(
         t.ready()
         assert get(t.port, "/")[1] == "v1"
         save(tmp_path, APP.format(version="v2"))
-        until(lambda: serving(t, "v2"), "v2 served")
+        eventually(lambda: serving(t, "v2"), "v2 served")
         save(tmp_path, "def app(:\n")
-        until(lambda: "SyntaxError" in t.output() and "reload failed" in t.output(), "failure")
+        eventually(lambda: "SyntaxError" in t.output() and "reload failed" in t.output(), "failure")
         assert [get(t.port, "/")[:2] for _ in range(20)] == [(200, "v2")] * 20
         save(tmp_path, APP.format(version="v3"))
-        until(lambda: serving(t, "v3"), "v3 served")
+        eventually(lambda: serving(t, "v3"), "v3 served")
         if workers == "1":
             t.signal(signal.SIGTERM)
             assert t.wait() == 0
