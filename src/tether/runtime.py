@@ -256,7 +256,7 @@ class Service:
             else:
                 self.request_stop(f"{name} received")
         elif signum in (signal.SIGHUP, signal.SIGUSR2):
-            self._reload(signal.Signals(signum).name)
+            self._reload(f"{signal.Signals(signum).name} received")
         elif signum == signal.SIGUSR1:
             # Thread stacks were written by faulthandler already, even if the loop was stuck.
             logger.warning("task dump (SIGUSR1):\n%s", format_task_dump(task_dump()))
@@ -491,29 +491,28 @@ class Service:
         else:
             self._reload(why)
 
-    def _reload(self, signame: str) -> None:
-        """HUP/USR2 in one process: hand the sockets to a fresh copy, then drain."""
+    def _reload(self, why: str) -> None:
+        """HUP/USR2, --max-requests, --reload in one process: hand the sockets to a fresh copy."""
         if self._is_worker:
-            logger.info("%s ignored: reloads of a worker are its master's job", signame)
+            logger.info("%s; ignored: reloads of a worker are its master's job", why)
             return
         if self._argv is None or self._open is None:
-            logger.warning("%s ignored: this service was not started by `tether run`", signame)
+            logger.warning("%s; ignored: this service was not started by `tether run`", why)
             return
         if self._stop_requested or not self.ready:
-            logger.info("%s ignored: not serving (%s)", signame, self.status)
+            logger.info("%s; ignored: not serving (%s)", why, self.status)
             return
         if self._handoff is not None and not self._handoff.done():
-            logger.info("%s: a reload is in progress; one more will follow it", signame)
+            logger.info("%s: a reload is in progress; one more will follow it", why)
             self._reload_again = True
             return
         self._handoff = asyncio.get_running_loop().create_task(
-            self._hand_over(signame), name="tether-reload"
+            self._hand_over(why), name="tether-reload"
         )
 
-    async def _hand_over(self, signame: str) -> None:
+    async def _hand_over(self, why: str) -> None:
         assert self._argv is not None and self._open is not None
-        what = signame if " " in signame else f"{signame} received"
-        logger.info("%s: handing the sockets to a fresh copy of this process", what)
+        logger.info("%s: handing the sockets to a fresh copy of this process", why)
         if self.notifier is not None:
             self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         pid = await hand_over(
