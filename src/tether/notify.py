@@ -39,6 +39,7 @@ __all__ = [
     "NotifyReceiver",
     "parse_message",
     "private_dir",
+    "runtime_base",
     "watchdog_interval",
 ]
 
@@ -269,6 +270,18 @@ class NotifyReceiver:
         self.close()
 
 
+def runtime_base() -> str:
+    """Where tether's private directories go: $XDG_RUNTIME_DIR, else $TMPDIR, else /tmp.
+
+    A ``$TMPDIR`` the user chose is used or refused with the reason, never
+    silently swapped for another directory (as :func:`tempfile.gettempdir` would).
+    """
+    xdg = os.environ.get("XDG_RUNTIME_DIR", "")
+    if xdg and os.path.isabs(xdg) and os.path.isdir(xdg) and os.access(xdg, os.W_OK | os.X_OK):
+        return xdg
+    return os.environ.get("TMPDIR", "") or tempfile.gettempdir()
+
+
 def private_dir(prefix: str) -> str:
     """A fresh directory only this user can enter, for private sockets.
 
@@ -276,8 +289,7 @@ def private_dir(prefix: str) -> str:
     directory, or ``RuntimeDirectory=``), else under the temporary directory.
     Raises :class:`~tether.errors.RuntimeDirError` naming the place and the fix.
     """
-    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
-    parent = runtime if runtime and os.path.isdir(runtime) else tempfile.gettempdir()
+    parent = runtime_base()
     try:
         path = tempfile.mkdtemp(prefix=prefix, dir=parent)
     except OSError as exc:

@@ -26,7 +26,7 @@ import tempfile
 import time
 
 from tether.errors import ConfigError
-from tether.notify import Notifier
+from tether.notify import Notifier, runtime_base
 
 __all__ = [
     "RUNDIR_PREFIX",
@@ -46,17 +46,6 @@ _MAX_SOCKET_PATH = 107
 _LONGEST_NAME = "w99999999.sock"
 #: A runtime directory without its notify socket yet is left alone this long (seconds).
 _STARTING_GRACE = 60.0
-
-
-def runtime_base() -> str:
-    """Where the master's runtime directory goes: $XDG_RUNTIME_DIR, $TMPDIR, or /tmp."""
-    xdg = os.environ.get("XDG_RUNTIME_DIR", "")
-    if xdg and os.path.isabs(xdg) and os.path.isdir(xdg) and os.access(xdg, os.W_OK | os.X_OK):
-        return xdg
-    tmpdir = os.environ.get("TMPDIR", "")
-    if tmpdir:
-        return tmpdir  # the user chose it: use it or say why not, never another silently
-    return tempfile.gettempdir()
 
 
 def make_rundir() -> str:
