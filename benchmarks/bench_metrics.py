@@ -36,7 +36,7 @@ from typing import Any, cast
 
 from tether.metrics import ProcessMetrics
 from tether.serving import ASGIApp, DrainHooks, HttpServer, ServeOptions
-from tether.tracker import REQUEST_SCOPE
+from tether.tracker import REQUESTS
 
 from peers import ensure_wrk, free_port, wait_listening
 
@@ -133,9 +133,7 @@ def in_process(n: int, repeat: int) -> tuple[float, float]:
     """
 
     async def one(recording: bool) -> float:
-        hooks = DrainHooks(
-            request_var=REQUEST_SCOPE, metrics=ProcessMetrics() if recording else None
-        )
+        hooks = DrainHooks(requests=REQUESTS, metrics=ProcessMetrics() if recording else None)
         server = HttpServer(_hello, [], ServeOptions(lifespan="off"), hooks)
         front = cast(ASGIApp, server.config.app)
         start = time.process_time()

@@ -18,16 +18,19 @@ from hypothesis import strategies as st
 from tether.errors import AbandonedWork, ConfigError, TetherError
 from tether.tracker import (
     REQUEST_SCOPE,
+    REQUESTS,
     BaseExceptionInWork,
     NoCurrentTracker,
     Tracker,
     TrackerClosed,
     TrackerFull,
     TrackerReport,
+    current_origin,
     current_tracker,
     install_adoption,
     no_adoption,
     no_adoption_for,
+    origin_label,
     request_scope,
     set_current_tracker,
     spawn,
@@ -753,6 +756,70 @@ def test_tasks_created_in_a_request_scope_are_adopted() -> None:
 
     run(main)
     assert sorted(recorded) == ["child", "grandchild"]
+
+
+def test_tasks_a_served_request_creates_are_adopted() -> None:
+    """Through tether's server on a socket: the request's task, not its context, marks it.
+
+    uvicorn keeps the tasks running requests in the set tether gives it
+    (REQUESTS); a task one of them creates is adopted with the request's scope
+    as its origin, and carries it in its context, so what that creates is
+    adopted too; no_adoption() still opts out. The handler's own context is
+    left alone (a context change per request made the garbage collector run a
+    hundred times a second under load).
+    """
+    import socket
+
+    from tether.group import Group
+    from tether.serving import DrainHooks, HttpServer, ServeOptions
+
+    seen: dict[str, Any] = {}
+
+    async def grandchild() -> None:
+        seen["grandchild"] = current_origin()
+
+    async def child() -> None:
+        seen["child"] = REQUEST_SCOPE.get()
+        asyncio.create_task(grandchild())  # noqa: RUF006 - the point: nobody keeps it
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen["scope"] = scope
+        seen["handler"] = current_origin()
+        seen["handler's context"] = REQUEST_SCOPE.get()
+        asyncio.create_task(child())  # noqa: RUF006
+        with no_adoption():
+            seen["lazy"] = asyncio.create_task(asyncio.sleep(0))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def main() -> None:
+        tracker = Tracker()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        sock.setblocking(False)
+        server = HttpServer(
+            app, [sock], ServeOptions(lifespan="off"), DrainHooks(requests=REQUESTS)
+        )
+        group = Group("test", graceful_timeout=5, cancel_timeout=1)
+        with install_adoption(tracker):
+            await group.start(server.run, name="http")
+            reader, writer = await asyncio.open_connection(*sock.getsockname())
+            writer.write(b"GET /events HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            assert (await reader.read(-1)).startswith(b"HTTP/1.1 204")
+            writer.close()
+            group.stop("test over")
+            await group.wait()
+            assert not REQUESTS  # uvicorn discards each request's task when it ends
+            assert tracker.stats().adopted == 2
+            assert seen["lazy"] not in tracker.tasks()
+            assert (await tracker.shutdown(5)).completed == 2
+        scope = seen["scope"]
+        assert seen["handler"] is seen["child"] is seen["grandchild"] is scope
+        assert origin_label(scope) == "GET /events"
+        assert seen["handler's context"] is None
+
+    run(main)
 
 
 def test_tasks_created_outside_a_request_are_not_adopted() -> None:

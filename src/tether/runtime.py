@@ -63,7 +63,7 @@ from tether.metrics import (
 from tether.notify import Notifier, watchdog_interval
 from tether.serving import ASGIApp, DrainHooks, HttpServer, ServeOptions, host_wsgi
 from tether.signals import handle_signals
-from tether.tracker import REQUEST_SCOPE, Tracker, install_adoption, set_current_tracker
+from tether.tracker import REQUESTS, Tracker, install_adoption, set_current_tracker
 from tether.worker import (
     FAILED_STATUS,
     PARENT_FD_ENV,
@@ -149,7 +149,7 @@ class Service:
         recording = os.environ.get("TETHER_REQUEST_METRICS", "on") != "off"
         self.hooks = DrainHooks(
             background=self._drain_background,
-            request_var=REQUEST_SCOPE,
+            requests=REQUESTS,
             metrics=self.metrics if recording else None,
         )
         self._started = time.monotonic()

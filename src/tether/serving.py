@@ -38,7 +38,6 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from contextlib import nullcontext
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -48,6 +47,7 @@ from uvicorn.lifespan.on import LifespanOn
 from uvicorn.server import ServerState
 
 from tether._accesslog import AccessLog
+from tether._adoption import task_scope
 from tether._drain import DrainSignal, app_shutdown_reserve, current_drain_signal, drain_signal
 from tether._stacks import task_stack
 from tether.config import HttpOptions
@@ -112,9 +112,10 @@ class DrainHooks:
 
     #: Phase 5: drain background work within the given seconds; returns what was abandoned.
     background: Callable[[float], Awaitable[list[AbandonedWork]]] | None = None
-    #: Set to the request's scope while each request (http or websocket) runs,
-    #: so that tasks the handler starts can be recognised (tether's adoption).
-    request_var: ContextVar[object] | None = None
+    #: The set uvicorn keeps the tasks running requests in (http and websocket), so
+    #: that tasks a handler starts can be recognised by their creator at no cost
+    #: per request (tether's adoption: ``tether.tracker.REQUESTS``).
+    requests: set[asyncio.Future[Any]] | None = None
     #: Where abandoned requests and the lifespan are reported.
     abandoned: list[AbandonedWork] = field(default_factory=list)
     #: Set when the drain begins; :func:`drain_signal` returns it while the server runs.
@@ -172,8 +173,11 @@ class _State(ServerState):
         *,
         date: bool = True,
         lag: Callable[[float], None] | None = None,
+        tasks: set[asyncio.Future[Any]] | None = None,
     ) -> None:
         super().__init__()
+        if tasks is not None:
+            self.tasks = tasks  # type: ignore[assignment]  # uvicorn adds and discards each request's
         self._dated = date
         self.watched_connections = _Connections(self._start_clock, self._stop_clock)
         self.connections = self.watched_connections
@@ -240,10 +244,6 @@ class _DrainMiddleware:
         server_send = send
         if self.draining:
             send = _closing(send)
-        var = self.hooks.request_var
-        # This runs for every request: a ContextVar set/reset, nothing heavier (the
-        # scope is turned into a label only if a report ever needs one).
-        token = var.set(scope) if var is not None else None
         metrics = self.metrics
         try:
             if metrics is None:
@@ -287,9 +287,6 @@ class _DrainMiddleware:
             if task is not None:
                 task.uncancel()
             return
-        finally:
-            if var is not None and token is not None:
-                var.reset(token)
         if self.draining:
             await _end_stream(server_send)
 
@@ -397,6 +394,7 @@ class HttpServer:
             self.config.encoded_headers,
             date=options.http.date_header,
             lag=metrics.loop_lag if metrics is not None else None,
+            tasks=self.hooks.requests,
         )
         self.phase = "created"
         self._servers: list[asyncio.Server] = []
@@ -649,7 +647,7 @@ class HttpServer:
         now = time.perf_counter()
         out = []
         for task in list(self.state.tasks):
-            scope = _task_scope(task)
+            scope = task_scope(task)
             if scope is None:
                 continue
             started = scope.get("tether.started")
@@ -707,18 +705,9 @@ _TOO_LARGE = (
 )
 
 
-def _task_scope(task: asyncio.Task[Any]) -> dict[str, Any] | None:
-    """The ASGI scope of a uvicorn request task, from the cycle it runs."""
-    coro: Any = task.get_coro()
-    frame = getattr(coro, "cr_frame", None)
-    cycle = frame.f_locals.get("self") if frame is not None else None
-    scope = getattr(cycle, "scope", None)
-    return scope if isinstance(scope, dict) and "path" in scope else None
-
-
 def _request_name(task: asyncio.Task[Any]) -> str:
     """``METHOD /path`` for a uvicorn request task."""
-    scope = _task_scope(task)
+    scope = task_scope(task)
     if scope is not None:
         return f"{scope.get('method', 'WS')} {scope['path']}"
     return task.get_name()

@@ -44,7 +44,9 @@ from typing import Any, Literal, TypeVar
 
 from tether._adoption import (
     REQUEST_SCOPE,
+    REQUESTS,
     Adoption,
+    current_origin,
     install_adoption,
     no_adoption,
     no_adoption_for,
@@ -74,6 +76,8 @@ __all__ = [
     "current_tracker",
     "set_current_tracker",
     "REQUEST_SCOPE",
+    "REQUESTS",
+    "current_origin",
     "origin_label",
     "request_scope",
     "no_adoption",
@@ -298,7 +302,7 @@ class Tracker:
     def _start(self, coro: Coroutine[Any, Any, T], name: str | None) -> asyncio.Task[T]:
         name = _work_name(coro, name)
         # Who spawned it, for the debug console: the request, else the task (a member).
-        by = REQUEST_SCOPE.get()
+        by = current_origin()
         if by is None:
             creator = asyncio.current_task()
             by = creator.get_name() if creator is not None else None

@@ -1,0 +1,216 @@
+"""tether's cost per request over uvicorn's, in one process, without the network.
+
+CPU time per request measured through sockets on a shared 2-core machine
+drifts by tens of percent between rounds, which hides a difference of a few
+microseconds. This benchmark takes the kernel and the load generator out: it
+drives uvicorn's HTTP protocol (httptools, on uvloop) with in-memory
+transports, 64 connections each with one request in flight at a time (what
+``wrk -c64`` does), and measures CPU per request and garbage collections of
+the serving code alone:
+
+- ``uvicorn``: the app as uvicorn serves it (its ``Config``, its server state);
+- ``tether``: the app as a tether worker serves it: ``HttpServer``'s front and
+  state, the adoption factory with a ``Tracker``, per-request metrics, and
+  ``gc.freeze()`` once started (all tether's defaults);
+- ``tether --no-gc-freeze``: the same without the freeze.
+
+Each variant runs in its own process (``gc.freeze`` is process-wide), rounds
+alternate, and each round reports the best of its repeats (the least
+disturbed). Workloads: the hello app, and a FastAPI GET returning a
+20-field pydantic model.
+
+    python benchmarks/bench_overhead.py [--rounds 3] [--requests 20000] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import time
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).parent
+CONNECTIONS = 64
+WORKLOADS = {"hello": ("hello", "/"), "FastAPI GET": ("fastapi_model", "/item")}
+VARIANTS = ("tether", "tether --no-gc-freeze", "uvicorn")
+
+
+class Transport(asyncio.Transport):
+    """An open connection that keeps what is written and never blocks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = 0
+        self.closing = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(
+            name, default
+        )
+
+    def write(self, data: Any) -> None:
+        self.written += len(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def protocols(variant: str, app: Any) -> tuple[Any, Any]:
+    """(protocol factory, what must stay referenced) for one variant."""
+    from uvicorn.config import Config
+
+    if variant == "uvicorn":
+        from uvicorn.server import ServerState
+
+        config = Config(app, lifespan="off", log_config=None, access_log=False)
+        config.load()
+        state = ServerState()
+        # What uvicorn's server tick sets every 100 ms: the date and server headers.
+        date = formatdate(time.time(), usegmt=True).encode()
+        state.default_headers = [(b"date", date), *config.encoded_headers]
+        keep: Any = None
+    else:
+        from tether.metrics import ProcessMetrics
+        from tether.serving import DrainHooks, HttpServer, ServeOptions
+        from tether.tracker import REQUESTS, Tracker, install_adoption
+
+        hooks = DrainHooks(requests=REQUESTS, metrics=ProcessMetrics())
+        server = HttpServer(app, [], ServeOptions(lifespan="off"), hooks)
+        config, state = server.config, server.state
+        keep = (server, install_adoption(Tracker()))
+        if variant == "tether":
+            gc.collect()
+            gc.freeze()
+
+    protocol: Any = config.http_protocol_class
+
+    def make() -> Any:
+        return protocol(
+            config=config, server_state=state, app_state={}, _loop=asyncio.get_running_loop()
+        )
+
+    return make, keep
+
+
+async def measure(variant: str, module: str, path: str, n: int, repeat: int) -> dict[str, Any]:
+    sys.path.insert(0, str(HERE / "apps"))
+    app = __import__(module).app
+    make, _keep = protocols(variant, app)
+    loop = asyncio.get_running_loop()
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench\r\n\r\n".encode()
+    answered = 0
+    all_answered = asyncio.Event()
+    target = 0
+
+    conns = []
+    for _ in range(CONNECTIONS):
+        proto = make()
+        proto.connection_made(Transport())
+        original = proto.on_response_complete
+
+        def on_response(original: Any = original, proto: Any = proto) -> None:
+            nonlocal answered
+            original()
+            answered += 1
+            if answered < target:
+                loop.call_soon(proto.data_received, request)  # the client's next request
+            elif answered == target + CONNECTIONS - 1:
+                all_answered.set()
+
+        proto.on_response_complete = on_response
+        conns.append(proto)
+
+    async def run(count: int) -> float:
+        nonlocal answered, target
+        answered, target = 0, count
+        all_answered.clear()
+        start = time.process_time()
+        for proto in conns:
+            loop.call_soon(proto.data_received, request)  # from the loop, as a socket's data
+        await all_answered.wait()
+        return time.process_time() - start
+
+    collections = [0]
+
+    def count_collections(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start" and info["generation"] == 0:
+            collections[0] += 1
+
+    await run(2000)  # warm up
+    gc.callbacks.append(count_collections)
+    seconds = [await run(n) for _ in range(repeat)]
+    gc.callbacks.remove(count_collections)
+    total = n + CONNECTIONS - 1
+    return {
+        "us": min(seconds) / total * 1e6,
+        "young_gc_per_1k": collections[0] / (repeat * total) * 1000,
+    }
+
+
+def one(variant: str, workload: str, n: int, repeat: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--one", variant, workload, str(n), str(repeat)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        import uvloop
+
+        variant, workload, n, repeat = args.one
+        module, path = WORKLOADS[workload]
+        print(json.dumps(uvloop.run(measure(variant, module, path, int(n), int(repeat)))))
+        return
+    lines = [
+        "| workload | server | CPU µs per request, median (min-max) | vs uvicorn "
+        "| young GCs per 1k requests |",
+        "|---|---|---|---|---|",
+    ]
+    for workload in WORKLOADS:
+        results: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+        for i in range(args.rounds):
+            for variant in VARIANTS if i % 2 == 0 else reversed(VARIANTS):
+                r = one(variant, workload, args.requests, args.repeat)
+                results[variant].append(r)
+                print(f"{workload:12s} {variant:22s} {r['us']:6.2f} µs/request "
+                      f"{r['young_gc_per_1k']:6.2f} young GCs/1k", flush=True)  # fmt: skip
+        base = statistics.median(r["us"] for r in results["uvicorn"])
+        for variant, rounds in results.items():
+            us = [r["us"] for r in rounds]
+            gcs = statistics.median(r["young_gc_per_1k"] for r in rounds)
+            lines.append(
+                f"| {workload} | {variant} | {statistics.median(us):.2f} ({min(us):.2f}-"
+                f"{max(us):.2f}) | {statistics.median(us) / base:.3f}x | {gcs:.2f} |"
+            )
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
