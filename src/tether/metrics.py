@@ -114,8 +114,8 @@ class ProcessMetrics:
 
     def __init__(self, worker: str = "0") -> None:
         self.worker = worker
-        # (method, status) -> [count, bucket counts..., +Inf count, seconds, body bytes]:
-        # one dict lookup per request; per-method histograms are summed at scrape time.
+        # (method, status) -> [bucket counts..., +Inf count, seconds, body bytes]: one dict
+        # lookup per request; counts and per-method histograms are summed at scrape time.
         self._records: dict[tuple[str, int], list[Any]] = {}
         self.websockets = 0
         self.lag = Histogram(LAG_BUCKETS)
@@ -125,11 +125,8 @@ class ProcessMetrics:
 
     def request(self, method: str, status: int, seconds: float, sent: int) -> None:
         """Count one finished HTTP request (per-request path: keep it cheap)."""
-        record = self._records.get((method, status))
-        if record is None:
-            record = self._record(method, status)
-        record[0] += 1
-        record[bisect_left(LATENCY_BUCKETS, seconds) + 1] += 1
+        record = self._records.get((method, status)) or self._record(method, status)
+        record[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         record[-2] += seconds
         record[-1] += sent
 
@@ -138,14 +135,14 @@ class ProcessMetrics:
             method = "OTHER"  # unknown methods share a record, so they cannot grow the series
         record = self._records.get((method, status))
         if record is None:
-            record = [0] * (len(LATENCY_BUCKETS) + 2) + [0.0, 0]
+            record = [0] * (len(LATENCY_BUCKETS) + 1) + [0.0, 0]
             self._records[(method, status)] = record
         return record
 
     @property
     def requests(self) -> dict[tuple[str, int], int]:
         """Requests answered, by method and status."""
-        return {key: record[0] for key, record in self._records.items()}
+        return {key: sum(record[:-2]) for key, record in self._records.items()}
 
     @property
     def durations(self) -> dict[str, Histogram]:
@@ -155,7 +152,7 @@ class ProcessMetrics:
             hist = out.get(method)
             if hist is None:
                 hist = out[method] = Histogram(LATENCY_BUCKETS)
-            for i, count in enumerate(record[1:-2]):
+            for i, count in enumerate(record[:-2]):
                 hist.counts[i] += count
             hist.sum += record[-2]
         return out
