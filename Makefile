@@ -43,7 +43,6 @@ pytest: $(BIN)/.installed system-packages
 bench: $(BIN)/.installed
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	cd benchmarks && ../$(BIN)/python suite.py
-	cd benchmarks && ../$(BIN)/python bench_reload.py --reloads 5 | tee out/reload.txt
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

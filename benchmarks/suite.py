@@ -14,13 +14,16 @@ the server's whole process tree from /proc, which a shared machine disturbs
 far less than throughput. The report gives medians with the min-max of the
 rounds, and ratios against uvicorn with the same workers.
 
-Then, once per server (2 workers): latency percentiles under a light load
-(``wrk -c4``), resident memory per worker when idle and after 100k
-requests (and tether's master's own), seconds from start to the first
-response, and seconds from SIGTERM to exit when idle. Reload figures come
-from ``bench_reload.py``, which ``make bench`` runs after this.
+Then seconds from start to the first response and from SIGTERM to exit when
+idle (alternated starts, 1 and 2 workers, and tether's one-process mode
+against uvicorn's one process), the same stop while another process holds
+~20k TCP sockets open; once per server with 2 workers, latency percentiles
+under a light load (``wrk -c4``) and resident memory per worker when idle and
+after 100k requests (and the master's own); last, ``bench_reload.py``: failed
+requests and throughput through 5 back-to-back reloads under ``wrk -c64``.
 
-    python benchmarks/suite.py [--rounds 3] [--duration 3] [--quick]
+    python benchmarks/suite.py [--rounds 3] [--duration 3] [--start-rounds 5]
+                               [--reloads 5] [--quick]
 
 Peers live in benchmarks/.venv-peers (created on first use), wrk comes from
 Debian's packages, matplotlib from the project's ``bench`` extra. Only
@@ -69,6 +72,9 @@ def server_argv(name: str, target: str, port: int, workers: int) -> list[str]:
     return {
         "tether": [str(TETHER), "run", target, "--workers", n, "--no-debug", "--bind", where,
                    "--no-access-log", *quiet],
+        # One process, no master: what `uvicorn app` (one worker) is to uvicorn.
+        "tether --workers 0": [str(TETHER), "run", target, "--workers", "0", "--no-debug",
+                               "--bind", where, "--no-access-log", *quiet],
         "uvicorn": [str(peer / "uvicorn"), target, "--workers", n, "--no-access-log",
                     "--host", "127.0.0.1", "--port", str(port), *quiet],
         "gunicorn": [str(peer / "gunicorn"), target, "-w", n, "-k",
@@ -302,6 +308,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="hello keep-alive only")
+    parser.add_argument("--start-rounds", type=int, default=5, help="starts per server")
+    parser.add_argument("--reloads", type=int, default=5, help="0 (or --quick): none")
     args = parser.parse_args()
     ensure_wrk()
     ensure_peers()
@@ -324,7 +332,9 @@ def main() -> None:
                         flush=True,
                     )
             results[(workload, workers)] = by_server
+    started = start_stop_figures(args.start_rounds)
     process = process_figures()
+    reloaded = reload_figures(args.reloads) if args.reloads and not args.quick else []
     plotted = plot(results, HERE / "report-throughput.png")
     report = [
         "# Benchmarks: tether and its peers, one run",
@@ -339,21 +349,114 @@ def main() -> None:
         *(["![throughput](report-throughput.png)", ""] if plotted else []),
         *throughput_table(results),
         "",
-        "## Per server, 2 workers, hello",
+        "## Start and stop, hello",
         "",
-        "| server | p50 ms at 4 connections | p99 ms | RSS per worker idle MiB | after 100k "
-        "requests | master MiB | start to first response s | SIGTERM to exit idle s |",
-        "|---|---|---|---|---|---|---|---|",
+        *started,
+        "",
+        "## Latency and memory, 2 workers, hello",
+        "",
         *process,
         "",
+        *(["## Reloads under load", "", *reloaded, ""] if reloaded else []),
     ]
     (HERE / "REPORT.md").write_text("\n".join(report))
     print("\n".join(report))
 
 
+#: Start and stop are measured for each server with 1 and 2 workers, and for tether's
+#: one-process mode (against uvicorn with one worker, which is one process too).
+START_VARIANTS = [(name, n) for n in (1, 2) for name in SERVERS] + [("tether --workers 0", 1)]
+#: TCP sockets another process holds open while idle stops are timed again: a busy host's
+#: socket table must not slow a stop down (each connection is two sockets).
+CROWD_CONNECTIONS = 9_900
+
+
+def start_stop_figures(rounds: int) -> list[str]:
+    """Seconds from start to the first response, and from SIGTERM to exit when idle."""
+    starts: dict[tuple[str, int], list[float]] = {v: [] for v in START_VARIANTS}
+    stops: dict[tuple[str, int], list[float]] = {v: [] for v in START_VARIANTS}
+    for i in range(rounds):
+        for name, workers in START_VARIANTS if i % 2 == 0 else reversed(START_VARIANTS):
+            server = Server(name, "hello:app", "/", workers).start()
+            starts[(name, workers)].append(server.first_response)
+            time.sleep(0.5)  # idle, as a service waiting for a deploy's stop is
+            stops[(name, workers)].append(server.stop())
+    crowded: dict[tuple[str, int], list[float]] = {}
+    with crowd(CROWD_CONNECTIONS) as held:
+        for name, workers in (("tether", 2), ("tether --workers 0", 1), ("uvicorn", 2)):
+            crowded[(name, workers)] = []
+            for _ in range(rounds):
+                server = Server(name, "hello:app", "/", workers).start()
+                time.sleep(0.5)
+                crowded[(name, workers)].append(server.stop())
+    lines = [
+        f"Median of {rounds} alternated starts (min-max); the stop is SIGTERM to the exit of "
+        "the whole process tree, idle. The last column is the same stop while another process "
+        f"holds {held:,} TCP sockets open (the host's socket table that a leak check could "
+        "read).",
+        "",
+        "| server | workers | start to first response s | vs uvicorn | SIGTERM to exit idle s "
+        f"| with {held:,} sockets on the host s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, workers in START_VARIANTS:
+        base = statistics.median(starts[("uvicorn", workers)])
+        start = starts[(name, workers)]
+        busy = crowded.get((name, workers))
+        mode = "1 (one process)" if name == "tether --workers 0" else str(workers)
+        lines.append(
+            f"| {name} | {mode} | {med3(start)} | {statistics.median(start) / base:.2f}x | "
+            f"{med3(stops[(name, workers)])} | {med3(busy) if busy else '-'} |"
+        )
+    return lines
+
+
+@contextlib.contextmanager
+def crowd(connections: int) -> Iterator[int]:
+    """Another process holding ``connections`` loopback TCP connections open; yields sockets."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", CROWD_HOLDER, str(connections)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None
+    held = int(holder.stdout.readline() or 0)  # the holder says how many it holds, then waits
+    try:
+        yield held
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+CROWD_HOLDER = """
+import resource, socket, sys
+want = int(sys.argv[1])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+want = min(want, (hard - 100) // 2)
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(1024)
+held = []
+for _ in range(want):
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    held += [client, server]
+print(len(held), flush=True)
+import signal; signal.pause()
+"""
+
+
+def med3(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+
+
 def process_figures() -> list[str]:
-    """Latency at a light load, memory, start and stop, once per server with 2 workers."""
-    rows = []
+    """Latency at a light load and memory, once per server with 2 workers."""
+    rows = [
+        "| server | p50 ms at 4 connections | p99 ms | RSS per worker idle MiB | after 100k "
+        "requests MiB | master MiB |",
+        "|---|---|---|---|---|---|",
+    ]
     for name in SERVERS:
         server = Server(name, "hello:app", "/", 2).start()
         try:
@@ -367,15 +470,25 @@ def process_figures() -> list[str]:
             loaded = statistics.mean(rss_mib(p) for p in pids)
             assert server.proc is not None
             master = f"{rss_mib(server.proc.pid):.1f}" if server.proc.pid not in pids else "-"
-            start = server.first_response
         finally:
-            stop = server.stop()
+            server.stop()
         rows.append(
             f"| {name} | {light['p50']:.2f} | {light['p99']:.2f} | {idle:.1f} | {loaded:.1f} | "
-            f"{master} | {start:.2f} | {stop:.2f} |"
+            f"{master} |"
         )
         print(rows[-1], flush=True)
     return rows
+
+
+def reload_figures(reloads: int) -> list[str]:
+    """bench_reload.py's table: failed requests and throughput through back-to-back reloads."""
+    out = subprocess.run(
+        [sys.executable, str(HERE / "bench_reload.py"), "--reloads", str(reloads),
+         "--broken-wait", "4"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    (OUT / "reload.txt").write_text(out)
+    return [line for line in out.splitlines() if line.startswith(("|", "wrk", "- "))]
 
 
 POST_LUA = """
