@@ -31,9 +31,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, cast
-
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from typing import TYPE_CHECKING, Any, cast
 
 from tether import leaks
 from tether import sockets as sockets_mod
@@ -71,6 +69,9 @@ from tether.worker import (
     failure_line,
     take_notify_address,
 )
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 __all__ = ["Service"]
 
@@ -595,6 +596,8 @@ class Service:
         )
 
     def _families(self) -> Iterator[Metric]:
+        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+
         yield GaugeMetricFamily(
             "tether_ready", "1 while the service accepts traffic", value=float(self.ready)
         )

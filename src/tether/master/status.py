@@ -25,9 +25,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from typing import TYPE_CHECKING, Any
 
 from tether._control import Reply
 from tether.console import console_page, master_console
@@ -42,6 +40,9 @@ from tether.metrics import (
     process_families,
     process_rss,
 )
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 __all__ = ["StatusView", "fetch_unix", "format_dumps"]
 
@@ -303,6 +304,8 @@ class _Collector:
         self.view = view
 
     def collect(self) -> Iterable[Metric]:
+        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+
         pool = self.view.pool
         yield GaugeMetricFamily(
             "tether_ready",
