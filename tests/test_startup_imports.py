@@ -2,10 +2,11 @@
 
 Start time and memory per worker are mostly imports. A serving process
 (``--workers 0``, every worker) never loads the ctl client, the PID-1 init,
-the reloader or ``prometheus_client`` (until ``/metrics`` is scraped), nor the
-debug server when it runs without one; a master starts its workers before it
-imports the HTTP engine, the debug server or ``prometheus_client``, and never
-imports the app. Real processes, loopback only.
+the reloader, ``prometheus_client`` (until ``/metrics`` is scraped) or a
+websocket library (until a websocket arrives), nor the debug server when it
+runs without one; a master starts its workers before it imports the HTTP
+engine, the debug server or ``prometheus_client``, and never imports the app.
+Real processes, loopback only.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from waiting import eventually
 
 from proc import APPS, free_port, get, tether
 
-#: Never loaded by a process that serves without being scraped, reloaded or run as PID 1.
-#: (watchfiles is not here: importing uvicorn imports it, for uvicorn's own reloader.)
+#: Never loaded by a process that serves without being scraped, reloaded, run as PID 1 or
+#: sent a websocket. (watchfiles is not here: importing uvicorn imports it, for its reloader.)
 NOT_FOR_SERVING = frozenset(
-    {"prometheus_client", "tether.ctl", "tether._init", "tether._reloader", "tomllib"}
+    {"prometheus_client", "tether.ctl", "tether._init", "tether._reloader", "tomllib", "websockets"}
 )
 #: The debug server's own modules.
 DEBUG_SERVER = frozenset({"tether.debug", "tether.console"})
