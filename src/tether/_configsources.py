@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tomllib
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +74,7 @@ def _read_file(path: str | None) -> tuple[dict[str, Any], str]:
     target = path or "pyproject.toml"
     try:
         with open(target, "rb") as f:
-            data = tomllib.load(f)
+            content = f.read()
     except FileNotFoundError:
         if path is None:
             return {}, where
@@ -84,6 +83,10 @@ def _read_file(path: str | None) -> tuple[dict[str, Any], str]:
     except OSError as exc:
         msg = f"cannot read {target}: {exc.strerror}"
         raise click.UsageError(msg) from exc
+    import tomllib  # only with a file to read: never in a worker
+
+    try:
+        data = tomllib.loads(content.decode())
     except tomllib.TOMLDecodeError as exc:
         msg = f"{target} is not valid TOML: {exc}"
         raise click.UsageError(msg) from exc

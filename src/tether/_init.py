@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import selectors
 import signal
 import socket
@@ -78,7 +77,7 @@ def _ignore(_signum: int, _frame: FrameType | None) -> None:
 def become_init() -> int | None:
     """In PID 1: fork; return the service's exit code in the init, None in the service."""
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    name = f"@tether-init-{secrets.token_hex(8)}"
+    name = f"@tether-init-{os.urandom(8).hex()}"
     notify.bind(b"\0" + name[1:].encode())
     notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     notify.setblocking(False)

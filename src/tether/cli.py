@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 
 import click
 
-from tether import _init
 from tether._configsources import load_env_file, load_sources, resolve
 from tether._pidfile import PidFile
 from tether.config import (
@@ -572,7 +571,21 @@ def run_options(fn: F) -> F:
 
 
 class _Tether(click.Group):
-    """The command group, with usage errors on one line (exit 2), wherever the value came from."""
+    """The command group, with usage errors on one line (exit 2), wherever the value came from.
+
+    ``tether ctl`` is imported only when it runs (or ``--help`` lists it): ``tether run``,
+    every worker included, never loads the control client.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), "ctl"})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "ctl":
+            from tether.ctl import ctl
+
+            return ctl
+        return super().get_command(ctx, cmd_name)
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
@@ -617,7 +630,7 @@ def run(**opts: Any) -> None:
             click.echo(resolved.describe())
             sys.exit(EXIT_OK)
         setup_logging(config.log_level, config.log_format, config.log_config)
-        if os.getpid() == 1 and (code := _init.become_init()) is not None:
+        if os.getpid() == 1 and (code := _become_init()) is not None:
             pass  # this was PID 1, the init around the service; see tether._init
         else:
             if config.pidfile is not None:
@@ -639,6 +652,8 @@ def run(**opts: Any) -> None:
     sys.exit(code)
 
 
-from tether.ctl import ctl  # noqa: E402  (the master's control client)
+def _become_init() -> int | None:
+    """PID 1 (a container without an init): see tether._init, imported only here."""
+    from tether._init import become_init
 
-main.add_command(ctl)
+    return become_init()

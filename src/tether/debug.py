@@ -8,6 +8,9 @@ stuck on the same lock read as one entry with a count. ``/debug/`` is a list
 of links, or the page the source gives for it (the runtime and the master give
 the HTML console of :mod:`tether.console`).
 
+Importing this module costs next to nothing: the HTTP engine is the caller's,
+and ``prometheus_client`` is imported when ``/metrics`` is first scraped.
+
 Security: ``/healthz``, ``/readyz`` and ``/metrics`` are open; ``/debug/*``
 needs the token when one is configured (``Authorization: Bearer TOKEN`` or
 ``?token=TOKEN``). The server only reads: mutating operations live on the
@@ -17,20 +20,21 @@ control socket.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import html
 import json
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
-
 from tether._stacks import format_frames, task_frames, thread_stacks
-from tether.serving import Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import GaugeMetricFamily
+    from prometheus_client.registry import CollectorRegistry
+
+    from tether.serving import Receive, Scope, Send
 
 __all__ = ["DebugApp", "DebugSource", "task_dump", "thread_dump"]
 
@@ -69,6 +73,8 @@ class _Collector:
         self.source = source
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
+        from prometheus_client.metrics_core import GaugeMetricFamily
+
         for name, help_text, value in self.source.metrics():
             yield GaugeMetricFamily(name, help_text, value=value)
 
@@ -125,10 +131,19 @@ class DebugApp:
     def __init__(self, source: DebugSource, *, token: str | None = None) -> None:
         self.source = source
         self.token = token
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(source))
-        for collector in source.collectors:
-            self.registry.register(collector)
+        self._registry: CollectorRegistry | None = None
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """What ``/metrics`` collects; made (and prometheus_client imported) on first use."""
+        if self._registry is None:
+            from prometheus_client.registry import CollectorRegistry
+
+            self._registry = CollectorRegistry(auto_describe=False)
+            self._registry.register(_Collector(self.source))
+            for collector in self.source.collectors:
+                self._registry.register(collector)
+        return self._registry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -164,6 +179,8 @@ class DebugApp:
                 return 200, text, b"ready\n"
             return 503, text, f"not ready: {self.source.status()}\n".encode()
         if path == "/metrics":
+            from prometheus_client.exposition import generate_latest
+
             return 200, "text/plain; version=0.0.4", generate_latest(self.registry)
         if not (path == "/debug" or path.startswith("/debug/")):
             return 404, text, b"not found; try /debug/\n"
@@ -208,6 +225,8 @@ class DebugApp:
     def _authorized(self, scope: Scope, query: dict[str, list[str]]) -> bool:
         if self.token is None:
             return True
+        import hmac  # only with a token
+
         offered = query.get("token", [""])[0]
         for key, value in scope.get("headers", ()):
             if key == b"authorization" and value.startswith(b"Bearer "):

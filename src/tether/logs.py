@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.config
 import sys
 import time
 from collections.abc import Callable
@@ -111,6 +110,8 @@ def setup_logging(level: str = "info", log_format: str = "text", config: str | N
 
 
 def _apply_file(path: str) -> None:
+    import logging.config  # only for --log-config: a master otherwise spawns its workers sooner
+
     lowered = path.lower()
     if not lowered.endswith((".json", ".yaml", ".yml")):
         _applying(path, lambda: logging.config.fileConfig(path, disable_existing_loggers=False))

@@ -5,7 +5,9 @@ Two halves, one set of names (``docs/observability.md`` lists them all):
 - :class:`ProcessMetrics` lives in each serving process. The HTTP server
   records every response into it (method, status, duration, bytes) with a
   few dict and list operations: no locks, no label objects, no formatting.
-  Formatting happens only when someone scrapes ``/metrics``.
+  Formatting happens only when someone scrapes ``/metrics`` (or the process
+  writes its final counts): only then is ``prometheus_client`` imported, so a
+  process that is never scraped does not pay for it at start or in memory.
 - :class:`Aggregator` lives in the master. When the master is scraped it
   scrapes every worker's private debug socket in parallel, bounded by a short
   timeout, and answers with the sum. A worker that does not answer in time is
@@ -39,16 +41,10 @@ import resource
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.parser import text_string_to_metric_families
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 __all__ = [
     "LATENCY_BUCKETS",
@@ -175,6 +171,12 @@ class ProcessMetrics:
 
     def families(self) -> Iterator[Metric]:
         """The counters and histograms this process recorded."""
+        from prometheus_client.metrics_core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
         requests = CounterMetricFamily(
             "tether_http_requests", "HTTP requests answered", labels=["method", "status"]
         )
@@ -219,6 +221,8 @@ class ProcessMetrics:
 
 def process_families(worker: str) -> Iterator[Metric]:
     """This process's resident memory and CPU time, labelled with ``worker``."""
+    from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+
     rss = GaugeMetricFamily(
         "tether_process_resident_memory_bytes", "resident memory", labels=["worker"]
     )
@@ -257,6 +261,8 @@ class Families:
 
 def exposition(families: Callable[[], Iterable[Metric]]) -> bytes:
     """Prometheus text format (0.0.4) for the families ``families()`` yields."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Families(families))
     return bytes(generate_latest(registry))
@@ -311,6 +317,8 @@ class _Parsed:
 
 
 def _parse(text: str) -> _Parsed:
+    from prometheus_client.parser import text_string_to_metric_families
+
     meta: dict[str, tuple[str, str]] = {}
     shared: dict[str, dict[_Key, float]] = {}
     per_process: list[Metric] = []
@@ -395,6 +403,8 @@ class Aggregator:
 
     def families(self, own: Iterable[Metric], live: Iterable[str]) -> Iterator[Metric]:
         """The master's own families, then the workers' summed (``live``: ids alive now)."""
+        from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+
         seen: set[str] = set()
         per_process: dict[str, Metric] = {}
         for family in own:
@@ -470,6 +480,8 @@ class Lifecycle:
         self.restarts[cause] = self.restarts.get(cause, 0) + 1
 
     def families(self) -> Iterator[Metric]:
+        from prometheus_client.metrics_core import CounterMetricFamily
+
         reloads = CounterMetricFamily(
             "tether_reloads", "reloads finished, by outcome", labels=["outcome"]
         )

@@ -31,25 +31,15 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, cast
-
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from typing import TYPE_CHECKING, Any, cast
 
 from tether import leaks
 from tether import sockets as sockets_mod
 from tether._handoff import HANDOFF_ENV, hand_over
 from tether._listeners import Listeners, open_listeners
 from tether._pidfile import PidFile
-from tether._reloader import watcher
 from tether.app import App, load_app
 from tether.config import RunConfig, ShutdownBudget
-from tether.console import console_page
-from tether.debug import (
-    DebugApp,
-    DebugSource,
-    format_task_dump,
-    task_dump,
-)
 from tether.errors import AbandonedWork, ShutdownAbandoned
 from tether.group import Group, StopToken
 from tether.metrics import (
@@ -71,6 +61,13 @@ from tether.worker import (
     failure_line,
     take_notify_address,
 )
+
+# The debug server (tether.debug, tether.console), --reload's watcher and prometheus_client
+# are imported where they are used: a process that runs without them never loads them.
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from tether.debug import DebugSource
 
 __all__ = ["Service"]
 
@@ -259,6 +256,8 @@ class Service:
             self._reload(f"{signal.Signals(signum).name} received")
         elif signum == signal.SIGUSR1:
             # Thread stacks were written by faulthandler already, even if the loop was stuck.
+            from tether.debug import format_task_dump, task_dump
+
             logger.warning("task dump (SIGUSR1):\n%s", format_task_dump(task_dump()))
 
     # -- running ------------------------------------------------------------------
@@ -383,6 +382,8 @@ class Service:
         ]
         try:
             if listeners.debug is not None:
+                from tether.debug import DebugApp
+
                 debug = HttpServer(
                     DebugApp(self._debug_source(), token=self.config.debug_token),
                     [listeners.debug],
@@ -397,6 +398,8 @@ class Service:
                 group.add(member, name=name)
             if self.config.reload and not self._is_worker:
                 dirs, includes, excludes = self.config.reload_watch()
+                from tether._reloader import watcher
+
                 changed = lambda paths: self._reload(f"{', '.join(paths[:3])} changed")  # noqa: E731
                 group.add(watcher(dirs, includes, excludes, changed), name="reload-watch")
             # A member's exit stops the group without a signal: that is a stop too.
@@ -587,6 +590,9 @@ class Service:
         return member
 
     def _debug_source(self) -> DebugSource:
+        from tether.console import console_page
+        from tether.debug import DebugSource
+
         return DebugSource(
             is_ready=lambda: self.ready,
             status=lambda: self.status,
@@ -595,6 +601,8 @@ class Service:
         )
 
     def _families(self) -> Iterator[Metric]:
+        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+
         yield GaugeMetricFamily(
             "tether_ready", "1 while the service accepts traffic", value=float(self.ready)
         )
@@ -635,6 +643,8 @@ class Service:
 
     async def _console(self) -> dict[str, Any]:
         """What ``/debug/`` shows about this process (a master asks each worker for it)."""
+        from tether.debug import task_dump
+
         process = {
             "role": "worker" if self._is_worker else "process",
             "id": self.metrics.worker,

@@ -8,7 +8,9 @@ It is a :class:`~tether.group.Group` of parts, each the one owner of its state:
 - ``servers``: the control socket (:mod:`tether._control`) and the debug
   listener, the same :class:`~tether.debug.DebugApp` on the same
   :class:`~tether.serving.HttpServer` stack a worker uses, over the status
-  view (:mod:`.status`);
+  view (:mod:`.status`). They start once the first workers are spawned: the
+  master imports nothing before that which it does not need to bind its
+  sockets and start them (no HTTP engine, no ``prometheus_client``);
 - ``notifications``: every worker's READY/WATCHDOG/STATUS, routed to the pool
   (or to the upgrader, from a new master).
 
@@ -54,9 +56,7 @@ from tether._control import ControlServer, bind_control
 from tether._listeners import open_listeners
 from tether._pidfile import PidFile
 from tether._reaper import Reaper
-from tether._reloader import watcher
 from tether.config import HttpOptions, RunConfig, ShutdownBudget
-from tether.debug import DebugApp
 from tether.group import Group, StopToken
 from tether.master.pool import Pool, PoolHooks
 from tether.master.status import StatusView, fetch_unix
@@ -70,7 +70,6 @@ from tether.master.support import (
 from tether.master.upgrade import Upgrader, upgrade_env
 from tether.metrics import FINAL_ENV, Aggregator, Lifecycle, final_path
 from tether.notify import Notifier, NotifyMessage, NotifyReceiver, watchdog_interval
-from tether.serving import HttpServer, ServeOptions
 from tether.signals import handle_signals
 from tether.worker import NOTIFY_ENV, PARENT_FD_ENV, WORKER_PROGRAM, worker_argv, worker_base_env
 
@@ -127,6 +126,9 @@ class Master:
         self._stop_mode: StopMode = "graceful"
         self._stop_signals = 0
         self._first_ready = asyncio.Event()
+        #: Set when the first worker has been started: what the master serves itself (the
+        #: debug listener, the control socket) starts after it, never delaying the workers.
+        self._spawned = asyncio.Event()
         self._handover = asyncio.Event()
         self._pool_done = asyncio.Event()
         self.group = Group(
@@ -171,6 +173,8 @@ class Master:
                 self.group.add(self._servers_member, name="servers")
                 self.group.add(self._notifications_member, name="notifications")
                 if self.config.reload:
+                    from tether._reloader import watcher
+
                     dirs, includes, excludes = self.config.reload_watch()
                     watch = watcher(dirs, includes, excludes, self._on_code_change)
                     self.group.add(watch, name="reload-watch")
@@ -270,6 +274,7 @@ class Master:
             new_process_group=True,  # terminal signals go to the master, which decides
         )
         assert str(fds[0]) == env[PARENT_FD_ENV]
+        self._spawned.set()
         return child, debug_path
 
     async def _close(self) -> None:
@@ -334,11 +339,11 @@ class Master:
 
     async def _servers_member(self, stop: StopToken) -> None:
         """The control socket and the debug listener; up until the workers are gone."""
-        # After an upgrade the old master serves them until we are ready: then we take over.
-        first_ready = asyncio.ensure_future(self._first_ready.wait())
-        if self._upgraded_from is not None and not await _first(first_ready, stop):
+        # The workers start first: the HTTP engine this imports would delay them. After
+        # an upgrade the old master serves these until we are ready: then we take over.
+        begin = self._spawned if self._upgraded_from is None else self._first_ready
+        if not await _first(asyncio.ensure_future(begin.wait()), stop):
             return
-        first_ready.cancel()
         inner = Group("master-servers", graceful_timeout=0.5, cancel_timeout=0.5)
         try:
             if self._control_sock is not None:
@@ -347,6 +352,9 @@ class Master:
                     name="control",
                 )
             if self._debug_sock is not None:
+                from tether.debug import DebugApp
+                from tether.serving import HttpServer, ServeOptions
+
                 cap = _debug_connection_cap()
                 debug = HttpServer(
                     DebugApp(self.view.debug_source(), token=self.config.debug_token),

@@ -25,13 +25,9 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from typing import TYPE_CHECKING, Any
 
 from tether._control import Reply
-from tether.console import console_page, master_console
-from tether.debug import DebugSource, format_thread_dump, thread_dump
 from tether.master.pool import Pool
 from tether.master.workers import Worker
 from tether.metrics import (
@@ -42,6 +38,13 @@ from tether.metrics import (
     process_families,
     process_rss,
 )
+
+# The debug server's modules and prometheus_client are imported when the debug listener
+# starts or is scraped: the master starts its workers before either.
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from tether.debug import DebugSource
 
 __all__ = ["StatusView", "fetch_unix", "format_dumps"]
 
@@ -183,6 +186,8 @@ class StatusView:
 
     async def console_data(self) -> dict[str, Any]:
         """The console's data: the master, then what each worker says about itself."""
+        from tether.console import master_console
+
         master = self.status()["master"]
         pool = self.pool
         me = {
@@ -207,6 +212,8 @@ class StatusView:
 
     def debug_source(self) -> DebugSource:
         """What the master's DebugApp shows."""
+        from tether.console import console_page
+        from tether.debug import DebugSource, format_thread_dump, thread_dump
 
         async def tasks(query: dict[str, list[str]]) -> tuple[int, str, bytes]:
             as_json = query.get("format") == ["json"]
@@ -303,6 +310,8 @@ class _Collector:
         self.view = view
 
     def collect(self) -> Iterable[Metric]:
+        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+
         pool = self.view.pool
         yield GaugeMetricFamily(
             "tether_ready",

@@ -1,0 +1,111 @@
+"""What a process imports before it serves: only what serving needs.
+
+Start time and memory per worker are mostly imports. A serving process
+(``--workers 0``, every worker) never loads the ctl client, the PID-1 init,
+the reloader, ``prometheus_client`` (until ``/metrics`` is scraped) or a
+websocket library (until a websocket arrives), nor the debug server when it
+runs without one; a master starts its workers before it imports the HTTP
+engine, the debug server or ``prometheus_client``, and never imports the app.
+Real processes, loopback only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from waiting import eventually
+
+from proc import APPS, free_port, get, tether
+
+#: Never loaded by a process that serves without being scraped, reloaded, run as PID 1 or
+#: sent a websocket. (watchfiles is not here: importing uvicorn imports it, for its reloader.)
+NOT_FOR_SERVING = frozenset(
+    {"prometheus_client", "tether.ctl", "tether._init", "tether._reloader", "tomllib", "websockets"}
+)
+#: The debug server's own modules.
+DEBUG_SERVER = frozenset({"tether.debug", "tether.console"})
+#: Not loaded by a master before its first workers are started (the app: never).
+NOT_BEFORE_SPAWN = NOT_FOR_SERVING | DEBUG_SERVER | {"uvicorn", "watchfiles", "tether.serving"}
+
+#: `tether run ARGS`, writing the master's modules to $MODULES_AT_SPAWN when it first spawns.
+SPY = """\
+import json, os, sys
+import tether.master
+
+spawn = tether.master.Master._spawn_worker
+
+def spy(self, wid, generation):
+    out = os.environ["MODULES_AT_SPAWN"]
+    if not os.path.exists(out):
+        with open(out + ".tmp", "w") as f:
+            json.dump(sorted(sys.modules), f)
+        os.replace(out + ".tmp", out)
+    return spawn(self, wid, generation)
+
+tether.master.Master._spawn_worker = spy
+from tether.cli import main
+main(sys.argv[1:])
+"""
+
+
+def loaded(port: int) -> set[str]:
+    """The modules the serving process has imported (the modules app answers with them)."""
+    status, body, _ = get(port)
+    assert status == 200, body
+    return set(json.loads(body))
+
+
+def test_a_serving_process_imports_prometheus_client_only_when_scraped() -> None:
+    """`--workers 0` serves with none of NOT_FOR_SERVING; the first /metrics scrape imports it."""
+    with tether("modules:app") as t:
+        t.ready()
+        assert sorted(loaded(t.port) & NOT_FOR_SERVING) == []
+        status, body, _ = get(t.debug_port, "/metrics")
+        assert status == 200
+        assert "tether_http_requests_total" in body
+        assert "prometheus_client" in loaded(t.port)
+        t.signal(signal.SIGTERM)
+        assert t.wait() == 0
+
+
+def test_without_the_debug_server_its_modules_are_never_imported() -> None:
+    """`--no-debug`: neither the debug server nor the console is imported."""
+    with tether("modules:app", debug=False) as t:
+        t.ready()
+        assert sorted(loaded(t.port) & (NOT_FOR_SERVING | DEBUG_SERVER)) == []
+
+
+def test_the_master_spawns_its_workers_before_importing_the_http_engine(tmp_path: Path) -> None:
+    """At its first spawn the master has imported none of NOT_BEFORE_SPAWN; then it serves."""
+    out = tmp_path / "modules.json"
+    port, debug_port = free_port(), free_port()
+    argv = [sys.executable, "-c", SPY, "run", "modules:app", "--workers", "1"]
+    argv += ["--bind", f"127.0.0.1:{port}", "--debug-bind", f"127.0.0.1:{debug_port}"]
+    env = {**os.environ, "MODULES_AT_SPAWN": str(out)}
+    proc = subprocess.Popen(argv, cwd=APPS, env=env, start_new_session=True)
+    try:
+        eventually(lambda: out.exists(), "the master started its first worker")
+        at_spawn = set(json.loads(out.read_text()))
+        assert sorted(at_spawn & (NOT_BEFORE_SPAWN | {"modules"})) == []
+        assert "tether.master" in at_spawn
+        # After the spawn the master serves its own debug listener, on the HTTP engine.
+        eventually(lambda: _answers(debug_port, "/readyz"), "the master is ready")
+        assert "modules" in loaded(port)  # the worker imported the app
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _answers(port: int, path: str) -> bool:
+    try:
+        return get(port, path, timeout=1)[0] == 200
+    except OSError:
+        return False
