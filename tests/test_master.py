@@ -278,21 +278,30 @@ def test_ctl_status_line_shows_reload_state_and_restarts() -> None:
     )
 
 
-def _niceness(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[16])
+def _priority(pid: int, tid: int | None = None) -> tuple[int, int]:
+    """(scheduling policy, niceness) of a process, or of one of its threads."""
+    where = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
+    fields = Path(where).read_text().rsplit(")", 1)[1].split()
+    return int(fields[38]), int(fields[16])
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="only root may give a worker its niceness back")
-def test_new_generation_starts_niced_until_ready(tmp_path: Path) -> None:
-    """During a reload the new worker runs at niceness 10 until READY, then at 0 like the old."""
+def _threads_priorities(pid: int) -> set[tuple[int, int]]:
+    return {_priority(pid, int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+NORMAL = (os.SCHED_OTHER, 0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may give a worker its priority back")
+def test_new_generation_starts_at_idle_priority_until_ready(tmp_path: Path) -> None:
+    """During a reload the new worker runs under SCHED_IDLE until READY, then like the old."""
     write_app(tmp_path, "v1")
 
     async def scenario() -> None:
         async with MasterProc(tmp_path, workers=1) as master:
             await master.wait_for("READY")
             (old,) = await master.worker_pids()
-            assert _niceness(old) == 0
+            assert _threads_priorities(old) == {NORMAL}
             # The next deploy takes a second to import: long enough to look at it.
             (tmp_path / "hello.py").write_text("import time\ntime.sleep(1.5)\n" + APP)
             os.kill(master.pid, signal.SIGHUP)
@@ -306,10 +315,10 @@ def test_new_generation_starts_niced_until_ready(tmp_path: Path) -> None:
                     if w["state"] == "starting" and w["exit"] is None
                 ]
             master.seen_workers.update(starting)
-            assert _niceness(starting[0]) == 10
+            assert _priority(starting[0]) == (os.SCHED_IDLE, 0)
             while "generation 2 serving" not in (await master.wait_for("STATUS"))["STATUS"]:
                 pass
             assert starting[0] in await master.worker_pids()
-            assert _niceness(starting[0]) == 0
+            assert _threads_priorities(starting[0]) == {NORMAL}  # every thread it started too
 
     asyncio.run(scenario())

@@ -89,7 +89,7 @@ class FakeOS:
 
 def make_pool(fake: FakeOS, workers: int = 2, **options: Any) -> Pool:
     config = RunConfig(app="x:app", workers=workers, **options)
-    return Pool(config, fake.spawn, PoolHooks(renice=lambda pid, value: None))
+    return Pool(config, fake.spawn, PoolHooks(prioritise=lambda pid, level: None))
 
 
 def ready(pool: Pool, *children: FakeChild) -> None:
@@ -233,6 +233,54 @@ def test_a_failed_reload_keeps_the_old_generation() -> None:
     run(scenario)
 
 
+def test_a_reload_starts_its_workers_at_a_low_priority_until_ready(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """First generation: untouched. A reload's workers: idle class, then niced, then normal.
+
+    A worker not ready after STARTING_IDLE_FOR is raised to "low" (a saturated host must
+    not hold a reload back for ever); READY gives it "normal"; one that exits first is
+    never touched again.
+    """
+    monkeypatch.setattr("tether.master.pool.STARTING_IDLE_FOR", 0.05)
+    calls: list[tuple[int, str]] = []
+
+    async def scenario() -> None:
+        fake = FakeOS()
+        config = RunConfig(app="x:app", workers=2)
+        hooks = PoolHooks(prioritise=lambda pid, level: calls.append((pid, level)))
+        pool = Pool(config, fake.spawn, hooks)
+        start = asyncio.ensure_future(pool.start())
+        await settle()
+        ready(pool, *fake.children)
+        await start
+        assert calls == []  # nothing serves yet: the first generation takes the CPU it needs
+        serve = asyncio.ensure_future(pool.serve())
+        outcome = pool.request("reload")
+        await settle()
+        quick, slow = fake.last(2)
+        assert calls == [(quick.pid, "idle"), (slow.pid, "idle")]
+        ready(pool, quick)
+        assert calls[-1] == (quick.pid, "normal")
+        await asyncio.sleep(0.1)
+        assert calls[-1] == (slow.pid, "low")  # still starting after STARTING_IDLE_FOR
+        ready(pool, slow)
+        assert (await outcome)["ok"] is True
+        assert calls[-1] == (slow.pid, "normal")
+        calls.clear()
+        outcome = pool.request("reload")
+        await settle()
+        broken, other = fake.last(2)
+        broken.exit(3)
+        await outcome
+        await asyncio.sleep(0.1)
+        assert (broken.pid, "low") not in calls
+        serve.cancel()
+        await pool.close()
+
+    run(scenario)
+
+
 def test_reloads_queued_meanwhile_are_coalesced() -> None:
     """Three reloads while one runs: one more reload, and all four get an outcome."""
 
@@ -289,7 +337,7 @@ def test_a_heartbeat_waiting_in_the_socket_saves_the_worker() -> None:
         fake = FakeOS()
         pending: list[NotifyMessage] = []
         config = RunConfig(app="x:app", workers=1, watchdog_timeout=0.05)
-        pool = Pool(config, fake.spawn, PoolHooks(pending=lambda: pending, renice=_no_renice))
+        pool = Pool(config, fake.spawn, PoolHooks(pending=lambda: pending, prioritise=_no_priority))
         start = asyncio.ensure_future(pool.start())
         await settle()
         (child,) = fake.children
@@ -306,7 +354,7 @@ def test_a_heartbeat_waiting_in_the_socket_saves_the_worker() -> None:
     run(scenario)
 
 
-def _no_renice(pid: int, value: int) -> None:
+def _no_priority(pid: int, level: str) -> None:
     pass
 
 
@@ -317,7 +365,7 @@ def test_a_stop_with_a_stuck_worker_reports_it_abandoned() -> None:
         fake = FakeOS()
         fake.stubborn = True
         config = RunConfig(app="x:app", workers=1, graceful_timeout=0.0, cancel_timeout=0.0)
-        pool = Pool(config, fake.spawn, PoolHooks(renice=_no_renice))
+        pool = Pool(config, fake.spawn, PoolHooks(prioritise=_no_priority))
         start = asyncio.ensure_future(pool.start())
         await settle()
         ready(pool, *fake.children)
@@ -363,7 +411,7 @@ def test_the_masters_own_stall_kills_no_worker() -> None:
     async def scenario() -> None:
         fake = FakeOS()
         config = RunConfig(app="x:app", workers=1, watchdog_timeout=0.05)
-        pool = Pool(config, fake.spawn, PoolHooks(renice=_no_renice))
+        pool = Pool(config, fake.spawn, PoolHooks(prioritise=_no_priority))
         start = asyncio.ensure_future(pool.start())
         await settle()
         (child,) = fake.children
@@ -388,7 +436,7 @@ def test_the_pool_tells_its_hooks_each_exit_restart_cause_and_reload() -> None:
         causes: list[str] = []
         reloads: list[dict[str, Any]] = []
         hooks = PoolHooks(
-            renice=_no_renice,
+            prioritise=_no_priority,
             exited=lambda w: exited.append(w.pid),
             restarted=causes.append,
             reloaded=reloads.append,

@@ -65,10 +65,16 @@ Spawn = Callable[[int, int], tuple[Child, str | None]]
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 #: A worker READY this long before it died had served: it is replaced at once.
 SERVED_AFTER = 0.5
-#: Niceness of a worker of a new generation until it is READY: importing an app is
-#: CPU-heavy and must not starve the serving generation. Only where the master may
-#: undo it (root), so no worker stays niced.
+#: How a worker of a new generation runs until it is READY. Importing and starting an
+#: app is CPU-heavy and must not take CPU from the generation that serves: first under
+#: SCHED_IDLE (it gets only CPU that nobody else wants), then, if it is still not ready
+#: after STARTING_IDLE_FOR seconds (a saturated host), at niceness STARTING_NICENESS, so
+#: that a reload always finishes. Only where the master may undo it (root), so no worker
+#: keeps a low priority once it serves.
+STARTING_IDLE_FOR = 2.0
 STARTING_NICENESS = 10
+#: "idle": SCHED_IDLE; "low": SCHED_OTHER at STARTING_NICENESS; "normal": SCHED_OTHER at 0.
+Priority = Literal["idle", "low", "normal"]
 
 
 @dataclass
@@ -82,8 +88,8 @@ class PoolHooks:
     pending: Callable[[], list[NotifyMessage]] = list
     #: Runs an upgrade of the master (USR2); the outcome for ``ctl upgrade``.
     upgrade: Callable[[], Awaitable[dict[str, Any]]] | None = None
-    #: A pid whose niceness may change (a fake pool has none).
-    renice: Callable[[int, int], None] = lambda pid, value: _renice(pid, value)
+    #: Sets the CPU priority of every thread of a pid (a fake pool has none).
+    prioritise: Callable[[int, Priority], None] = lambda pid, level: set_priority(pid, level)
     #: A worker's process ended, whatever the cause (its metrics are kept).
     exited: Callable[[Worker], None] = lambda _w: None
     #: A worker of the serving generation is replaced: ``crash``, ``watchdog`` or
@@ -111,6 +117,8 @@ class Pool:
         self.generations: dict[int, Generation] = {}
         self.active: Generation | None = None
         self.by_pid: dict[int, Worker] = {}
+        # Workers of a reload still starting at a low priority: when to raise it (see above).
+        self._raise_later: dict[int, asyncio.TimerHandle] = {}
         self._next_generation = 1
         self._next_worker = 1
         self.stopping = False
@@ -468,8 +476,11 @@ class Pool:
         wid = self._next_worker
         self._next_worker += 1
         child, debug_path = self._spawn(wid, gen.number)
-        if self.active is not None and self.active is not gen:
-            self.hooks.renice(child.pid, STARTING_NICENESS)  # a reload: serving workers first
+        if self.active is not None and self.active is not gen:  # a reload: serving workers first
+            self.hooks.prioritise(child.pid, "idle")
+            self._raise_later[child.pid] = asyncio.get_running_loop().call_later(
+                STARTING_IDLE_FOR, self.hooks.prioritise, child.pid, "low"
+            )
         w = Worker(wid, gen.number, slot, child, debug_path, restarts=restarts)
         self.by_pid[w.pid] = w
         child.exited.add_done_callback(lambda _: self._on_worker_exit(w))
@@ -605,6 +616,8 @@ class Pool:
         return stuck
 
     def _on_worker_exit(self, w: Worker) -> None:
+        if (timer := self._raise_later.pop(w.pid, None)) is not None:
+            timer.cancel()
         self._read_pending()  # its last STATUS (why it failed) may still be in the socket
         code = w.child.exited.result()
         w.state = "exited"
@@ -730,7 +743,9 @@ class Pool:
         if "STATUS" in fields:
             w.status = fields["STATUS"]
         if fields.get("READY") == "1" and not w.ready.is_set():
-            self.hooks.renice(w.pid, 0)
+            if (timer := self._raise_later.pop(w.pid, None)) is not None:
+                timer.cancel()
+                self.hooks.prioritise(w.pid, "normal")
             w.mark_ready()
             took = time.monotonic() - w.started_at
             gen = self.generations.get(w.generation)
@@ -772,8 +787,17 @@ def _resolve(futures: list[asyncio.Future[dict[str, Any]]], outcome: dict[str, A
             fut.set_result(outcome)
 
 
-def _renice(pid: int, value: int) -> None:
+def set_priority(pid: int, level: Priority) -> None:
+    """Give every thread of ``pid`` the CPU priority ``level``; only as root (see above)."""
     if os.geteuid() != 0:
         return
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, pid, value)
+    policy = os.SCHED_IDLE if level == "idle" else os.SCHED_OTHER
+    niceness = STARTING_NICENESS if level == "low" else 0
+    try:
+        threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return  # already gone
+    for tid in threads:  # policy and niceness are per thread on Linux
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(tid, policy, os.sched_param(0))
+            os.setpriority(os.PRIO_PROCESS, tid, niceness)
