@@ -128,6 +128,10 @@ def answers(port: int, path: str) -> bool:
         return False
 
 
+class ServerFailed(Exception):
+    """A server exited or did not answer within a minute."""
+
+
 @dataclass
 class Server:
     name: str
@@ -140,16 +144,28 @@ class Server:
     first_response: float = 0.0
 
     def start(self) -> Server:
+        """Start and wait for the first response; one retry on a fresh port, saying why."""
+        try:
+            return self._start()
+        except ServerFailed as failed:
+            print(f"{failed}; trying once more on another port", flush=True)
+            self.port = free_port()
+            return self._start()
+
+    def _start(self) -> Server:
         argv = server_argv(self.name, self.target, self.port, self.workers)
+        log = OUT / "server.log"  # the last server's output, for when it does not serve
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            argv, cwd=APPS, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                argv, cwd=APPS, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
         deadline = self.started + 60
         while not answers(self.port, self.path):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"{self.name} did not serve {self.target}")
+                self.stop()
+                tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+                raise ServerFailed(f"{self.name} did not serve {self.target}: {' / '.join(tail)}")
             time.sleep(0.01)  # a harness polling a port it does not own
         self.first_response = time.monotonic() - self.started
         # Every worker must be up before a round starts (the first answer may come from one).
