@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -121,9 +122,12 @@ def rss_mib(pid: int) -> float:
 
 
 def answers(port: int, path: str) -> bool:
+    """Whether the server answers HTTP on ``port`` at all (POST-only paths answer 405)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as resp:
-            return bool(resp.status == 200)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1):
+            return True
+    except urllib.error.HTTPError:
+        return True
     except OSError:
         return False
 
