@@ -270,7 +270,7 @@ def test_a_reload_starts_its_workers_at_a_low_priority_until_ready(
         calls.clear()
         outcome = pool.request("reload")
         await settle()
-        broken, other = fake.last(2)
+        broken = fake.last(2)[0]
         broken.exit(3)
         await outcome
         await asyncio.sleep(0.1)

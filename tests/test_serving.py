@@ -14,7 +14,13 @@ from typing import Any
 import pytest
 
 from tether.group import Group
-from tether.serving import DrainHooks, HttpServer, app_shutdown_reserve, drain_signal
+from tether.serving import (
+    DrainHooks,
+    HttpServer,
+    ServeOptions,
+    app_shutdown_reserve,
+    drain_signal,
+)
 
 
 def listening() -> socket.socket:
@@ -121,3 +127,95 @@ def test_an_endless_stream_is_cut_at_the_drain_deadline_and_lifespan_shutdown_ru
 def test_app_shutdown_reserve(budget: float, reserve: float) -> None:
     """A tenth of the budget, at least a second, at most half of it."""
     assert app_shutdown_reserve(budget) == reserve
+
+
+class RecordingTransport:
+    """A connection that records each write the server makes (one per system call)."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(
+            name, default
+        )
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def test_a_response_is_written_in_one_call() -> None:
+    """Head and body of a small response leave in one write, not two (one syscall saved).
+
+    Streamed chunks sent in later steps are written as they come, in order, and
+    a connection closed after its response gets the response first.
+    """
+    from tether.serving import _coalescing
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"text/plain")]
+        if scope["path"] != "/stream":
+            headers.append((b"content-length", b"6"))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        if scope["path"] == "/stream":
+            for chunk in (b"one\n", b"two\n"):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await asyncio.sleep(0)  # the next chunk comes in a later loop step
+            await send({"type": "http.response.body", "body": b""})
+        else:
+            await send({"type": "http.response.body", "body": b"hello\n"})
+
+    async def main() -> None:
+        server = HttpServer(app, [], ServeOptions(lifespan="off"))
+        config = server.config
+        protocol_class = _coalescing(config.http_protocol_class)
+        answered = asyncio.Event()
+
+        async def serve(request: bytes) -> RecordingTransport:
+            transport = RecordingTransport()
+            protocol = protocol_class(
+                config=config, server_state=server.state, app_state={},
+                _loop=asyncio.get_running_loop(),
+            )  # fmt: skip
+            protocol.connection_made(transport)
+            complete = protocol.on_response_complete
+
+            def on_response_complete() -> None:
+                complete()
+                answered.set()
+
+            protocol.on_response_complete = on_response_complete
+            answered.clear()
+            protocol.data_received(request)
+            await asyncio.wait_for(answered.wait(), 5)
+            await asyncio.sleep(0)  # the step in which held writes go out
+            return transport
+
+        plain = await serve(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert len(plain.writes) == 1
+        assert plain.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+        assert plain.writes[0].endswith(b"\r\n\r\nhello\n")
+
+        streamed = await serve(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+        body = b"".join(streamed.writes)
+        assert body.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert body.endswith(b"4\r\none\n\r\n4\r\ntwo\n\r\n0\r\n\r\n")
+        assert len(streamed.writes) <= 3  # head with the first chunk; never one per message
+
+        closing = await serve(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        assert closing.closed and closing.writes[0].endswith(b"hello\n")
+
+    asyncio.run(main())

@@ -436,7 +436,7 @@ class HttpServer:
         app_state = self._lifespan.state if self._lifespan is not None else {}
         loop = asyncio.get_running_loop()
 
-        factory = cast(Any, config.http_protocol_class)
+        factory = _coalescing(config.http_protocol_class)
         cap = self.options.max_connections
         if cap is not None:
             factory = _guarded(factory, self.options.max_head)
@@ -666,6 +666,91 @@ class _Refused(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         cast(asyncio.Transport, transport).abort()
+
+
+def _coalescing(factory: Any) -> Any:
+    """uvicorn's protocol, writing what one loop step sends in one system call.
+
+    uvicorn writes a response's head when the app sends ``http.response.start``
+    and its body when it sends ``http.response.body``: two ``write`` calls for
+    every small response, each a trip through the kernel's TCP stack and a
+    wake-up of the client. Sent through :class:`_CoalescingTransport`, they
+    leave as one.
+    """
+
+    class Coalescing(factory):  # type: ignore[misc]
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(_CoalescingTransport(transport, self.loop))
+
+    return Coalescing
+
+
+class _CoalescingTransport:
+    """A connection's transport whose writes in one loop step go out together.
+
+    The first write of a step is held and a flush is scheduled for the end of
+    the step (``call_soon``: after the callbacks already due, before the loop
+    polls again); later writes join it. Whatever closes or reports on the
+    connection sees the held bytes first, so nothing is lost or reordered.
+    Everything else is the real transport's.
+    """
+
+    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is None:
+            self._held = [data]
+            self._loop.call_soon(self._flush)
+        else:
+            held.append(data)
+
+    def writelines(self, lines: Iterable[bytes]) -> None:
+        for data in lines:
+            self.write(data)
+
+    def _flush(self) -> None:
+        held, self._held = self._held, None
+        if not held or self._transport.is_closing():
+            return
+        self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def abort(self) -> None:
+        self._held = None
+        self._transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        held = sum(len(data) for data in self._held) if self._held else 0
+        return int(self._transport.get_write_buffer_size()) + held
+
+    def is_closing(self) -> bool:
+        return bool(self._transport.is_closing())
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._transport.set_protocol(protocol)
+
+    def __getattr__(self, name: str) -> Any:  # the rest: is_reading, set_write_buffer_limits...
+        return getattr(self._transport, name)
 
 
 def _guarded(factory: Any, max_head: int) -> Any:
