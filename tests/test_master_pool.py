@@ -248,7 +248,14 @@ def test_a_reload_starts_its_workers_at_a_low_priority_until_ready(
     async def scenario() -> None:
         fake = FakeOS()
         config = RunConfig(app="x:app", workers=2)
-        hooks = PoolHooks(prioritise=lambda pid, level: calls.append((pid, level)))
+        raised = asyncio.Event()
+
+        def prioritise(pid: int, level: str) -> None:
+            calls.append((pid, level))
+            if level == "low":
+                raised.set()
+
+        hooks = PoolHooks(prioritise=prioritise)
         pool = Pool(config, fake.spawn, hooks)
         start = asyncio.ensure_future(pool.start())
         await settle()
@@ -262,7 +269,7 @@ def test_a_reload_starts_its_workers_at_a_low_priority_until_ready(
         assert calls == [(quick.pid, "idle"), (slow.pid, "idle")]
         ready(pool, quick)
         assert calls[-1] == (quick.pid, "normal")
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(raised.wait(), 5)
         assert calls[-1] == (slow.pid, "low")  # still starting after STARTING_IDLE_FOR
         ready(pool, slow)
         assert (await outcome)["ok"] is True
@@ -270,11 +277,13 @@ def test_a_reload_starts_its_workers_at_a_low_priority_until_ready(
         calls.clear()
         outcome = pool.request("reload")
         await settle()
-        broken = fake.last(2)[0]
+        broken, other = fake.last(2)
         broken.exit(3)
         await outcome
-        await asyncio.sleep(0.1)
-        assert (broken.pid, "low") not in calls
+        await other.exited  # the failed reload kills its sibling too
+        await settle()
+        assert not pool._raise_later  # neither will be raised later: their timers are gone
+        assert calls == [(broken.pid, "idle"), (other.pid, "idle")]
         serve.cancel()
         await pool.close()
 

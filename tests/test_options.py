@@ -40,14 +40,15 @@ def unix_get(path: str, target: str = "/") -> tuple[int, dict[str, Any]]:
 
 def wait_listening(port: int, proc: subprocess.Popen[str], within: float = 20.0) -> None:
     """Until something accepts on 127.0.0.1:port (or the process has exited)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
+
+    def accepting() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"exited with {proc.returncode}: {proc.communicate()[1]}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listening on {port} within {within}s")
+            return True
+        return False
+
+    eventually(accepting, f"something listening on {port}", within)
 
 
 # Command lines as deployments write them for uvicorn; {port} and {tmp} are filled in.
@@ -235,9 +236,7 @@ def test_limit_concurrency_answers_503() -> None:
     with running(args, TETHER_DEBUG_BIND=f"127.0.0.1:{debug}") as t:
         with ThreadPoolExecutor(1) as pool:
             slow = pool.submit(fetch, port, "/slow?seconds=3")
-            deadline = time.monotonic() + 10
-            while in_flight(debug) < 1 and time.monotonic() < deadline:
-                time.sleep(0.05)  # waiting on the in-flight gauge
+            eventually(lambda: in_flight(debug) >= 1, "the slow request in flight", 10)
             assert in_flight(debug) == 1
             status, _, _ = fetch(port, "/")
             assert status == 503
