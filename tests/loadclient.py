@@ -27,11 +27,16 @@ class LoadStats:
 
 
 class Load:
-    """``connections`` keep-alive clients hammering ``GET /`` on 127.0.0.1:``port``."""
+    """``connections`` keep-alive clients hammering ``GET /`` on 127.0.0.1:``port``.
 
-    def __init__(self, port: int, connections: int = 16) -> None:
+    With ``pause``, each client waits that long between requests: steady traffic that
+    leaves the host idle CPU (a saturating load starves what runs at a low priority).
+    """
+
+    def __init__(self, port: int, connections: int = 16, *, pause: float = 0.0) -> None:
         self.port = port
         self.connections = connections
+        self.pause = pause
         self.stats = LoadStats()
         self._tasks: list[asyncio.Task[None]] = []
         self._first = asyncio.Event()
@@ -61,7 +66,8 @@ class Load:
                 continue
             try:
                 while await self._one(reader, writer):
-                    pass
+                    if self.pause:
+                        await asyncio.sleep(self.pause)
             finally:
                 writer.close()
                 with contextlib.suppress(OSError):

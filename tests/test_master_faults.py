@@ -275,7 +275,9 @@ def test_deploy_whose_startup_hangs_fails_after_reload_timeout(tmp_path: Path) -
     async def scenario() -> None:
         async with MasterProc(tmp_path, "--reload-timeout", "3") as master:
             await master.wait_for("READY")
-            async with Load(master.port, connections=16) as load:
+            # Paced traffic: a reload's workers start at the idle priority, and under a
+            # saturating load they would not reach the hang within 3 s to be caught there.
+            async with Load(master.port, connections=4, pause=0.01) as load:
                 write_fault_app(tmp_path, "v2", mode="hang")
                 outcome = await asyncio.wait_for(master.ctl("reload"), 20)
                 await after_more_requests(load)

@@ -290,6 +290,47 @@ def test_a_reload_starts_its_workers_at_a_low_priority_until_ready(
     run(scenario)
 
 
+def test_a_laggard_gets_its_priority_back_before_it_is_asked_for_its_stacks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reload that times out: the worker not READY is raised to normal, then sent USR1.
+
+    Its task dump is written from its own event loop; at the idle priority of a starting
+    worker on a busy host it would be killed before it got the CPU to write it.
+    """
+    monkeypatch.setattr("tether.master.pool.STACKS_GRACE", 0.01)
+    events: list[tuple[int, str]] = []
+
+    async def scenario() -> None:
+        fake = FakeOS()
+        config = RunConfig(app="x:app", workers=2, reload_timeout=0.05)
+
+        def prioritise(pid: int, level: str) -> None:
+            child = next(c for c in fake.children if c.pid == pid)
+            asked = signal.SIGUSR1 in child.signals
+            events.append((pid, f"{level} after USR1" if asked else level))
+
+        pool = Pool(config, fake.spawn, PoolHooks(prioritise=prioritise))
+        start = asyncio.ensure_future(pool.start())
+        await settle()
+        ready(pool, *fake.children)
+        await start
+        serve = asyncio.ensure_future(pool.serve())
+        outcome = pool.request("reload")
+        await settle()
+        quick, laggard = fake.last(2)
+        ready(pool, quick)
+        result = await asyncio.wait_for(outcome, 5)
+        assert result["ok"] is False and "not READY within" in result["error"]
+        assert signal.SIGUSR1 in laggard.signals
+        assert (laggard.pid, "normal") in events
+        assert not any(pid == laggard.pid and "after" in level for pid, level in events)
+        serve.cancel()
+        await pool.close()
+
+    run(scenario)
+
+
 def test_reloads_queued_meanwhile_are_coalesced() -> None:
     """Three reloads while one runs: one more reload, and all four get an outcome."""
 

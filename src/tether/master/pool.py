@@ -328,9 +328,11 @@ class Pool:
             _check_alive(gen)
         except TimeoutError:
             laggard = next(w for w in gen.slots.values() if not w.ready.is_set())
+            # Its task dump is written from its event loop: a worker still at a starting
+            # priority on a busy host would not get the CPU to write it before it is killed.
+            self._restore_priority(laggard)
             laggard.child.signal(signal.SIGUSR1)  # ask for its stacks before it goes
-            # Its task dump is written from its event loop, which a busy machine may run
-            # late: give it a moment (the reload has failed already; the old code serves).
+            # Give it a moment (the reload has failed already; the old code serves).
             await laggard.child.wait(STACKS_GRACE)
             failure = WorkerFailed(laggard, f"was not READY within --reload-timeout {timeout:g}s")
         except ExceptionGroup as group:
@@ -615,6 +617,12 @@ class Pool:
             await w.child.wait(5)
         return stuck
 
+    def _restore_priority(self, w: Worker) -> None:
+        """A worker started at a reload's low priority gets the normal one back."""
+        if (timer := self._raise_later.pop(w.pid, None)) is not None:
+            timer.cancel()
+            self.hooks.prioritise(w.pid, "normal")
+
     def _on_worker_exit(self, w: Worker) -> None:
         if (timer := self._raise_later.pop(w.pid, None)) is not None:
             timer.cancel()
@@ -743,9 +751,7 @@ class Pool:
         if "STATUS" in fields:
             w.status = fields["STATUS"]
         if fields.get("READY") == "1" and not w.ready.is_set():
-            if (timer := self._raise_later.pop(w.pid, None)) is not None:
-                timer.cancel()
-                self.hooks.prioritise(w.pid, "normal")
+            self._restore_priority(w)
             w.mark_ready()
             took = time.monotonic() - w.started_at
             gen = self.generations.get(w.generation)
