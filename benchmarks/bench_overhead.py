@@ -9,14 +9,18 @@ transports, 64 connections each with one request in flight at a time (what
 the serving code alone:
 
 - ``uvicorn``: the app as uvicorn serves it (its ``Config``, its server state);
-- ``tether``: the app as a tether worker serves it: ``HttpServer``'s front and
-  state, the adoption factory with a ``Tracker``, per-request metrics, and
-  ``gc.freeze()`` once started (all tether's defaults);
+- ``tether``: the app as a tether worker serves it: ``HttpServer``'s protocol
+  factory (what each accepted connection gets: its one-write transport), front
+  and state, the adoption factory with a ``Tracker``, per-request metrics, and
+  ``gc.freeze()`` once started (all tether's defaults). The in-memory transport
+  makes no system calls, so the one write per response saves nothing here
+  and only its cost shows;
 - ``tether --no-gc-freeze``: the same without the freeze.
 
 Each variant runs in its own process (``gc.freeze`` is process-wide), rounds
 alternate, and each round reports the best of its repeats (the least
-disturbed). Workloads: the hello app, and a FastAPI GET returning a
+disturbed). Workloads: the hello app on keep-alive connections and with a new
+connection per request (``Connection: close``), and a FastAPI GET returning a
 20-field pydantic model.
 
     python benchmarks/bench_overhead.py [--rounds 3] [--requests 20000] [--repeat 5]
@@ -38,15 +42,25 @@ from typing import Any
 
 HERE = Path(__file__).parent
 CONNECTIONS = 64
-WORKLOADS = {"hello": ("hello", "/"), "FastAPI GET": ("fastapi_model", "/item")}
+#: name: (app module, path, a new connection per request)
+WORKLOADS = {
+    "hello": ("hello", "/", False),
+    "hello connection-close": ("hello", "/", True),
+    "FastAPI GET": ("fastapi_model", "/item", False),
+}
 VARIANTS = ("tether", "tether --no-gc-freeze", "uvicorn")
 
 
 class Transport(asyncio.Transport):
-    """An open connection that keeps what is written and never blocks."""
+    """An open connection that keeps what is written and never blocks.
 
-    def __init__(self) -> None:
+    Closing it reports the connection lost on the next loop step, as a
+    socket's transport does.
+    """
+
+    def __init__(self, protocol: Any) -> None:
         super().__init__()
+        self.protocol = protocol
         self.written = 0
         self.closing = False
 
@@ -62,7 +76,9 @@ class Transport(asyncio.Transport):
         return self.closing
 
     def close(self) -> None:
-        self.closing = True
+        if not self.closing:
+            self.closing = True
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
 
     def pause_reading(self) -> None:
         pass
@@ -75,6 +91,7 @@ def protocols(variant: str, app: Any) -> tuple[Any, Any]:
     """(protocol factory, what must stay referenced) for one variant."""
     from uvicorn.config import Config
 
+    loop = asyncio.get_running_loop()
     if variant == "uvicorn":
         from uvicorn.server import ServerState
 
@@ -84,66 +101,69 @@ def protocols(variant: str, app: Any) -> tuple[Any, Any]:
         # What uvicorn's server tick sets every 100 ms: the date and server headers.
         date = formatdate(time.time(), usegmt=True).encode()
         state.default_headers = [(b"date", date), *config.encoded_headers]
-        keep: Any = None
-    else:
-        from tether.metrics import ProcessMetrics
-        from tether.serving import DrainHooks, HttpServer, ServeOptions
-        from tether.tracker import REQUESTS, Tracker, install_adoption
+        protocol: Any = config.http_protocol_class
 
-        hooks = DrainHooks(requests=REQUESTS, metrics=ProcessMetrics())
-        server = HttpServer(app, [], ServeOptions(lifespan="off"), hooks)
-        config, state = server.config, server.state
-        keep = (server, install_adoption(Tracker()))
-        if variant == "tether":
-            gc.collect()
-            gc.freeze()
+        def make() -> Any:
+            return protocol(config=config, server_state=state, app_state={}, _loop=loop)
 
-    protocol: Any = config.http_protocol_class
+        return make, None
+    from tether.metrics import ProcessMetrics
+    from tether.serving import DrainHooks, HttpServer, ServeOptions
+    from tether.tracker import REQUESTS, Tracker, install_adoption
 
-    def make() -> Any:
-        return protocol(
-            config=config, server_state=state, app_state={}, _loop=asyncio.get_running_loop()
-        )
-
-    return make, keep
+    hooks = DrainHooks(requests=REQUESTS, metrics=ProcessMetrics())
+    server = HttpServer(app, [], ServeOptions(lifespan="off"), hooks)
+    keep = (server, install_adoption(Tracker()))
+    if variant == "tether":
+        gc.collect()
+        gc.freeze()
+    return server.protocol_factory({}, loop), keep  # what each accepted connection gets
 
 
-async def measure(variant: str, module: str, path: str, n: int, repeat: int) -> dict[str, Any]:
+async def measure(variant: str, workload: str, n: int, repeat: int) -> dict[str, Any]:
+    module, path, close = WORKLOADS[workload]
     sys.path.insert(0, str(HERE / "apps"))
     app = __import__(module).app
     make, _keep = protocols(variant, app)
     loop = asyncio.get_running_loop()
-    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench\r\n\r\n".encode()
+    connection = b"Connection: close\r\n" if close else b""
+    request = b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench\r\n%s\r\n" % (
+        path.encode(),
+        connection,
+    )
     answered = 0
     all_answered = asyncio.Event()
     target = 0
 
-    conns = []
-    for _ in range(CONNECTIONS):
+    def connect() -> Any:
         proto = make()
-        proto.connection_made(Transport())
+        proto.connection_made(Transport(proto))
         original = proto.on_response_complete
 
-        def on_response(original: Any = original, proto: Any = proto) -> None:
+        def on_response() -> None:
             nonlocal answered
             original()
             answered += 1
             if answered < target:
-                loop.call_soon(proto.data_received, request)  # the client's next request
+                # The client's next request: on this connection, or on a new one.
+                loop.call_soon((connect() if close else proto).data_received, request)
             elif answered == target + CONNECTIONS - 1:
                 all_answered.set()
 
         proto.on_response_complete = on_response
-        conns.append(proto)
+        return proto
+
+    conns = [] if close else [connect() for _ in range(CONNECTIONS)]
 
     async def run(count: int) -> float:
         nonlocal answered, target
         answered, target = 0, count
         all_answered.clear()
         start = time.process_time()
-        for proto in conns:
-            loop.call_soon(proto.data_received, request)  # from the loop, as a socket's data
+        for i in range(CONNECTIONS):  # from the loop, as a socket's data
+            loop.call_soon((connect() if close else conns[i]).data_received, request)
         await all_answered.wait()
+        await asyncio.sleep(0)  # the last connections' close
         return time.process_time() - start
 
     collections = [0]
@@ -185,8 +205,7 @@ def main() -> None:
         import uvloop
 
         variant, workload, n, repeat = args.one
-        module, path = WORKLOADS[workload]
-        print(json.dumps(uvloop.run(measure(variant, module, path, int(n), int(repeat)))))
+        print(json.dumps(uvloop.run(measure(variant, workload, int(n), int(repeat)))))
         return
     lines = [
         "| workload | server | CPU µs per request, median (min-max) | vs uvicorn "
@@ -199,7 +218,7 @@ def main() -> None:
             for variant in VARIANTS if i % 2 == 0 else reversed(VARIANTS):
                 r = one(variant, workload, args.requests, args.repeat)
                 results[variant].append(r)
-                print(f"{workload:12s} {variant:22s} {r['us']:6.2f} µs/request "
+                print(f"{workload:22s} {variant:22s} {r['us']:6.2f} µs/request "
                       f"{r['young_gc_per_1k']:6.2f} young GCs/1k", flush=True)  # fmt: skip
         base = statistics.median(r["us"] for r in results["uvicorn"])
         for variant, rounds in results.items():

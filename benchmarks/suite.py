@@ -474,6 +474,23 @@ def med3(values: list[float]) -> str:
     return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
+def settled_rss(pids: list[int]) -> list[float]:
+    """Each worker's RSS once none has changed for a second: all of them done starting.
+
+    The first response can come from one worker while another is still importing;
+    read at once, that one's RSS would be a half-started process's.
+    """
+    last = [rss_mib(p) for p in pids]
+    steady = 0
+    deadline = time.monotonic() + 30
+    while steady < 5 and time.monotonic() < deadline:
+        time.sleep(0.2)  # sampling a figure the server does not announce
+        now = [rss_mib(p) for p in pids]
+        steady = steady + 1 if now == last else 0
+        last = now
+    return last
+
+
 def process_figures() -> list[str]:
     """Latency at a light load and memory, once per server with 2 workers."""
     rows = [
@@ -486,7 +503,7 @@ def process_figures() -> list[str]:
         try:
             url = f"http://127.0.0.1:{server.port}/"
             pids = server.workers_pids()
-            idle = statistics.mean(rss_mib(p) for p in pids)
+            idle = statistics.mean(settled_rss(pids))
             light = wrk(url, 3, connections=4)
             total = 0.0
             while total < 100_000:  # bounded: each run is 2 s

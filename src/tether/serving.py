@@ -145,10 +145,10 @@ class _Connections(set[Any]):
         if not self:
             self.empty.clear()
             self._on_busy()
-        super().add(item)
+        set.add(self, item)
 
     def discard(self, item: Any) -> None:
-        super().discard(item)
+        set.discard(self, item)
         if not self and not self.empty.is_set():
             self.empty.set()
             self._on_empty()
@@ -435,20 +435,7 @@ class HttpServer:
                 raise StartupError(msg)
         app_state = self._lifespan.state if self._lifespan is not None else {}
         loop = asyncio.get_running_loop()
-
-        factory = _coalescing(config.http_protocol_class)
-        cap = self.options.max_connections
-        if cap is not None:
-            factory = _guarded(factory, self.options.max_head)
-
-        def protocol() -> asyncio.Protocol:
-            if cap is not None and len(self.state.connections) >= cap:
-                return _Refused()
-            return cast(
-                asyncio.Protocol,
-                factory(config=config, server_state=self.state, app_state=app_state, _loop=loop),
-            )
-
+        protocol = self.protocol_factory(app_state, loop)
         for sock in self.sockets:
             if sock.family == socket.AF_UNIX:
                 server = await loop.create_unix_server(
@@ -459,6 +446,34 @@ class HttpServer:
                     protocol, sock=sock, backlog=config.backlog, ssl=config.ssl
                 )
             self._servers.append(server)
+
+    def protocol_factory(
+        self, app_state: dict[str, Any], loop: asyncio.AbstractEventLoop
+    ) -> Callable[[], asyncio.Protocol]:
+        """What each accepted connection is served by: uvicorn's protocol, as tether runs it."""
+        config = self.config
+        state = self.state
+        factory = _coalescing(config.http_protocol_class)
+        cap = self.options.max_connections
+        if cap is None:
+
+            def protocol() -> asyncio.Protocol:
+                return factory(  # type: ignore[no-any-return]
+                    config=config, server_state=state, app_state=app_state, _loop=loop
+                )
+
+            return protocol
+        guarded = _guarded(factory, self.options.max_head)
+
+        def capped() -> asyncio.Protocol:
+            if len(state.connections) >= cap:
+                return _Refused()
+            return cast(
+                asyncio.Protocol,
+                guarded(config=config, server_state=state, app_state=app_state, _loop=loop),
+            )
+
+        return capped
 
     # -- shutdown -----------------------------------------------------------------
 
@@ -692,19 +707,22 @@ class _CoalescingTransport:
     the step (``call_soon``: after the callbacks already due, before the loop
     polls again); later writes join it. Whatever closes or reports on the
     connection sees the held bytes first, so nothing is lost or reordered.
-    Everything else is the real transport's.
+    Everything else is the real transport's. One is made per connection: three
+    slots, no dict.
     """
+
+    __slots__ = ("_call_soon", "_held", "_transport")
 
     def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
-        self._loop = loop
+        self._call_soon = loop.call_soon
         self._held: list[bytes] | None = None
 
     def write(self, data: bytes) -> None:
         held = self._held
         if held is None:
             self._held = [data]
-            self._loop.call_soon(self._flush)
+            self._call_soon(self._flush)
         else:
             held.append(data)
 
@@ -713,13 +731,16 @@ class _CoalescingTransport:
             self.write(data)
 
     def _flush(self) -> None:
-        held, self._held = self._held, None
-        if not held or self._transport.is_closing():
+        held = self._held
+        if held is None:
             return
-        self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+        self._held = None
+        if not self._transport.is_closing():
+            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     def close(self) -> None:
-        self._flush()
+        if self._held is not None:
+            self._flush()
         self._transport.close()
 
     def write_eof(self) -> None:
@@ -746,10 +767,7 @@ class _CoalescingTransport:
     def resume_reading(self) -> None:
         self._transport.resume_reading()
 
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._transport.set_protocol(protocol)
-
-    def __getattr__(self, name: str) -> Any:  # the rest: is_reading, set_write_buffer_limits...
+    def __getattr__(self, name: str) -> Any:  # the rest: set_protocol (an upgrade), is_reading...
         return getattr(self._transport, name)
 
 
