@@ -20,10 +20,10 @@ the serving code alone:
 Each variant runs in its own process (``gc.freeze`` is process-wide), rounds
 alternate, and each round reports the best of its repeats (the least
 disturbed). Workloads: the hello app on keep-alive connections and with a new
-connection per request (``Connection: close``), and a FastAPI GET returning a
-20-field pydantic model.
+connection per request (``Connection: close``), a FastAPI GET returning a
+20-field pydantic model, and a Django view (Django's ASGI handler).
 
-    python benchmarks/bench_overhead.py [--rounds 3] [--requests 20000] [--repeat 5]
+    python benchmarks/bench_overhead.py [--rounds 3] [--requests 20000] [--repeat 5] [--workload W]
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ WORKLOADS = {
     "hello": ("hello", "/", False),
     "hello connection-close": ("hello", "/", True),
     "FastAPI GET": ("fastapi_model", "/item", False),
+    "Django view": ("django_view", "/", False),
 }
 VARIANTS = ("tether", "tether --no-gc-freeze", "uvicorn")
 
@@ -199,6 +200,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--workload", action="append", choices=WORKLOADS, help="default: all")
     parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -212,7 +214,7 @@ def main() -> None:
         "| young GCs per 1k requests |",
         "|---|---|---|---|---|",
     ]
-    for workload in WORKLOADS:
+    for workload in args.workload or WORKLOADS:
         results: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
         for i in range(args.rounds):
             for variant in VARIANTS if i % 2 == 0 else reversed(VARIANTS):

@@ -1,12 +1,34 @@
-"""Answers with how many objects the garbage collector holds frozen in this process."""
+"""Answers with how many objects the collector holds frozen, and whether startup's garbage went.
+
+Its lifespan startup leaves a reference cycle behind (garbage only the
+collector can free): frozen with the rest, it would never be freed.
+"""
 
 import gc
 from typing import Any
 
+collected = False
+
+
+class Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+    def __del__(self) -> None:
+        global collected
+        collected = True
+
 
 async def app(scope: Any, receive: Any, send: Any) -> None:
-    if scope["type"] != "http":
-        return
-    body = str(gc.get_freeze_count()).encode()
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                Cycle()  # unreachable at once, freed only by a collection
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    body = f"{gc.get_freeze_count()} {collected}".encode()
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": body})
