@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -134,8 +135,18 @@ def _import(target: str, app_dir: str) -> Any:
     return obj
 
 
+_IMPORTLIB = os.path.dirname(importlib.__file__) + os.sep
+
+
+def _in_import_machinery(filename: str) -> bool:
+    return filename.startswith(("<frozen ", _IMPORTLIB)) or filename == __file__
+
+
 def _failed_import(module_name: str, exc: BaseException) -> str:
-    last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    # The last frame of the app's own code, not of the import machinery; a SyntaxError
+    # has none (it names its file and line in its message).
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
+    last = [f for f in frames if not _in_import_machinery(f.filename)][-1:]
     where = f" ({last[0].filename}:{last[0].lineno})" if last else ""
     return f"importing {module_name!r} raised {type(exc).__name__}: {exc}{where}"
 
