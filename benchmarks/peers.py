@@ -20,8 +20,11 @@ TETHER = Path(sys.executable).parent / "tether"
 
 
 #: What the peers' environment holds: the servers, and the frameworks the benchmark apps use.
+#: uvicorn as its docs recommend installing it for production (uvloop, httptools, websockets,
+#: watchfiles...): the same set tether's own environment has, so that `import uvicorn` loads
+#: the same modules in both and a start-up comparison measures the servers, not the installs.
 PEER_PACKAGES = (
-    "uvicorn", "uvloop", "httptools", "gunicorn", "granian", "hypercorn", "fastapi", "django",
+    "uvicorn[standard]", "gunicorn", "granian", "hypercorn", "fastapi", "django",
 )  # fmt: skip
 
 

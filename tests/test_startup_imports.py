@@ -24,13 +24,31 @@ from proc import APPS, free_port, get, tether
 
 #: Never loaded by a process that serves without being scraped, reloaded, run as PID 1 or
 #: sent a websocket. (watchfiles is not here: importing uvicorn imports it, for its reloader.)
+#: (ctypes: only a process that reaps orphans, a master or PID 1, needs it.)
 NOT_FOR_SERVING = frozenset(
-    {"prometheus_client", "tether.ctl", "tether._init", "tether._reloader", "tomllib", "websockets"}
+    {
+        "ctypes",
+        "prometheus_client",
+        "tether.ctl",
+        "tether._init",
+        "tether._reloader",
+        "tomllib",
+        "websockets",
+    }
 )
 #: The debug server's own modules.
 DEBUG_SERVER = frozenset({"tether.debug", "tether.console"})
-#: Not loaded by a master before its first workers are started (the app: never).
-NOT_BEFORE_SPAWN = NOT_FOR_SERVING | DEBUG_SERVER | {"uvicorn", "watchfiles", "tether.serving"}
+#: Not loaded by a master before its first workers are started (the app: never). It does
+#: load ctypes: it becomes its descendants' subreaper first.
+NOT_BEFORE_SPAWN = (
+    (NOT_FOR_SERVING - {"ctypes"})
+    | DEBUG_SERVER
+    | {
+        "uvicorn",
+        "watchfiles",
+        "tether.serving",
+    }
+)
 
 #: `tether run ARGS`, writing the master's modules to $MODULES_AT_SPAWN when it first spawns.
 SPY = """\

@@ -23,7 +23,6 @@ are a few lines no maintained library offers (tini is a C program).
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
 import signal
@@ -54,6 +53,8 @@ def disown(pid: int) -> None:
 
 def set_child_subreaper() -> bool:
     """Make this process the reaper of its descendants' orphans; False if the OS refused."""
+    import ctypes  # only a process that reaps (a master, PID 1) loads it
+
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         log.warning(

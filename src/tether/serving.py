@@ -468,9 +468,8 @@ class HttpServer:
         def capped() -> asyncio.Protocol:
             if len(state.connections) >= cap:
                 return _Refused()
-            return cast(
-                asyncio.Protocol,
-                guarded(config=config, server_state=state, app_state=app_state, _loop=loop),
+            return guarded(  # type: ignore[no-any-return]
+                config=config, server_state=state, app_state=app_state, _loop=loop
             )
 
         return capped
