@@ -107,6 +107,15 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def serving(pool: Pool, fake: FakeOS) -> asyncio.Future[None]:
+    """Start the pool's first generation, make it READY, and serve (the task serving)."""
+    start = asyncio.ensure_future(pool.start())
+    await settle()
+    ready(pool, *fake.children)
+    await start
+    return asyncio.ensure_future(pool.serve())
+
+
 def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(scenario())
 
@@ -210,11 +219,7 @@ def test_a_failed_reload_keeps_the_old_generation() -> None:
     async def scenario() -> None:
         fake = FakeOS()
         pool = make_pool(fake)
-        start = asyncio.ensure_future(pool.start())
-        await settle()
-        ready(pool, *fake.children)
-        await start
-        serve = asyncio.ensure_future(pool.serve())
+        serve = await serving(pool, fake)
         outcome = pool.request("reload")
         await settle()
         new_first, new_second = fake.last(2)
@@ -311,11 +316,7 @@ def test_a_laggard_gets_its_priority_back_before_it_is_asked_for_its_stacks(
             events.append((pid, f"{level} after USR1" if asked else level))
 
         pool = Pool(config, fake.spawn, PoolHooks(prioritise=prioritise))
-        start = asyncio.ensure_future(pool.start())
-        await settle()
-        ready(pool, *fake.children)
-        await start
-        serve = asyncio.ensure_future(pool.serve())
+        serve = await serving(pool, fake)
         outcome = pool.request("reload")
         await settle()
         quick, laggard = fake.last(2)
@@ -337,11 +338,7 @@ def test_reloads_queued_meanwhile_are_coalesced() -> None:
     async def scenario() -> None:
         fake = FakeOS()
         pool = make_pool(fake, workers=1)
-        start = asyncio.ensure_future(pool.start())
-        await settle()
-        ready(pool, *fake.children)
-        await start
-        serve = asyncio.ensure_future(pool.serve())
+        serve = await serving(pool, fake)
         first = pool.request("reload")
         await settle()
         more = [pool.request("reload") for _ in range(3)]
@@ -365,11 +362,7 @@ def test_a_spawn_the_os_refuses_fails_the_reload() -> None:
     async def scenario() -> None:
         fake = FakeOS()
         pool = make_pool(fake)
-        start = asyncio.ensure_future(pool.start())
-        await settle()
-        ready(pool, *fake.children)
-        await start
-        serve = asyncio.ensure_future(pool.serve())
+        serve = await serving(pool, fake)
         fake.refuse = OSError(24, "Too many open files")
         result = await pool.request("reload")
         assert result["ok"] is False and "Too many open files" in result["error"]
