@@ -88,6 +88,7 @@ def test_config_file_given_by_path(tmp_path: Path) -> None:
             "pyproject.toml [tool.tether]: workers = 'many': 'many' is not a valid integer",
         ),
         ("[tool.tether\n", {}, "pyproject.toml is not valid TOML"),
+        (b'[tool.tether]\nworkers = "\xff"\n', {}, "pyproject.toml is not valid TOML: not UTF-8"),
         ("", {"TETHER_WORKERS": "x"}, "environment (TETHER_WORKERS): workers = 'x'"),
         ("", {"TETHER_LOG_FORMAT": "xml"}, "environment (TETHER_LOG_FORMAT): log-format = 'xml'"),
         ("", {"PORT": "http"}, "PORT='http' is not a port number"),
@@ -100,10 +101,11 @@ def test_config_file_given_by_path(tmp_path: Path) -> None:
     ],
 )
 def test_bad_values_are_one_line_naming_their_source(
-    tmp_path: Path, pyproject: str, env: dict[str, str], message: str
+    tmp_path: Path, pyproject: str | bytes, env: dict[str, str], message: str
 ) -> None:
     """A bad key or value from any source: one line saying where it was, exit code 2."""
-    (tmp_path / "pyproject.toml").write_text(pyproject)
+    raw = pyproject if isinstance(pyproject, bytes) else pyproject.encode()
+    (tmp_path / "pyproject.toml").write_bytes(raw)
     result = print_config(tmp_path, "echo:app", **env)
     assert result.returncode == 2, result.stdout
     assert result.stdout == ""

@@ -87,6 +87,9 @@ def _read_file(path: str | None) -> tuple[dict[str, Any], str]:
 
     try:
         data = tomllib.loads(content.decode())
+    except UnicodeDecodeError as exc:
+        msg = f"{target} is not valid TOML: not UTF-8 (byte {exc.start}); save it as UTF-8"
+        raise click.UsageError(msg) from None
     except tomllib.TOMLDecodeError as exc:
         msg = f"{target} is not valid TOML: {exc}"
         raise click.UsageError(msg) from exc
