@@ -617,15 +617,21 @@ class Pool:
             await w.child.wait(5)
         return stuck
 
+    def _started_low(self, w: Worker) -> bool:
+        """Whether ``w`` was started at a reload's low priority; forgets its pending raise."""
+        timer = self._raise_later.pop(w.pid, None)
+        if timer is None:
+            return False
+        timer.cancel()
+        return True
+
     def _restore_priority(self, w: Worker) -> None:
         """A worker started at a reload's low priority gets the normal one back."""
-        if (timer := self._raise_later.pop(w.pid, None)) is not None:
-            timer.cancel()
+        if self._started_low(w):
             self.hooks.prioritise(w.pid, "normal")
 
     def _on_worker_exit(self, w: Worker) -> None:
-        if (timer := self._raise_later.pop(w.pid, None)) is not None:
-            timer.cancel()
+        self._started_low(w)  # gone: nothing to raise any more
         self._read_pending()  # its last STATUS (why it failed) may still be in the socket
         code = w.child.exited.result()
         w.state = "exited"
