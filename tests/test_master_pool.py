@@ -262,12 +262,8 @@ def test_a_reload_starts_its_workers_at_a_low_priority_until_ready(
 
         hooks = PoolHooks(prioritise=prioritise)
         pool = Pool(config, fake.spawn, hooks)
-        start = asyncio.ensure_future(pool.start())
-        await settle()
-        ready(pool, *fake.children)
-        await start
-        assert calls == []  # nothing serves yet: the first generation takes the CPU it needs
-        serve = asyncio.ensure_future(pool.serve())
+        serve = await serving(pool, fake)
+        assert calls == []  # the first generation takes the CPU it needs
         outcome = pool.request("reload")
         await settle()
         quick, slow = fake.last(2)
@@ -485,12 +481,8 @@ def test_the_pool_tells_its_hooks_each_exit_restart_cause_and_reload() -> None:
             reloaded=reloads.append,
         )
         pool = Pool(RunConfig(app="x:app", workers=1, watchdog_timeout=0.2), fake.spawn, hooks)
-        start = asyncio.ensure_future(pool.start())
-        await settle()
+        serve = await serving(pool, fake)
         (first,) = fake.children
-        ready(pool, first)
-        await start
-        serve = asyncio.ensure_future(pool.serve())
         outcome = pool.request("reload")
         await settle()
         (second,) = fake.last()
