@@ -163,7 +163,6 @@ def test_a_response_is_written_in_one_call() -> None:
     Streamed chunks sent in later steps are written as they come, in order, and
     a connection closed after its response gets the response first.
     """
-    from tether.serving import _coalescing
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         headers = [(b"content-type", b"text/plain")]
@@ -180,16 +179,12 @@ def test_a_response_is_written_in_one_call() -> None:
 
     async def main() -> None:
         server = HttpServer(app, [], ServeOptions(lifespan="off"))
-        config = server.config
-        protocol_class = _coalescing(config.http_protocol_class)
+        accepted = server.protocol_factory({}, asyncio.get_running_loop())  # per connection
         answered = asyncio.Event()
 
         async def serve(request: bytes) -> RecordingTransport:
             transport = RecordingTransport()
-            protocol = protocol_class(
-                config=config, server_state=server.state, app_state={},
-                _loop=asyncio.get_running_loop(),
-            )  # fmt: skip
+            protocol: Any = accepted()
             protocol.connection_made(transport)
             complete = protocol.on_response_complete
 
