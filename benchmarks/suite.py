@@ -274,8 +274,10 @@ def one_round(name: str, workload: str, workers: int, seconds: float) -> Round:
 # -- the report ---------------------------------------------------------------------
 
 
-def med(values: list[float]) -> str:
-    return f"{statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f})"
+def med(values: list[float], digits: int = 0) -> str:
+    """The median and the min-max of ``values``: "12 (10-15)"."""
+    d = digits
+    return f"{statistics.median(values):.{d}f} ({min(values):.{d}f}-{max(values):.{d}f})"
 
 
 def throughput_table(results: dict[tuple[str, int], dict[str, list[Round]]]) -> list[str]:
@@ -434,8 +436,8 @@ def start_stop_figures(rounds: int) -> list[str]:
         busy = crowded.get((name, workers))
         mode = "1 (one process)" if name == "tether --workers 0" else str(workers)
         lines.append(
-            f"| {name} | {mode} | {med3(start)} | {statistics.median(start) / base:.2f}x | "
-            f"{med3(stops[(name, workers)])} | {med3(busy) if busy else '-'} |"
+            f"| {name} | {mode} | {med(start, 3)} | {statistics.median(start) / base:.2f}x | "
+            f"{med(stops[(name, workers)], 3)} | {med(busy, 3) if busy else '-'} |"
         )
     return lines
 
@@ -473,10 +475,6 @@ for _ in range(want):
 print(len(held), flush=True)
 import signal; signal.pause()
 """
-
-
-def med3(values: list[float]) -> str:
-    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
 def settled_rss(pids: list[int]) -> list[float]:
@@ -523,9 +521,7 @@ def process_figures() -> list[str]:
         finally:
             server.stop()
         rows.append(
-            f"| {name} | {p50:.2f} | {statistics.median(p99s):.2f} ({min(p99s):.2f}-"
-            f"{max(p99s):.2f}) | {idle:.1f} | {loaded:.1f} | "
-            f"{master} |"
+            f"| {name} | {p50:.2f} | {med(p99s, 2)} | {idle:.1f} | {loaded:.1f} | {master} |"
         )
         print(rows[-1], flush=True)
     return rows
