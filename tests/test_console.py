@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
+import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -14,21 +17,11 @@ from typing import Any
 
 import pytest
 
+from browser import BROWSER_FLAGS, Browser
 from tether.console import render
 from waiting import eventually
 
 from proc import tether
-
-BROWSER_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
@@ -105,13 +98,16 @@ def test_console_escapes_what_the_app_named() -> None:
     assert "<script>x" not in page and "&lt;script&gt;x&lt;/script&gt;" in page
     assert "<td>&lt;b&gt;</td>" in page and "adopted from GET /e" in page
     assert "/debug/tasks?token=a%26b" in page
-    assert "<script" not in page  # no JavaScript at all
+    # The one script is the charts' own: what the app named never becomes one.
+    assert page.count("<script") == 1 == render({}).count("<script")
 
 
-def test_console_auto_refresh_is_a_meta_tag() -> None:
-    """?refresh=N asks the browser to reload every N seconds, without JavaScript."""
-    assert '<meta http-equiv="refresh" content="5">' in render({}, refresh=5)
-    assert "http-equiv" not in render({})
+def test_console_auto_refresh_swaps_the_tables_in_place() -> None:
+    """?refresh=N refreshes the tables by script (the charts keep their history), meta without."""
+    page = render({}, refresh=5)
+    assert "const every = 5 * 1000;" in page
+    assert '<noscript><meta http-equiv="refresh" content="5"></noscript>' in page
+    assert "http-equiv" not in render({}) and "const every" not in render({})
 
 
 def test_console_of_one_process_names_who_started_background_work(tmp_path: Path) -> None:
@@ -215,3 +211,117 @@ def test_master_console_needs_the_token(tmp_path: Path) -> None:
             assert f'<td class="n">{pid}</td>' in body
 
     asyncio.run(scenario())
+
+
+class Traffic:
+    """``clients`` threads asking ``path`` back to back until stopped (at most ``limit`` each)."""
+
+    def __init__(self, port: int, path: str, clients: int = 4, limit: int = 3000) -> None:
+        self.port, self.path, self.limit = port, path, limit
+        self.stop = threading.Event()
+        self.ok = 0
+        self.failed = 0
+        self._threads = [threading.Thread(target=self._client) for _ in range(clients)]
+
+    def _client(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            for _ in range(self.limit):
+                if self.stop.is_set():
+                    return
+                try:
+                    conn.request("GET", self.path)
+                    response = conn.getresponse()
+                    response.read()
+                    if response.status == 200:
+                        self.ok += 1
+                    else:
+                        self.failed += 1
+                    if response.getheader("connection", "").lower() == "close":
+                        conn.close()
+                except OSError:
+                    self.failed += 1
+                    conn.close()
+        finally:
+            conn.close()
+
+    def __enter__(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+
+def chart(browser: Browser, name: str) -> dict[str, Any]:
+    """What the console's chart ``name`` shows: points, series, last values, max, reload marks."""
+    got = browser.evaluate(
+        f"(() => {{ const d = document.querySelector('svg[data-chart=\"{name}\"]').dataset;"
+        " return {points: +(d.points || 0), series: +(d.series || 0), max: +(d.max || 0),"
+        " marks: +(d.marks || 0), last: JSON.parse(d.last || '[]')}; })()"
+    )
+    return dict(got)
+
+
+def test_console_charts_draw_traffic_latency_and_reloads_in_a_browser(tmp_path: Path) -> None:
+    """Under load through a HUP, Chromium's /debug/ charts the rate, a 40 ms p50, lag per worker."""
+    with tether("charts:app", "--workers", "2") as t:
+        t.ready()
+        with Traffic(t.port, "/work?ms=40") as traffic:
+            eventually(lambda: traffic.ok > 20, "traffic answered", 20)
+            t.signal(signal.SIGHUP)
+            eventually(
+                lambda: (
+                    get_json(t.debug_port, "/debug/workers")["master"]["reloads"] == 1
+                    and len(get_json(t.debug_port, "/debug/stats")["reloads"]) == 1
+                ),
+                "the reload finished",
+                60,
+            )
+            with Browser(f"http://127.0.0.1:{t.debug_port}/debug/") as browser:
+                rps = eventually(
+                    lambda: (c := chart(browser, "rps"))["points"] >= 4 and c, "rps charted", 30
+                )
+                latency = chart(browser, "latency")
+                lag = chart(browser, "lag")
+                inflight = chart(browser, "inflight")
+                browser.screenshot(tmp_path / "console.png")
+        assert traffic.failed == 0
+        # 4 clients, 40 ms each, 2 workers: about 100 requests/s on an idle host.
+        assert 5 < rps["max"] < 400, rps
+        p50, p99 = latency["last"]
+        assert 25 <= p50 <= 100 and p50 <= p99, latency  # a 40 ms sleep, read from buckets
+        assert rps["marks"] == latency["marks"] == 1  # the HUP, on every chart's time axis
+        assert lag["series"] == 2, lag  # one line per worker of the new generation
+        assert inflight["max"] >= 1, inflight
+        assert (tmp_path / "console.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_console_shows_background_tasks_as_background_and_folds_its_own(tmp_path: Path) -> None:
+    """A BackgroundTasks job after its response is background work named by its function."""
+    with tether("charts:app") as t:
+        t.ready()
+        assert get_status(t.port, "/checkout?seconds=60") == 200
+
+        def shown() -> dict[str, Any] | None:
+            data = get_json(t.debug_port, "/debug/?format=json")
+            return dict(data) if data["processes"][0]["background"] else None
+
+        process = eventually(shown, "the receipt shown as background work", 20)["processes"][0]
+        assert process["requests"] == []  # its response is sent: not a request in flight
+        [job] = process["background"]
+        assert job["name"].startswith("send_receipt (charts.py:")
+        assert job["started_by"] == "GET /checkout (after its response)"
+        groups = {g["runs"]: g for g in process["tasks"]}
+        assert groups[job["name"]]["own"] is False
+        assert any(g["own"] for g in process["tasks"])  # the debug server's, the engine's
+        url = f"http://127.0.0.1:{t.debug_port}/debug/"
+        with urllib.request.urlopen(url, timeout=10) as page:
+            html_page = page.read().decode()
+        own_at = html_page.index('<details class="own">')
+        assert html_page.index("send_receipt (charts.py:") < own_at  # the app's, then tether's
+        assert "tether's own tasks:" in html_page
+        t.close()

@@ -117,3 +117,32 @@ def test_collectors_add_to_metrics() -> None:
 
     body = call(DebugApp(DebugSource(collectors=[Restarts()])), "/metrics")[1]
     assert "tether_master_worker_restarts_total 2.0" in body.splitlines()
+
+
+def test_task_groups_are_named_by_the_apps_coroutine_and_tethers_own_marked() -> None:
+    """A group is named by the app's outermost coroutine; a tether-only task is marked own."""
+    from tether.group import Group
+
+    async def checkout(gate: asyncio.Event) -> None:
+        await gate.wait()
+
+    async def main() -> list[dict[str, Any]]:
+        gate = asyncio.Event()
+        mine = asyncio.create_task(checkout(gate), name="mine")
+        own = asyncio.create_task(Group().wait_stopping(), name="group-wait")
+        await asyncio.sleep(0)
+        dump = task_dump()
+        gate.set()
+        own.cancel()
+        await asyncio.gather(mine, own, return_exceptions=True)
+        return dump
+
+    dump = asyncio.run(main())
+    by_name = {name: g for g in dump for name in g["names"]}
+    assert by_name["mine"]["runs"].startswith(
+        "test_task_groups_are_named_by_the_apps_coroutine_and_tethers_own_marked.<locals>"
+        ".checkout (test_debug.py:"
+    )
+    assert by_name["mine"]["own"] is False
+    assert by_name["group-wait"]["runs"] == "Group.wait_stopping"
+    assert by_name["group-wait"]["own"] is True

@@ -120,11 +120,15 @@ def task_scope(task: asyncio.Future[Any]) -> dict[str, Any] | None:
     connection's protocol (websocket); either holds the scope. Read only when
     a task is adopted or a report names a request, never per request.
     """
+    scope = getattr(task_owner(task), "scope", None)
+    return scope if isinstance(scope, dict) and "path" in scope else None
+
+
+def task_owner(task: asyncio.Future[Any]) -> object:
+    """The object whose method the task's coroutine runs (uvicorn's request cycle), or None."""
     get_coro = getattr(task, "get_coro", None)
     frame = getattr(get_coro(), "cr_frame", None) if get_coro is not None else None
-    owner = frame.f_locals.get("self") if frame is not None else None
-    scope = getattr(owner, "scope", None)
-    return scope if isinstance(scope, dict) and "path" in scope else None
+    return frame.f_locals.get("self") if frame is not None else None
 
 
 def request_of(task: asyncio.Future[Any]) -> object:

@@ -10,14 +10,24 @@ the same way everywhere so that identical stacks can be grouped and counted.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+import sysconfig
 import threading
 import traceback
 from collections.abc import Iterable, Iterator
 from types import CodeType, CoroutineType, FrameType, GeneratorType
 from typing import Any
 
-__all__ = ["await_frames", "format_frames", "task_frames", "task_stack", "thread_stacks"]
+__all__ = [
+    "app_frame",
+    "await_frames",
+    "format_frames",
+    "is_library_file",
+    "task_frames",
+    "task_stack",
+    "thread_stacks",
+]
 
 
 def await_frames(task: asyncio.Task[Any]) -> Iterator[FrameType]:
@@ -73,3 +83,31 @@ def thread_stacks() -> dict[int, tuple[threading.Thread | None, str]]:
     for ident, frame in sys._current_frames().items():
         result[ident] = (threads.get(ident), "".join(traceback.format_stack(frame)))
     return result
+
+
+def _library_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    roots.add(os.path.dirname(os.path.abspath(__file__)))  # tether itself, installed or not
+    return tuple(sorted(os.path.join(r, "") for r in roots))
+
+
+#: Where the interpreter's and installed packages' files live, and tether's own.
+_LIBRARY_ROOTS = _library_roots()
+
+
+def is_library_file(filename: str) -> bool:
+    """True for a file of the standard library, an installed package or tether itself.
+
+    Everything else is the application's: what a reader wants named when a
+    group of tasks is shown ("what does it run?").
+    """
+    return filename.startswith(_LIBRARY_ROOTS) or filename.startswith("<")
+
+
+def app_frame(frames: Iterable[FrameType]) -> FrameType | None:
+    """The outermost of ``frames`` that is the application's own code, if any."""
+    for frame in frames:
+        if not is_library_file(frame.f_code.co_filename):
+            return frame
+    return None

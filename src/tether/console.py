@@ -1,21 +1,26 @@
-"""The debug console at ``/debug/``: one HTML page a person can read.
+"""The debug console at ``/debug/``: one page a person can read at a glance.
 
-One page, rendered on the server from plain data: no external assets, no
-build step, no JavaScript (tables, ``<details>`` for stacks, and an optional
-``<meta http-equiv=refresh>`` for auto-refresh with ``?refresh=SECONDS``).
-The same renderer serves a single process and a master; the data it takes is
-also served as JSON (``/debug/?format=json``), which is how a master collects
-it from each worker.
+One page, rendered on the server from plain data, with no external assets
+and no build step (the page works on a cluster with no way out): tables,
+``<details>`` for stacks, and live charts (:mod:`tether._charts`: requests/s,
+latency, in flight, loop lag per worker, reloads on the time axis) drawn by a
+small inline script from ``/debug/stats``. ``?refresh=SECONDS`` refreshes the
+tables in place (the charts keep their history; without JavaScript, a
+``<meta http-equiv=refresh>`` reloads the page). The same renderer serves a
+single process and a master; the data it takes is also served as JSON
+(``/debug/?format=json``), which is how a master collects it from each worker.
 
 The data: ``{"title": str, "processes": [process, ...], "reloads": [outcome, ...]}``
 where a process is ``{"role", "id", "pid", "generation", "state", "age",
 "restarts", "rss"}`` and may carry ``"members"`` (names), ``"requests"``
 (``{"method", "path", "age"}``), ``"background"`` (``{"name",
-"started_by", "adopted", "age"}``), ``"tasks"`` (the grouped task dump) or
-``"error"`` (why it could not be asked).
+"started_by", "adopted", "age"}``), ``"tasks"`` (the grouped task dump, each
+group named by what it ``runs`` and marked ``own`` when it is tether's own)
+or ``"error"`` (why it could not be asked).
 
 Invariant: everything that came from the application (paths, task names,
-stacks) is escaped; the page never contains markup it did not write.
+stacks) is escaped; the page never contains markup it did not write, and the
+script sets only text and numbers.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
+
+from tether._charts import CHARTS_HTML, CHARTS_STYLE
 
 if TYPE_CHECKING:
     from tether.metrics import WorkerTarget
@@ -60,14 +67,17 @@ def console_page(data: Callable[[], Awaitable[dict[str, Any]]]) -> Page:
 
 
 async def gather_console(
-    workers: list[WorkerTarget], fetch: Fetch, limit: float = 1.0
+    workers: list[WorkerTarget],
+    fetch: Fetch,
+    limit: float = 1.0,
+    target: str = "/debug/?format=json",
 ) -> list[dict[str, Any]]:
-    """Each worker's own console entry, asked in parallel; a worker that cannot answer says why."""
+    """Each worker's own entry at ``target``, asked in parallel; one that cannot answer says why."""
 
     async def one(w: WorkerTarget) -> dict[str, Any]:
         entry: dict[str, Any] = {"role": "worker", "id": w.id, "pid": w.pid}
         try:
-            status, body = await fetch(w.debug_path, "/debug/?format=json", limit)
+            status, body = await fetch(w.debug_path, target, limit)
             if status != 200:
                 return entry | {"error": f"its debug server answered {status}"}
             return dict(json.loads(body)["processes"][0]) | {"id": w.id}
@@ -88,6 +98,24 @@ th{background:#f0f0f3}td.n{text-align:right;font-variant-numeric:tabular-nums}
 pre{margin:.3em 0;font-size:12px;white-space:pre-wrap}.muted{color:#777}
 .bad{color:#b00020}.ok{color:#0a7d32}nav a{margin-right:1em}
 """
+
+# With ?refresh=N: the tables are fetched again and swapped in place, so the charts keep
+# their history (the HTML comes from this same renderer: already escaped).
+_REFRESH = """<script>
+(() => {
+  const every = %d * 1000;
+  async function again() {
+    try {
+      const answer = await fetch(location.href, {cache: "no-store"});
+      const page = new DOMParser().parseFromString(await answer.text(), "text/html");
+      const fresh = page.getElementById("tables");
+      if (answer.ok && fresh) document.getElementById("tables").replaceWith(fresh);
+    } catch (e) { /* the next round tries again */ }
+    setTimeout(again, every);
+  }
+  setTimeout(again, every);
+})();
+</script>"""
 
 
 async def master_console(
@@ -168,8 +196,10 @@ def render(data: dict[str, Any], *, token: str | None = None, refresh: int = 0) 
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         f"<title>{_e(title)} — tether debug</title>",
-        f'<meta http-equiv="refresh" content="{refresh}">' if refresh > 0 else "",
-        f"<style>{_STYLE}</style></head><body>",
+        f'<noscript><meta http-equiv="refresh" content="{refresh}"></noscript>'
+        if refresh > 0
+        else "",
+        f"<style>{_STYLE}{CHARTS_STYLE}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
         f'<p class="muted">{_e(data.get("summary", ""))} · rendered '
         f"{_e(time.strftime('%H:%M:%S'))} · "
@@ -192,6 +222,9 @@ def render(data: dict[str, Any], *, token: str | None = None, refresh: int = 0) 
             )
         ),
         "</nav>",
+        CHARTS_HTML,
+        _REFRESH % refresh if refresh > 0 else "",
+        '<div id="tables">',
     ]
 
     parts.append("<h2>Processes</h2>")
@@ -261,27 +294,40 @@ def render(data: dict[str, Any], *, token: str | None = None, refresh: int = 0) 
     parts.append(
         _table(["finished", "outcome", "generation", "took", "detail"], rows, "no reload yet")
     )
-    parts.append("</body></html>\n")
+    parts.append("</div></body></html>\n")
     return "".join(parts)
 
 
 def _task_groups(processes: list[dict[str, Any]]) -> str:
+    """The task dump, named by what each group runs; tether's own tasks folded into one entry."""
     groups: dict[str, dict[str, Any]] = {}
     for p in processes:
         for g in p.get("tasks", []):
-            entry = groups.setdefault(g["stack"], {"count": 0, "names": [], "where": []})
+            entry = groups.setdefault(
+                g["stack"],
+                {"count": 0, "names": [], "where": [], "runs": g.get("runs"), "own": g.get("own")},
+            )
             entry["count"] += g["count"]
             entry["names"].extend(g["names"])
             entry["where"].append(f"{p.get('role', '?')} {p.get('id', '')}")
     if not groups:
         return '<p class="muted">no task dump</p>'
-    out = []
+    app: list[str] = []
+    own: list[str] = []
     for stack, g in sorted(groups.items(), key=lambda kv: (-kv[1]["count"], kv[0])):
         names = sorted(set(g["names"]))
         shown = ", ".join(names[:6]) + (f", … ({len(names)} names)" if len(names) > 6 else "")
         where = ", ".join(sorted(set(g["where"])))
-        out.append(
-            f"<details><summary><b>{g['count']}</b> task(s) in {_e(where)}: {_e(shown)}"
+        runs = f"<b>{_e(g['runs'])}</b> · " if g.get("runs") else ""
+        (own if g.get("own") else app).append(
+            f"<details><summary><b>{g['count']}</b> task(s): {runs}in {_e(where)}: {_e(shown)}"
             f"</summary><pre>{_e(stack or '(no frames)')}</pre></details>"
         )
-    return "".join(out)
+    if own:
+        count = sum(g["count"] for g in groups.values() if g.get("own"))
+        app.append(
+            f'<details class="own"><summary class="muted">tether\'s own tasks: {count} in '
+            f"{len(own)} group(s) (the debug server, timers, the engine)</summary>"
+            f"{''.join(own)}</details>"
+        )
+    return "".join(app) if app else '<p class="muted">no task dump</p>'

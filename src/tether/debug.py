@@ -22,13 +22,16 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import os
+import sys
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from tether._stacks import format_frames, task_frames, thread_stacks
+from tether._adoption import task_scope
+from tether._stacks import app_frame, await_frames, format_frames, task_frames, thread_stacks
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import GaugeMetricFamily
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
 
     from tether.serving import Receive, Scope, Send
 
-__all__ = ["DebugApp", "DebugSource", "task_dump", "thread_dump"]
+__all__ = ["DebugApp", "DebugSource", "task_dump", "task_label", "thread_dump"]
 
 #: One metric: (name, help, value).
 Metric = tuple[str, str, float]
@@ -80,14 +83,55 @@ class _Collector:
 
 
 def task_dump(loop: asyncio.AbstractEventLoop | None = None) -> list[dict[str, Any]]:
-    """Every task of the loop, grouped by identical stack, largest group first."""
+    """Every task of the loop, grouped by identical stack, largest group first.
+
+    Each group is named by what it runs (:func:`task_label`) and says whether
+    it is one of tether's own (``"own"``: the debug server, timers, the engine's
+    housekeeping), which the console folds away.
+    """
     groups: dict[str, list[asyncio.Task[Any]]] = defaultdict(list)
+    labels: dict[str, tuple[str, bool]] = {}
     for task in asyncio.all_tasks(loop):
-        groups[format_frames(task_frames(task))].append(task)
+        stack = format_frames(task_frames(task))
+        groups[stack].append(task)
+        if stack not in labels:
+            labels[stack] = task_label(task)
     return [
-        {"count": len(tasks), "names": sorted(t.get_name() for t in tasks), "stack": stack}
+        {
+            "count": len(tasks),
+            "names": sorted(t.get_name() for t in tasks),
+            "stack": stack,
+            "runs": labels[stack][0],
+            "own": labels[stack][1],
+        }
         for stack, tasks in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
     ]
+
+
+#: Files whose tasks are tether's own when nothing of the application is on their stack.
+_OWN_ROOTS = tuple(
+    os.path.join(os.path.dirname(os.path.abspath(m.__file__ or "")), "")
+    for m in (sys.modules["tether"], *(sys.modules[n] for n in ("uvicorn",) if n in sys.modules))
+)
+
+
+def task_label(task: asyncio.Task[Any]) -> tuple[str, bool]:
+    """What ``task`` runs, for a reader, and whether it is one of tether's own.
+
+    The name is the outermost coroutine of the application's own code on the
+    await chain (``checkout (shop.py:41)``), else the task's coroutine. A task
+    is tether's own when its coroutine is tether's or its engine's, nothing of
+    the application is on its stack, and it is not a request.
+    """
+    frames = list(await_frames(task))
+    app = app_frame(frames)
+    if app is not None:
+        code = app.f_code
+        return f"{code.co_qualname} ({os.path.basename(code.co_filename)}:{app.f_lineno})", False
+    coro: Any = task.get_coro()
+    name = getattr(getattr(coro, "cr_code", None), "co_qualname", None) or task.get_name()
+    own = bool(frames) and frames[0].f_code.co_filename.startswith(_OWN_ROOTS)
+    return str(name), own and task_scope(task) is None
 
 
 def thread_dump() -> list[dict[str, Any]]:
@@ -110,7 +154,8 @@ def format_task_dump(groups: list[dict[str, Any]]) -> str:
     for g in groups:
         names = ", ".join(g["names"][:5]) + (", ..." if g["count"] > 5 else "")
         stack = g["stack"] or "  (no frames)\n"
-        lines.append(f"\n{g['count']} task(s): {names}\n{stack}")
+        runs = f" running {g['runs']}" if g.get("runs") else ""
+        lines.append(f"\n{g['count']} task(s){runs}: {names}\n{stack}")
     return "".join(lines)
 
 

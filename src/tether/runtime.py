@@ -593,6 +593,7 @@ class Service:
         return member
 
     def _debug_source(self) -> DebugSource:
+        from tether._charts import stats_page
         from tether.console import console_page
         from tether.debug import DebugSource
 
@@ -600,8 +601,22 @@ class Service:
             is_ready=lambda: self.ready,
             status=lambda: self.status,
             collectors=[Families(self._families)],
-            pages={"": console_page(self._console)},
+            pages={"": console_page(self._console), "stats": stats_page(self._stats)},
         )
+
+    async def _stats(self) -> list[dict[str, Any]]:
+        """This process's sample for the console's charts (``/debug/stats``)."""
+        from tether._charts import process_sample
+
+        in_flight = len(self.http.in_flight()) if self.http is not None else 0
+        return [
+            {
+                "role": "worker" if self._is_worker else "process",
+                "id": self.metrics.worker,
+                "pid": os.getpid(),
+                "sample": process_sample(self.metrics, in_flight),
+            }
+        ]
 
     def _families(self) -> Iterator[Metric]:
         from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
@@ -658,7 +673,8 @@ class Service:
             "rss": process_rss(),
             "members": sorted(self.group.tasks()),
             "requests": self.http.in_flight() if self.http is not None else [],
-            "background": self.tracker.running(),
+            "background": self.tracker.running()
+            + (self.http.after_response() if self.http is not None else []),
             "tasks": task_dump(),
         }
         return {

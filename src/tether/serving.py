@@ -47,7 +47,7 @@ from uvicorn.lifespan.on import LifespanOn
 from uvicorn.server import ServerState
 
 from tether._accesslog import AccessLog
-from tether._adoption import task_scope
+from tether._adoption import task_owner, task_scope
 from tether._drain import DrainSignal, app_shutdown_reserve, current_drain_signal, drain_signal
 from tether._stacks import task_stack
 from tether.config import HttpOptions
@@ -657,22 +657,50 @@ class HttpServer:
         return len(self.state.tasks)
 
     def in_flight(self) -> list[dict[str, Any]]:
-        """Each request whose handler runs: method, path, seconds since it reached the app."""
+        """Each request whose handler runs: method, path, seconds since it reached the app.
+
+        A request whose response has been sent in full while its app call goes on
+        (Starlette's ``BackgroundTasks`` run there) is not listed: it is
+        background work (:meth:`after_response`).
+        """
+        return [request for _, request in self._tasks(responded=False)]
+
+    def after_response(self) -> list[dict[str, Any]]:
+        """Requests whose response is sent while their app call still runs, as background work.
+
+        Each: ``name`` (what runs, e.g. the background function), ``started_by``
+        (the request), ``adopted`` False, ``age`` (seconds since the request).
+        """
+        from tether.debug import task_label
+
+        return [
+            {
+                "name": task_label(task)[0],
+                "started_by": f"{request['method']} {request['path']} (after its response)",
+                "adopted": False,
+                "age": request["age"],
+            }
+            for task, request in self._tasks(responded=True)
+        ]
+
+    def _tasks(self, *, responded: bool) -> list[tuple[asyncio.Task[Any], dict[str, Any]]]:
         now = time.perf_counter()
         out = []
         for task in list(self.state.tasks):
-            scope = task_scope(task)
-            if scope is None:
+            owner = task_owner(task)
+            scope = getattr(owner, "scope", None)
+            if not isinstance(scope, dict) or "path" not in scope:
+                continue
+            if bool(getattr(owner, "response_complete", False)) != responded:
                 continue
             started = scope.get("tether.started")
-            out.append(
-                {
-                    "method": scope.get("method", "WEBSOCKET"),
-                    "path": scope.get("path", ""),
-                    "age": None if started is None else round(now - started, 3),
-                }
-            )
-        return sorted(out, key=lambda r: -(r["age"] or 0.0))
+            request = {
+                "method": scope.get("method", "WEBSOCKET"),
+                "path": scope.get("path", ""),
+                "age": None if started is None else round(now - started, 3),
+            }
+            out.append((task, request))
+        return sorted(out, key=lambda tr: -(tr[1]["age"] or 0.0))
 
 
 class _Refused(asyncio.Protocol):

@@ -212,6 +212,7 @@ class StatusView:
 
     def debug_source(self) -> DebugSource:
         """What the master's DebugApp shows."""
+        from tether._charts import master_stats, stats_page
         from tether.console import console_page
         from tether.debug import DebugSource, format_thread_dump, thread_dump
 
@@ -242,7 +243,15 @@ class StatusView:
             is_ready=self.pool.is_ready,
             status=lambda: str(self.status()["master"]["state"]),
             extra={"workers": self.status},
-            pages={"": console_page(self.console_data), "tasks": tasks, "threads": threads},
+            pages={
+                "": console_page(self.console_data),
+                "tasks": tasks,
+                "threads": threads,
+                "stats": stats_page(
+                    lambda: master_stats(self.targets(), fetch_unix),
+                    lambda: self.lifecycle.history,
+                ),
+            },
             collectors=[Families(self.families)],
             scrape=self.scrape,
         )
