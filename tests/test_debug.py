@@ -7,7 +7,9 @@ import json
 from collections.abc import MutableMapping
 from typing import Any
 
-from tether.debug import DebugApp, DebugSource, format_task_dump, task_dump
+import pytest
+
+from tether.debug import DebugApp, DebugSource, format_task_dump, host_allowed, task_dump
 
 
 def call(
@@ -51,6 +53,64 @@ def test_token_guards_debug_pages_but_not_health() -> None:
     assert call(app, "/debug/threads", "token=wrong")[0] == 401
     assert call(app, "/debug/threads", "token=s3cret")[0] == 200
     assert call(app, "/debug/threads", headers=[(b"authorization", b"Bearer s3cret")])[0] == 200
+
+
+@pytest.mark.parametrize("scheme", [b"Bearer", b"bearer", b"BEARER", b"bEaReR"])
+def test_the_bearer_scheme_is_case_insensitive(scheme: bytes) -> None:
+    """RFC 7235: any case of the scheme, and more than one space after it, is accepted."""
+    app = DebugApp(DebugSource(), token="s3cret")
+    for value in (scheme + b" s3cret", scheme + b"   s3cret "):
+        assert call(app, "/debug/threads", headers=[(b"authorization", value)])[0] == 200
+    assert call(app, "/debug/threads", headers=[(b"authorization", scheme + b" wrong")])[0] == 401
+    assert call(app, "/debug/threads", headers=[(b"authorization", b"Basic s3cret")])[0] == 401
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        (None, True),
+        ("127.0.0.1", True),
+        ("127.0.0.1:8001", True),
+        ("[::1]:8001", True),
+        ("[::1]", True),
+        ("10.1.2.3:8001", True),  # a pod's IP, as the kubelet and Prometheus send it
+        ("localhost", True),
+        ("LOCALHOST:8001", True),
+        ("localhost.:8001", True),
+        ("app.localhost:8001", True),
+        ("evil.example", False),
+        ("evil.example:8001", False),
+        ("localhost.evil.example", False),
+        ("127.0.0.1.evil.example", False),
+        ("[::1", False),
+        ("", False),
+        ("debug.internal:8001", True),
+        ("a.svc.cluster.local", True),
+        ("svc.cluster.local", True),
+        ("xsvc.cluster.local", False),
+    ],
+)
+def test_host_allowed(host: str | None, allowed: bool) -> None:
+    """Addresses, localhost and the allowed names pass; any other name (DNS rebinding) does not."""
+    assert host_allowed(host, ("debug.internal", ".svc.cluster.local")) is allowed
+
+
+def test_a_foreign_host_gets_403_but_probes_answer() -> None:
+    """Host: evil.example gets 403 on /metrics and /debug/*, with or without the token."""
+    app = DebugApp(
+        DebugSource(is_ready=lambda: True), token="s3cret", allowed_hosts=("ok.example",)
+    )
+    evil = [(b"host", b"evil.example:8001"), (b"authorization", b"Bearer s3cret")]
+    for path in ("/metrics", "/debug/", "/debug/tasks", "/debug/threads", "/debug/nope"):
+        status, body = call(app, path, headers=evil)
+        assert status == 403, path
+        assert "--debug-allowed-hosts" in body
+    assert call(app, "/healthz", headers=evil) == (200, "ok\n")
+    assert call(app, "/readyz", headers=evil) == (200, "ready\n")
+    allowed = [(b"host", b"ok.example:8001"), (b"authorization", b"Bearer s3cret")]
+    assert call(app, "/debug/threads", headers=allowed)[0] == 200
+    anywhere = DebugApp(DebugSource(), allowed_hosts=None)  # a unix socket
+    assert call(anywhere, "/debug/threads", headers=[(b"host", b"worker")])[0] == 200
 
 
 def test_unknown_path_is_404() -> None:

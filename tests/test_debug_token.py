@@ -1,8 +1,10 @@
-"""The debug token: from a file or the environment, never visible to other local users."""
+"""Who may read the debug server: the token (from a file or the environment, never visible to
+other local users; any case of its scheme), and the Host check against DNS rebinding."""
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import signal
 from pathlib import Path
@@ -102,3 +104,47 @@ def test_missing_token_file_is_refused(tmp_path: Path) -> None:
         f"tether: error: cannot read --debug-token-file {path}: No such file or directory; "
         "check the path"
     )
+
+
+def status_with(port: int, path: str, headers: dict[str, str]) -> int:
+    """One GET with these headers (``Host`` among them) on its own connection: the status."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        return int(resp.status)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_rebound_name_gets_403_while_loopback_names_and_probes_pass(workers: str) -> None:
+    """Host: evil.example gets 403 on the console, dumps and /metrics; loopback and listed pass."""
+    with tether("echo:app", "--workers", workers, "--debug-allowed-hosts", "debug.internal") as t:
+        t.ready()
+        port = t.debug_port
+        paths = ["/debug/", "/debug/?format=json", "/debug/tasks", "/debug/threads", "/metrics"]
+        for path in paths:
+            assert status_with(port, path, {"Host": "evil.example"}) == 403, path
+            assert status_with(port, path, {"Host": f"evil.example:{port}"}) == 403, path
+            for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "localhost"):
+                assert status_with(port, path, {"Host": host}) == 200, (path, host)
+            assert status_with(port, path, {"Host": f"debug.internal:{port}"}) == 200, path
+        for path in ("/healthz", "/readyz"):
+            assert status_with(port, path, {"Host": "evil.example"}) == 200, path
+        t.signal(signal.SIGTERM)
+        assert t.wait() == 0
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_lower_case_bearer_scheme_is_accepted(workers: str) -> None:
+    """Authorization: bearer TOKEN (RFC 7235: the scheme is case-insensitive) opens /debug/*."""
+    with tether("envcheck:app", "--workers", workers, TETHER_DEBUG_TOKEN=SECRET) as t:
+        t.ready()
+        for scheme in ("bearer", "Bearer", "BEARER"):
+            auth = {"Authorization": f"{scheme} {SECRET}"}
+            assert status_with(t.debug_port, "/debug/threads", auth) == 200, scheme
+        assert status_with(t.debug_port, "/debug/threads", {"Authorization": "bearer no"}) == 401
+        t.signal(signal.SIGTERM)
+        assert t.wait() == 0

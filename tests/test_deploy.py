@@ -7,6 +7,7 @@ stop signal, and a command line that `tether run` accepts.
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 from pathlib import Path
@@ -18,6 +19,8 @@ import pytest
 import yaml
 
 from tether.cli import run
+
+from proc import tether
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
 MANIFESTS = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
@@ -125,6 +128,38 @@ def test_debug_token_comes_from_a_secret_file() -> None:
             assert mount["readOnly"] is True
             return
     raise AssertionError(f"{path} is not in a mounted Secret")
+
+
+def test_the_kubelet_and_prometheus_get_through_the_host_check(tmp_path: Path) -> None:
+    """The Deployment's debug flags on loopback: probes and scrapes sent to the pod's IP answer."""
+    argv = container()["command"]
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    token.chmod(0o600)
+    debug_flags = ["--debug-token-file", str(token), "--workers", flag(argv, "--workers")]
+    with tether("echo:app", *debug_flags) as t:
+        t.ready()
+        # The kubelet and Prometheus both address the pod by IP: that is the Host they send.
+        pod = {"Host": f"10.244.1.7:{t.debug_port}", "User-Agent": "kube-probe/1.33"}
+        spec = container()
+        for probe in ("readinessProbe", "livenessProbe"):
+            path = spec[probe]["httpGet"]["path"]
+            assert get_with(t.debug_port, path, pod) == 200, probe
+        annotations = resources()["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+        scrape = {"Host": f"10.244.1.7:{t.debug_port}", "User-Agent": "Prometheus/3.0.0"}
+        assert get_with(t.debug_port, annotations["prometheus.io/path"], scrape) == 200
+
+
+def get_with(port: int, path: str, headers: dict[str, str]) -> int:
+    """One GET with these headers on its own connection: the status."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        return int(resp.status)
+    finally:
+        conn.close()
 
 
 def dockerfile() -> list[tuple[str, str]]:

@@ -213,6 +213,13 @@ RUN_OPTIONS: list[Callable[[F], F]] = [
         help="Read the debug token from PATH once at start (mode 600 or 640; "
         "for example a mounted secret).",
     ),
+    _opt(
+        "--debug-allowed-hosts",
+        default="",
+        metavar="HOSTS",
+        help="Host names (comma-separated; .domain for a domain, * for any) whose requests the "
+        "debug server answers on /metrics and /debug/*, besides IP addresses and localhost.",
+    ),
     # -- processes and shutdown ------------------------------------------------------
     _opt(
         "--workers",
@@ -237,6 +244,12 @@ RUN_OPTIONS: list[Callable[[F], F]] = [
         "--idle-grace",
         0.5,
         "While draining, how long an idle keep-alive connection may still send a request.",
+    ),
+    _secs(
+        "--timeout-request-head",
+        10.0,
+        "Seconds a connection has to send a whole request head, from its accept or the head's "
+        "first byte; then 408 and closed (uvicorn: no limit). The body is not timed.",
     ),
     _secs(
         "--reload-timeout",

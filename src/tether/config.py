@@ -12,6 +12,7 @@ import dataclasses
 import ipaddress
 import math
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -23,6 +24,7 @@ __all__ = [
     "HttpOptions",
     "RunConfig",
     "ShutdownBudget",
+    "check_allowed_hosts",
     "check_timeout",
     "read_token_file",
 ]
@@ -41,6 +43,11 @@ DEBUG_TOKEN_ENV = "TETHER_DEBUG_TOKEN"
 
 #: How the TLS key's password reaches a worker or a successor (not its command line).
 SSL_PASSWORD_ENV = "TETHER_SSL_KEYFILE_PASSWORD"
+
+#: A host name as it appears in a Host header (no port), or ``.domain``.
+_HOST_NAME = re.compile(
+    r"\.?[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?"
+)
 
 DEFAULT_BIND = "127.0.0.1:8080"
 DEFAULT_DEBUG_BIND = "127.0.0.1:8001"
@@ -91,6 +98,18 @@ def check_forwarded_ips(text: str) -> str:
                 "give addresses or CIDRs separated by commas, for example 10.0.0.0/8,127.0.0.1"
             )
             raise ConfigError(msg) from None
+    return text
+
+
+def check_allowed_hosts(text: str) -> str:
+    """``text`` if every comma-separated entry is a host name, ``.domain`` or ``*``."""
+    for entry in (e.strip() for e in text.split(",")):
+        if entry and (entry != "*" and not _HOST_NAME.fullmatch(entry)):
+            msg = (
+                f"--debug-allowed-hosts: {entry!r} is not a host name; give names without "
+                "a scheme or port, comma-separated, for example debug.internal,.svc.cluster.local"
+            )
+            raise ConfigError(msg)
     return text
 
 
@@ -261,12 +280,19 @@ class RunConfig:
     )
     #: Token required on ``/debug/*`` (mandatory when the debug bind is not loopback).
     debug_token: str | None = field(default=None, metadata=_flag("--debug-token", worker=False))
+    #: Host names, besides IP addresses and ``localhost``, the debug server answers on
+    #: ``/metrics`` and ``/debug/*`` (comma-separated; ``.name`` for a domain, ``*`` any).
+    debug_allowed_hosts: str = field(
+        default="", metadata=_flag("--debug-allowed-hosts", worker=False)
+    )
     #: The whole shutdown budget, phases 2 to 6, in seconds.
     graceful_timeout: float = field(default=30.0, metadata=_flag("--graceful-timeout"))
     #: Seconds ``/readyz`` answers 503 before the listeners close (a master applies it itself).
     drain_delay: float = field(default=0.0, metadata=_flag("--drain-delay", worker=False))
     #: How an idle keep-alive connection is given before it is closed during a drain.
     idle_grace: float = field(default=0.5, metadata=_flag("--idle-grace"))
+    #: Seconds a connection to the app has to send a whole request head (uvicorn: no limit).
+    timeout_request_head: float = field(default=10.0, metadata=_flag("--timeout-request-head"))
     #: After the deadline: seconds cancelled work gets to unwind before it is reported abandoned.
     cancel_timeout: float = 2.0
     interface: Interface = field(default="auto", metadata=_flag("--interface"))
@@ -333,6 +359,8 @@ class RunConfig:
         check_timeout("--reload-timeout", self.reload_timeout, allow_zero=False)
         check_timeout("--watchdog-timeout", self.watchdog_timeout, allow_zero=False)
         check_timeout("--idle-grace", self.idle_grace)
+        check_timeout("--timeout-request-head", self.timeout_request_head, allow_zero=False)
+        check_allowed_hosts(self.debug_allowed_hosts)
         check_timeout("cancel timeout", self.cancel_timeout)
         if not self.binds:
             msg = "at least one --bind is needed"

@@ -11,8 +11,17 @@ the HTML console of :mod:`tether.console`).
 Importing this module costs next to nothing: the HTTP engine is the caller's,
 and ``prometheus_client`` is imported when ``/metrics`` is first scraped.
 
-Security: ``/healthz``, ``/readyz`` and ``/metrics`` are open; ``/debug/*``
-needs the token when one is configured (``Authorization: Bearer TOKEN`` or
+Security: ``/healthz`` and ``/readyz`` are open to everyone: they say only
+"ok" or "ready", and a liveness probe must always get through. On a TCP
+listener, ``/metrics`` and ``/debug/*`` answer only requests whose ``Host`` is
+an IP address, ``localhost`` (or a name under ``.localhost``) or a name in the
+allowed list, and 403 otherwise: a web page that rebinds its own name to
+127.0.0.1 (DNS rebinding) sends its own name as the Host, so it cannot read
+the dumps through the visitor's browser. An address in the Host is never such
+a page's (the browser would be talking to the page's own server), which is
+why probes and scrapers that use the pod's IP pass. A unix socket, which no
+browser reaches, is not checked. ``/debug/*`` also needs the token when one is
+configured (``Authorization: Bearer TOKEN``, the scheme in any case, or
 ``?token=TOKEN``). The server only reads: mutating operations live on the
 control socket.
 """
@@ -21,11 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import html
+import ipaddress
 import json
 import os
+import socket
 import sys
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -37,9 +48,26 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import GaugeMetricFamily
     from prometheus_client.registry import CollectorRegistry
 
-    from tether.serving import Receive, Scope, Send
+    from tether.serving import Receive, Scope, Send, ServeOptions
 
-__all__ = ["DebugApp", "DebugSource", "task_dump", "task_label", "thread_dump"]
+__all__ = [
+    "DEBUG_CONNECTIONS",
+    "DEBUG_HEAD_TIMEOUT",
+    "DebugApp",
+    "DebugSource",
+    "debug_serve_options",
+    "host_allowed",
+    "hosts_for",
+    "task_dump",
+    "task_label",
+    "thread_dump",
+]
+
+#: The debug listener's connection cap: a port reachable by others never takes more
+#: than this many of the process's fds (and never more than an eighth of its limit).
+DEBUG_CONNECTIONS = 32
+#: Seconds a debug connection has to send its request head, and may then stay idle.
+DEBUG_HEAD_TIMEOUT = 5.0
 
 #: One metric: (name, help, value).
 Metric = tuple[str, str, float]
@@ -170,12 +198,104 @@ _INDEX = """<!doctype html><title>tether debug</title><h1>tether debug</h1><ul>
 <li><a href="/debug/threads{q}">/debug/threads</a>{extra}</ul>"""
 
 
-class DebugApp:
-    """The ASGI app behind the debug listener."""
+def debug_serve_options() -> ServeOptions:
+    """How a debug listener is served: hardened for a port others (the probes) reach.
 
-    def __init__(self, source: DebugSource, *, token: str | None = None) -> None:
+    At most :data:`DEBUG_CONNECTIONS` connections (an eighth of the fd limit if
+    that is lower), the idle or half-sent one waiting longest making room for a
+    new one; a request head within :data:`DEBUG_HEAD_TIMEOUT` seconds; heads
+    over 64 KiB answered 431. A flood of idle or half-sent connections leaves
+    ``/healthz`` answering.
+    """
+    import resource
+
+    from tether.config import HttpOptions
+    from tether.serving import ServeOptions
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    cap = max(4, min(DEBUG_CONNECTIONS, soft // 8))
+    return ServeOptions(
+        lifespan="off",
+        idle_grace=0.0,
+        name="debug",
+        head_timeout=DEBUG_HEAD_TIMEOUT,
+        max_connections=cap,
+        # asyncio accepts up to a backlog's worth at a time: keep that within the cap too.
+        http=HttpOptions(backlog=cap, timeout_keep_alive=int(DEBUG_HEAD_TIMEOUT)),
+    )
+
+
+def hosts_for(sock: socket.socket, allowed: str) -> tuple[str, ...] | None:
+    """The ``allowed_hosts`` of a :class:`DebugApp` on ``sock``, from ``--debug-allowed-hosts``.
+
+    None (no Host check) on a unix socket, which no browser reaches.
+    """
+    if sock.family == socket.AF_UNIX:
+        return None
+    return tuple(entry.strip().lower() for entry in allowed.split(",") if entry.strip())
+
+
+def host_allowed(host: str | None, allowed: Sequence[str]) -> bool:
+    """True if a request with this ``Host`` value may read ``/metrics`` and ``/debug/*``.
+
+    Allowed: no Host at all (no browser sends such a request), an IP address
+    with or without a port (``127.0.0.1:8001``, ``[::1]:8001``, a pod's IP),
+    ``localhost`` and names under ``.localhost`` (RFC 6761: never resolved by
+    DNS), and each entry of ``allowed``: a name, ``.name`` for the name and
+    every name under it, or ``*`` for any Host.
+    """
+    if host is None or "*" in allowed:
+        return True
+    name = host.strip().lower()
+    if name.startswith("["):
+        literal, bracket, _rest = name[1:].partition("]")
+        return bool(bracket) and _is_address(literal)
+    head, colon, port = name.rpartition(":")
+    if colon and port.isdigit():
+        name = head
+    name = name.removesuffix(".")
+    if not name:
+        return False
+    if _is_address(name) or name == "localhost" or name.endswith(".localhost"):
+        return True
+    return any(
+        name == entry or (entry.startswith(".") and (name.endswith(entry) or name == entry[1:]))
+        for entry in allowed
+    )
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+_FORBIDDEN = (
+    b"this Host is not allowed here: reach the debug server by an IP address or localhost, "
+    b"or name the host in --debug-allowed-hosts\n"
+)
+
+
+class DebugApp:
+    """The ASGI app behind the debug listener.
+
+    ``allowed_hosts``: the names besides addresses and ``localhost`` whose
+    requests are answered on ``/metrics`` and ``/debug/*`` (see
+    :func:`host_allowed`); None answers any Host (a unix socket).
+    """
+
+    def __init__(
+        self,
+        source: DebugSource,
+        *,
+        token: str | None = None,
+        allowed_hosts: Sequence[str] | None = (),
+    ) -> None:
         self.source = source
         self.token = token
+        self.allowed_hosts = allowed_hosts
         self._registry: CollectorRegistry | None = None
 
     @property
@@ -193,23 +313,20 @@ class DebugApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # served with lifespan off; no websockets here
-        if scope["path"] == "/metrics" and self.source.scrape is not None:
+        if scope["path"] == "/metrics" and self.source.scrape is not None and self._host_ok(scope):
             await self.source.scrape()
         status, ctype, body = self.respond(scope)
         page = self._page(scope)
         if page is not None and status == 200:
             status, ctype, body = await page(_query(scope))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", ctype.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"cache-control", b"no-store"),
-                ],
-            }
-        )
+        headers = [
+            (b"content-type", ctype.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        if status == 401:
+            headers.append((b"www-authenticate", b'Bearer realm="tether debug"'))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     def respond(self, scope: Scope) -> tuple[int, str, bytes]:
@@ -223,6 +340,8 @@ class DebugApp:
             if self.source.is_ready():
                 return 200, text, b"ready\n"
             return 503, text, f"not ready: {self.source.status()}\n".encode()
+        if not self._host_ok(scope):
+            return 403, text, _FORBIDDEN
         if path == "/metrics":
             from prometheus_client.exposition import generate_latest
 
@@ -267,6 +386,9 @@ class DebugApp:
             return None
         return self.source.pages.get(path.removeprefix("/debug").strip("/"))
 
+    def _host_ok(self, scope: Scope) -> bool:
+        return self.allowed_hosts is None or host_allowed(_host(scope), self.allowed_hosts)
+
     def _authorized(self, scope: Scope, query: dict[str, list[str]]) -> bool:
         if self.token is None:
             return True
@@ -274,10 +396,20 @@ class DebugApp:
 
         offered = query.get("token", [""])[0]
         for key, value in scope.get("headers", ()):
-            if key == b"authorization" and value.startswith(b"Bearer "):
-                offered = value[7:].decode("latin-1")
+            if key == b"authorization":
+                # RFC 7235: the scheme is case-insensitive; one or more spaces follow it.
+                scheme, _, credentials = value.strip().partition(b" ")
+                if scheme.lower() == b"bearer":
+                    offered = credentials.strip().decode("latin-1")
         return hmac.compare_digest(offered.encode(), self.token.encode())
 
 
 def _query(scope: Scope) -> dict[str, list[str]]:
     return parse_qs(scope.get("query_string", b"").decode("latin-1"))
+
+
+def _host(scope: Scope) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == b"host":
+            return str(value.decode("latin-1"))
+    return None

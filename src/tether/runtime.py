@@ -382,12 +382,16 @@ class Service:
         ]
         try:
             if listeners.debug is not None:
-                from tether.debug import DebugApp
+                from tether.debug import DebugApp, debug_serve_options, hosts_for
 
                 debug = HttpServer(
-                    DebugApp(self._debug_source(), token=self.config.debug_token),
+                    DebugApp(
+                        self._debug_source(),
+                        token=self.config.debug_token,
+                        allowed_hosts=hosts_for(listeners.debug, self.config.debug_allowed_hosts),
+                    ),
                     [listeners.debug],
-                    ServeOptions(lifespan="off", idle_grace=0.0, name="debug"),
+                    debug_serve_options(),
                 )
                 await group.start(self._debug_member(debug), name="debug")
             asgi = as_asgi(app, kind, self.config.threads, self.config.interface)
@@ -441,6 +445,7 @@ class Service:
             self.hooks.request_limit = functools.partial(self._recycle, limit)
         return ServeOptions(
             idle_grace=config.idle_grace,
+            head_timeout=config.timeout_request_head,
             lifespan="off" if kind == "wsgi" else config.lifespan,
             access_log=config.access_log,
             access_logformat=config.access_logformat,

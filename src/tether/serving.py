@@ -49,6 +49,7 @@ from uvicorn.server import ServerState
 from tether._accesslog import AccessLog
 from tether._adoption import task_owner, task_scope
 from tether._drain import DrainSignal, app_shutdown_reserve, current_drain_signal, drain_signal
+from tether._guard import capped, guarded
 from tether._stacks import task_stack
 from tether.config import HttpOptions
 from tether.errors import AbandonedWork, StartupError
@@ -98,9 +99,13 @@ class ServeOptions:
     name: str = "http"
     #: When cancelled at the deadline: seconds to wait for phase 5's report of what it abandoned.
     report_grace: float = 1.0
-    #: Open connections at most (None: no cap). Past it a new connection is closed at
-    #: once, and a connection that sends nothing is closed after ``http.timeout_keep_alive``
-    #: seconds: a port that strangers can reach cannot exhaust the process's fds.
+    #: Seconds a connection has to send a whole request head, from its accept or from the
+    #: first byte of a later head (None: no limit, as in uvicorn); see ``tether._guard``.
+    head_timeout: float | None = 10.0
+    #: Open connections at most (None: no cap). At it, a new connection takes the place of
+    #: the one idle the longest, or is closed at once when every one has a request in
+    #: progress: a port that strangers can reach cannot exhaust the process's fds, and
+    #: idle or half-sent connections cannot lock out a probe.
     max_connections: int | None = None
     #: With ``max_connections``: a request head larger than this is answered 431.
     max_head: int = 64 * 1024
@@ -453,26 +458,20 @@ class HttpServer:
         """What each accepted connection is served by: uvicorn's protocol, as tether runs it."""
         config = self.config
         state = self.state
-        factory = _coalescing(config.http_protocol_class)
-        cap = self.options.max_connections
-        if cap is None:
+        options = self.options
+        cap = options.max_connections
+        factory = guarded(
+            _coalescing(config.http_protocol_class),
+            head_timeout=options.head_timeout,
+            max_head=options.max_head if cap is not None else None,
+        )
 
-            def protocol() -> asyncio.Protocol:
-                return factory(  # type: ignore[no-any-return]
-                    config=config, server_state=state, app_state=app_state, _loop=loop
-                )
-
-            return protocol
-        guarded = _guarded(factory, self.options.max_head)
-
-        def capped() -> asyncio.Protocol:
-            if len(state.connections) >= cap:
-                return _Refused()
-            return guarded(  # type: ignore[no-any-return]
+        def protocol() -> asyncio.Protocol:
+            return factory(  # type: ignore[no-any-return]
                 config=config, server_state=state, app_state=app_state, _loop=loop
             )
 
-        return capped
+        return protocol if cap is None else capped(protocol, state.connections, cap)
 
     # -- shutdown -----------------------------------------------------------------
 
@@ -703,13 +702,6 @@ class HttpServer:
         return sorted(out, key=lambda tr: -(tr[1]["age"] or 0.0))
 
 
-class _Refused(asyncio.Protocol):
-    """A connection past ``max_connections``: closed as soon as it is accepted."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        cast(asyncio.Transport, transport).abort()
-
-
 def _coalescing(factory: Any) -> Any:
     """uvicorn's protocol, writing what one loop step sends in one system call.
 
@@ -796,43 +788,6 @@ class _CoalescingTransport:
 
     def __getattr__(self, name: str) -> Any:  # the rest: set_protocol (an upgrade), is_reading...
         return getattr(self._transport, name)
-
-
-def _guarded(factory: Any, max_head: int) -> Any:
-    """uvicorn's protocol, for a port strangers may reach.
-
-    Its idle timer is armed from the start of a connection (uvicorn arms it
-    only after a response: a connection that never sends a byte would hold
-    its fd as long as the peer likes), and a request head larger than
-    ``max_head`` is answered 431 instead of being buffered.
-    """
-
-    class Guarded(factory):  # type: ignore[misc]
-        _head = 0
-
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            super().connection_made(transport)
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive, self.timeout_keep_alive_handler
-            )
-
-        def data_received(self, data: bytes) -> None:
-            cycle = getattr(self, "cycle", None)
-            in_request = cycle is not None and not cycle.response_complete
-            self._head = 0 if in_request else self._head + len(data)
-            if self._head > max_head:
-                self.transport.write(_TOO_LARGE)
-                self.transport.close()
-                return
-            super().data_received(data)
-
-    return Guarded
-
-
-_TOO_LARGE = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\n"
-    b"content-length: 29\r\nconnection: close\r\n\r\nrequest head is too large\r\n\r\n"
-)
 
 
 def _request_name(task: asyncio.Task[Any]) -> str:

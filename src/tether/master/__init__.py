@@ -43,7 +43,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -56,7 +55,7 @@ from tether._control import ControlServer, bind_control
 from tether._listeners import open_listeners
 from tether._pidfile import PidFile
 from tether._reaper import Reaper
-from tether.config import HttpOptions, RunConfig, ShutdownBudget
+from tether.config import RunConfig, ShutdownBudget
 from tether.group import Group, StopToken
 from tether.master.pool import Pool, PoolHooks
 from tether.master.status import StatusView, fetch_unix
@@ -78,10 +77,6 @@ __all__ = ["Master", "run_master"]
 log = logging.getLogger("tether.master")
 
 StopMode = Literal["graceful", "fast"]
-
-#: The debug listener's connection cap: a port reachable by others never takes more
-#: than this many of the master's fds (and never more than an eighth of its limit).
-DEBUG_CONNECTIONS = 32
 
 _SIGNALS = (
     signal.SIGTERM,
@@ -352,22 +347,17 @@ class Master:
                     name="control",
                 )
             if self._debug_sock is not None:
-                from tether.debug import DebugApp
-                from tether.serving import HttpServer, ServeOptions
+                from tether.debug import DebugApp, debug_serve_options, hosts_for
+                from tether.serving import HttpServer
 
-                cap = _debug_connection_cap()
                 debug = HttpServer(
-                    DebugApp(self.view.debug_source(), token=self.config.debug_token),
-                    [self._debug_sock],
-                    ServeOptions(
-                        lifespan="off",
-                        idle_grace=0.0,
-                        name="debug",
-                        max_connections=cap,
-                        # asyncio accepts up to a backlog's worth at a time: keep that
-                        # within the fd reserve too.
-                        http=HttpOptions(backlog=cap),
+                    DebugApp(
+                        self.view.debug_source(),
+                        token=self.config.debug_token,
+                        allowed_hosts=hosts_for(self._debug_sock, self.config.debug_allowed_hosts),
                     ),
+                    [self._debug_sock],
+                    debug_serve_options(),
                 )
                 await inner.start(debug.run, name="debug")
             handover = asyncio.ensure_future(self._handover.wait())
@@ -535,8 +525,3 @@ def _control_member(server: ControlServer) -> Callable[[StopToken], Awaitable[No
             await server.close()
 
     return member
-
-
-def _debug_connection_cap() -> int:
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return max(4, min(DEBUG_CONNECTIONS, soft // 8))
