@@ -84,6 +84,7 @@ def everything_changed(tmp_path: Path) -> RunConfig:
         app="echo:app",
         graceful_timeout=12.5,
         idle_grace=1.5,
+        timeout_request_head=3.5,
         interface="wsgi",
         threads=3,
         app_dir=str(tmp_path),
