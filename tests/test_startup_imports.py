@@ -34,6 +34,9 @@ NOT_FOR_SERVING = frozenset(
         "tether._reloader",
         "tomllib",
         "websockets",
+        # OpenTelemetry: only with OTEL_* variables set (tether._otel).
+        "opentelemetry",
+        "tether._otel",
     }
 )
 #: The debug server's own modules.

@@ -238,6 +238,16 @@ def _make_factory(
                 # What the new task creates belongs to the request too.
                 context = copy_context() if context is None else context.copy()
                 context.run(scope.set, origin)
+        adopt = (
+            origin is not None
+            and enabled
+            and not tracker._spawning  # Tracker._start registers its own task
+            and not (_opted_out and _opted_out_module(coro))
+        )
+        done = None
+        if adopt and tracker.observer is not None:  # a span per adopted task (tether._otel)
+            name = getattr(coro, "__qualname__", None) or type(coro).__name__
+            context, done = tracker.observer(name, origin_label(origin), False, context)
         task: asyncio.Future[Any]
         if previous is None:
             if kwargs:
@@ -248,13 +258,9 @@ def _make_factory(
             task = previous(loop, coro)  # the legacy call, for factories without **kwargs
         else:
             task = previous(loop, coro, context=context, **kwargs)
-        if (
-            origin is not None
-            and enabled
-            and not tracker._spawning  # Tracker._start registers its own task
-            and isinstance(task, asyncio.Task)
-            and not (_opted_out and _opted_out_module(coro))
-        ):
+        if adopt and isinstance(task, asyncio.Task):
+            if done is not None:
+                task.add_done_callback(done)
             if tracker._phase == cancelling:
                 tracker._adopt_late(task, origin)
             else:

@@ -9,7 +9,9 @@ uvicorn's, the app's, and the access log (logger ``tether.access``).
 - ``json``: one object per line on stderr, with ``time`` (UTC, ISO 8601),
   ``level``, ``logger``, ``message``, ``pid``; access records add
   ``method``, ``path``, ``query``, ``status``, ``duration_ms``, ``bytes``,
-  ``client`` and ``user_agent``; a record with an exception adds ``exc_info``.
+  ``client`` and ``user_agent``; a record with an exception adds ``exc_info``;
+  with OpenTelemetry traces on, a record written inside a span (an access
+  record, a drain's records) adds ``trace_id`` and ``span_id``.
 - ``--log-config PATH``: ``logging.config.dictConfig`` from JSON (``.json``)
   or YAML (``.yaml``/``.yml``, with PyYAML installed), else
   ``logging.config.fileConfig`` (INI). The file decides handlers, formats and
@@ -32,11 +34,20 @@ from typing import IO, Any
 
 from tether.errors import ConfigError
 
-__all__ = ["JsonFormatter", "setup_logging"]
+__all__ = ["JsonFormatter", "set_trace_ids", "setup_logging"]
 
 #: uvicorn's level below DEBUG (its ``--log-level trace``).
 TRACE = 5
 TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+
+# (trace id, span id) of the span a record is written in; set only when tracing is on.
+_trace_ids: Callable[[], tuple[str, str] | None] | None = None
+
+
+def set_trace_ids(source: Callable[[], tuple[str, str] | None] | None) -> None:
+    """Where JSON records find the ids of the span they are written in (None: they do not)."""
+    global _trace_ids
+    _trace_ids = source
 
 
 class JsonFormatter(logging.Formatter):
@@ -62,6 +73,8 @@ class JsonFormatter(logging.Formatter):
         fields = getattr(record.args, "fields", None)
         if callable(fields):
             obj.update(fields())
+        if _trace_ids is not None and (ids := _trace_ids()) is not None:
+            obj["trace_id"], obj["span_id"] = ids
         if record.exc_info:
             obj["exc_info"] = self.formatException(record.exc_info)
         elif record.exc_text:

@@ -67,6 +67,7 @@ from tether.worker import (
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
+    from tether._otel import Telemetry
     from tether.debug import DebugSource
 
 __all__ = ["Service"]
@@ -160,6 +161,8 @@ class Service:
         #: The successor a reload handed the sockets to: ours, never a leak of the app's.
         self._successor: int | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
+        #: OpenTelemetry, when the environment asks for it (tether._otel); made in ``run``.
+        self.telemetry: Telemetry | None = None
 
     # -- stop requests ------------------------------------------------------------
 
@@ -201,6 +204,8 @@ class Service:
         self._arm_hard_stop()
         self.ready = False
         self.status = f"stopping: {reason}"
+        if self.telemetry is not None:
+            self.telemetry.drain_begins(reason)
         if self.notifier is not None:
             self.notifier.send("STOPPING=1", f"STATUS=stopping: {reason}")
 
@@ -274,6 +279,8 @@ class Service:
         final = os.environ.pop(FINAL_ENV, None)
         self.notifier = Notifier.from_env({"NOTIFY_SOCKET": address or ""})
         try:
+            # Before the app is imported, so that its own instrumentation finds the providers.
+            self._start_telemetry()
             interface = self.config.interface
             app, kind = load_app(
                 self.config.app,
@@ -325,6 +332,8 @@ class Service:
             if previous_int is not None:
                 signal.signal(signal.SIGINT, previous_int)
             listeners.close()
+            if self.telemetry is not None:
+                self.telemetry.shutdown(self._flush_budget())
             self._disarm_hard_stop()
             if self.notifier is not None:
                 self.notifier.close()
@@ -334,6 +343,34 @@ class Service:
             # leaves on its own) must not kill the process in the middle of its report.
             with _holding(_STOP_SIGNALS):
                 await self._report_leaks(since)
+
+    def _start_telemetry(self) -> None:
+        """OpenTelemetry's providers, if any ``OTEL_*`` variable asks for them (tether._otel)."""
+        if not any(name.startswith("OTEL_") for name in os.environ):
+            return  # the common case: tether._otel and the SDK are never imported
+        from tether._otel import Telemetry
+
+        self.telemetry = telemetry = Telemetry.start(
+            {
+                "tether.worker.id": self.metrics.worker,
+                "tether.generation": int(os.environ.get("TETHER_GENERATION", "0") or 0),
+                "process.pid": os.getpid(),
+            }
+        )
+        if telemetry is None:
+            return
+        self.hooks.wrap = telemetry.server_spans
+        self.hooks.phase_done = telemetry.phase_done
+        self.tracker.observer = telemetry.task_spans()
+        telemetry.observe(self._families)
+
+    def _flush_budget(self) -> float:
+        """Seconds the telemetry's last export may take: to the group's deadline, and its grace."""
+        cancel = ShutdownBudget.of(self.config).group_abandon
+        deadline = self.group.deadline
+        if deadline is None:
+            return cancel
+        return max(cancel, deadline + cancel - asyncio.get_running_loop().time())
 
     def _failed(self, exc: BaseException) -> None:
         """Tell whoever supervises this process why it ends (one line, over notify).
@@ -703,6 +740,8 @@ class Service:
             stack = f"\n{item.stack}" if item.stack and item.kind != "task" else ""
             logger.error("abandoned at the deadline: %s%s", item.describe(), stack)
         if abandoned:
+            if self.telemetry is not None:
+                self.telemetry.abandoned(abandoned)
             errors.append(ShutdownAbandoned(abandoned))
         if errors:
             msg = "the service ended with problems"

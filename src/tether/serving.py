@@ -129,6 +129,11 @@ class DrainHooks:
     request_limit: Callable[[], None] | None = None
     #: Where every response, drain phase and loop-lag sample is counted; None: not counted.
     metrics: ProcessMetrics | None = None
+    #: Wraps the app (inside tether's own layer, around the access log) once, when the
+    #: server is built: OpenTelemetry's server spans. None: nothing, and no cost per request.
+    wrap: Callable[[ASGIApp], ASGIApp] | None = None
+    #: Told the seconds each shutdown phase took (OpenTelemetry's drain events).
+    phase_done: Callable[[str, float], None] | None = None
 
 
 class _Connections(set[Any]):
@@ -384,6 +389,8 @@ class HttpServer:
             app = _RequestLimit(app, options.limit_max_requests, self.hooks.request_limit)
         if options.access_log:
             app = AccessLog(app, options.access_logformat)
+        if self.hooks.wrap is not None:
+            app = self.hooks.wrap(app)
         self._middleware = _DrainMiddleware(app, self.hooks)
         self.config = Config(
             app=self._middleware,
@@ -523,6 +530,8 @@ class HttpServer:
         now = time.perf_counter()
         if self.hooks.metrics is not None:
             self.hooks.metrics.drain_phase(phase, now - began)
+        if self.hooks.phase_done is not None:
+            self.hooks.phase_done(phase, now - began)
         return now
 
     def _has_lifespan(self) -> bool:

@@ -38,7 +38,8 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from contextvars import Context
 from types import CoroutineType
 from typing import Any, Literal, TypeVar
 
@@ -93,6 +94,11 @@ __all__ = [
 logger = logging.getLogger("tether.tracker")
 
 T = TypeVar("T")
+#: See ``Tracker.observer``.
+TaskObserver = Callable[
+    [str, "str | None", bool, "Context | None"],
+    "tuple[Context, Callable[[asyncio.Task[Any]], None]]",
+]
 WhenClosed = Literal["refuse", "inline"]
 
 #: Seconds cancelled work gets to unwind before it is reported as ignoring cancellation.
@@ -167,6 +173,10 @@ class Tracker:
         self._unjudged: dict[asyncio.Task[Any], object] = {}
         self._completed = self._failed = self._cancelled = self._abandoned = self._adopted = 0
         self._on_done_cb = self._on_done
+        #: Told of each task before it is created (name, who started it, spawned rather
+        #: than adopted, the context it would run in); returns the context to run it in and
+        #: a done callback. OpenTelemetry's task spans; None: nothing is called.
+        self.observer: TaskObserver | None = None
 
     def __repr__(self) -> str:
         phase = ("open", "draining", "cancelling", "closed")[self._phase]
@@ -312,7 +322,12 @@ class Tracker:
             loop = asyncio.get_running_loop()
             if loop is not self._loop:
                 self._bind(loop)
-            task = loop.create_task(wrapped, name=name)
+            if self.observer is None:
+                task = loop.create_task(wrapped, name=name)
+            else:
+                context, done = self.observer(name, origin_label(by), True, None)
+                task = loop.create_task(wrapped, name=name, context=context)
+                task.add_done_callback(done)
         except BaseException:
             if self.limit is not None and self._phase == _OPEN:
                 self._release_slot()
