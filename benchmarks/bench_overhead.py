@@ -36,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -121,11 +122,17 @@ def protocols(variant: str, app: Any) -> tuple[Any, Any]:
     return server.protocol_factory({}, loop), keep  # what each accepted connection gets
 
 
-async def measure(variant: str, workload: str, n: int, repeat: int) -> dict[str, Any]:
+Protocols = Callable[[str, Any], tuple[Any, Any]]
+
+
+async def measure(
+    variant: str, workload: str, n: int, repeat: int, make_protocols: Protocols | None = None
+) -> dict[str, Any]:
+    """CPU µs per request of one variant (``make_protocols`` builds it; default: ours above)."""
     module, path, close = WORKLOADS[workload]
     sys.path.insert(0, str(HERE / "apps"))
     app = __import__(module).app
-    make, _keep = protocols(variant, app)
+    make, _keep = (make_protocols or protocols)(variant, app)
     loop = asyncio.get_running_loop()
     connection = b"Connection: close\r\n" if close else b""
     request = b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench\r\n%s\r\n" % (

@@ -119,7 +119,8 @@ def test_spans_of_every_completed_request_reach_the_receiver_through_a_reload(
 
         def arrived(r: Received) -> bool:
             have = {s.trace_id for s in r.spans if s.kind == SERVER}
-            return wanted <= have and any(s.name.startswith("tether.spawn") for s in r.spans)
+            names = {s.name for s in r.spans}
+            return wanted <= have and {"tether.spawn send_event", "tether.reload"} <= names
 
         received = receiver.wait_for(arrived)
         assert received.errors == []
@@ -176,6 +177,13 @@ def test_spans_of_every_completed_request_reach_the_receiver_through_a_reload(
         events = [name for name, _ in drain.events]
         assert "phase connections done" in events, events
         assert drain.attributes["tether.reason"] == "SIGTERM received"
+    # The master's reload is a span too, the master's log lines during it its events.
+    (reload,) = [s for s in received.spans if s.name == "tether.reload"]
+    assert reload.resource["tether.role"] == "master"
+    assert reload.attributes["tether.reload.ok"] is True
+    assert reload.attributes["tether.generation"] == 2
+    messages = [attributes.get("log.message", "") for _, attributes in reload.events]
+    assert any("generation 1 exited; reload done" in m for m in messages), messages
     # tether's own metrics, through the meter.
     assert {"tether_http_requests", "tether_http_requests_in_flight"} <= received.metric_names()
 

@@ -203,18 +203,58 @@ class Telemetry:
 
     def drain_begins(self, reason: str) -> None:
         """A stop began: a ``tether.drain`` span, whose events are tether's log records."""
+        self._lifecycle_begins("tether.drain", {"tether.reason": reason})
+
+    def _lifecycle_begins(self, name: str, attributes: dict[str, Any]) -> None:
         global _lifecycle_span
         if self.tracer is None or _lifecycle_span is not None:
             return
         from opentelemetry.context import Context
 
         _lifecycle_span = self.tracer.start_span(
-            "tether.drain",
-            context=Context(),
-            attributes={**self.attributes, "tether.reason": reason},
+            name, context=Context(), attributes={**self.attributes, **attributes}
         )
         self._events = _EventBridge()
         logging.getLogger("tether").addHandler(self._events)
+
+    def trace_pool(self, hooks: Any, reloading: Callable[[], bool]) -> None:
+        """A master's reloads as ``tether.reload`` spans, each replaced worker as a span.
+
+        ``hooks`` is the pool's :class:`~tether.master.pool.PoolHooks`; each of the
+        three it wraps still does what it did. The master's log records during a
+        reload (each worker started, ready, drained) are the reload span's events.
+        """
+        progress, reloaded, restarted = hooks.progress, hooks.reloaded, hooks.restarted
+
+        def on_progress(message: str) -> None:
+            if reloading() and _lifecycle_span is None:
+                self._lifecycle_begins("tether.reload", {})
+            progress(message)
+
+        def on_reloaded(outcome: dict[str, Any]) -> None:
+            reloaded(outcome)
+            span = _lifecycle_span
+            if span is not None:
+                from opentelemetry.trace import Status, StatusCode
+
+                span.set_attribute("tether.reload.ok", bool(outcome.get("ok")))
+                span.set_attribute("tether.generation", int(outcome.get("generation") or 0))
+                if not outcome.get("ok"):
+                    span.set_status(Status(StatusCode.ERROR, str(outcome.get("error"))))
+            self.drain_ends()
+
+        def on_restarted(cause: str) -> None:
+            restarted(cause)
+            if self.tracer is not None:
+                from opentelemetry.context import Context
+
+                self.tracer.start_span(
+                    "tether.worker.replaced",
+                    context=Context(),
+                    attributes={**self.attributes, "tether.cause": cause},
+                ).end()
+
+        hooks.progress, hooks.reloaded, hooks.restarted = on_progress, on_reloaded, on_restarted
 
     def phase_done(self, phase: str, seconds: float) -> None:
         """A shutdown phase ended: an event on the drain span."""
@@ -242,7 +282,7 @@ class Telemetry:
             span.set_status(Status(StatusCode.ERROR, f"{count} item(s) abandoned at the deadline"))
 
     def drain_ends(self) -> None:
-        """The drain is over: its span ends (before the flush that exports it)."""
+        """The drain (or a master's reload) is over: its span ends, to be exported."""
         global _lifecycle_span
         span, _lifecycle_span = _lifecycle_span, None
         if self._events is not None:

@@ -47,7 +47,7 @@ import shutil
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from tether import sockets as sockets_mod
 from tether._children import Child, start_child
@@ -71,6 +71,9 @@ from tether.metrics import FINAL_ENV, Aggregator, Lifecycle, final_path
 from tether.notify import Notifier, NotifyMessage, NotifyReceiver, watchdog_interval
 from tether.signals import handle_signals
 from tether.worker import NOTIFY_ENV, PARENT_FD_ENV, WORKER_PROGRAM, worker_argv, worker_base_env
+
+if TYPE_CHECKING:
+    from tether._otel import Telemetry
 
 __all__ = ["Master", "run_master"]
 
@@ -154,6 +157,8 @@ class Master:
             reloaded=self.lifecycle.reloaded,
         )
         self.upgrader: Upgrader | None = None
+        #: OpenTelemetry, when the environment asks for it; made once the workers started.
+        self.telemetry: Telemetry | None = None
 
     # -- the whole life -------------------------------------------------------------
 
@@ -278,6 +283,8 @@ class Master:
         if self.upgrader is not None and not handed_over:
             await self.upgrader.close()
         await self.pool.close()
+        if self.telemetry is not None:
+            self.telemetry.shutdown(self.budget.cancel)
         for fd in (self._parent_r, self._parent_w):
             if fd >= 0:
                 os.close(fd)
@@ -339,6 +346,7 @@ class Master:
         begin = self._spawned if self._upgraded_from is None else self._first_ready
         if not await _first(asyncio.ensure_future(begin.wait()), stop):
             return
+        self._start_telemetry()
         inner = Group("master-servers", graceful_timeout=0.5, cancel_timeout=0.5)
         try:
             if self._control_sock is not None:
@@ -372,6 +380,19 @@ class Master:
             with contextlib.suppress(Exception):
                 await inner.wait()
         await self._pool_done.wait()
+
+    def _start_telemetry(self) -> None:
+        """OpenTelemetry's reload and replacement spans, if ``OTEL_*`` asks (tether._otel).
+
+        After the first workers started: the SDK's import must not delay them.
+        """
+        if not any(name.startswith("OTEL_") for name in os.environ):
+            return
+        from tether._otel import Telemetry
+
+        self.telemetry = Telemetry.start({"tether.role": "master", "process.pid": self._pid})
+        if self.telemetry is not None:
+            self.telemetry.trace_pool(self.pool.hooks, lambda: self.pool.reloading)
 
     async def _notifications_member(self, stop: StopToken) -> None:
         assert self._rx is not None
