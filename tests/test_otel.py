@@ -17,12 +17,17 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 from masterproc import MasterProc
 from otlp import Received, Receiver, Span
-from tether._otel import enabled
+from tether._otel import ServerSpans, enabled
 
 from proc import APPS
 
@@ -225,3 +230,79 @@ def test_with_no_otel_variable_nothing_is_imported_or_wrapped() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == [True, True, []]
+
+
+def _traced(app: Any) -> tuple[ServerSpans, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return ServerSpans(app, provider.get_tracer("test")), exporter
+
+
+async def _call(app: Any, method: str, headers: list[tuple[bytes, bytes]]) -> list[Any]:
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": "/x",
+        "scheme": "https",
+        "http_version": "2",
+        "headers": headers,
+        "server": ("10.0.0.1", 8443),
+        "client": ("::1", 5000),
+    }
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+async def _raises(scope: Any, receive: Any, send: Any) -> None:
+    raise LookupError("no such thing")
+
+
+async def _answers_503(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 503, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def test_an_app_that_raises_before_answering_is_a_500_error_span() -> None:
+    """The span says what the client got (500), with the exception's type as error.type."""
+    app, exporter = _traced(_raises)
+    with pytest.raises(LookupError):
+        asyncio.run(_call(app, "BREW", [(b"host", b"[::1]:8080")]))
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "HTTP"
+    assert span.status.status_code is StatusCode.ERROR
+    assert dict(span.attributes or {}) == {
+        "http.request.method": "_OTHER",
+        "http.request.method_original": "BREW",
+        "url.path": "/x",
+        "url.scheme": "https",
+        "network.protocol.version": "2",
+        "server.address": "::1",
+        "server.port": 8080,
+        "client.address": "::1",
+        "client.port": 5000,
+        "http.response.status_code": 500,
+        "error.type": "LookupError",
+    }
+
+
+def test_a_5xx_answer_is_an_error_and_no_host_header_falls_back_to_the_socket() -> None:
+    """A 503 sets the error status; without Host, server.* come from the socket's address."""
+    app, exporter = _traced(_answers_503)
+    sent = asyncio.run(_call(app, "POST", []))
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "POST"
+    assert span.status.status_code is StatusCode.ERROR
+    attributes = dict(span.attributes or {})
+    assert (attributes["server.address"], attributes["server.port"]) == ("10.0.0.1", 8443)
+    assert (attributes["http.response.status_code"], attributes["error.type"]) == (503, "503")
+    assert span.parent is None  # no traceparent: a new trace
