@@ -127,7 +127,15 @@ def test_spans_of_every_completed_request_reach_the_receiver_through_a_reload(
             names = {s.name for s in r.spans}
             return wanted <= have and {"tether.spawn send_event", "tether.reload"} <= names
 
-        received = receiver.wait_for(arrived)
+        try:
+            received = receiver.wait_for(arrived, timeout=30)
+        except AssertionError as exc:
+            r = receiver.received
+            missing = wanted - {s.trace_id for s in r.spans if s.kind == SERVER}
+            raise AssertionError(
+                f"{exc}; no server span for {len(missing)} of {len(wanted)} requests; "
+                f"span names {sorted({s.name for s in r.spans})}\n{log[-3000:]}"
+            ) from None
         assert received.errors == []
 
     generations = set()

@@ -284,7 +284,7 @@ class Master:
             await self.upgrader.close()
         await self.pool.close()
         if self.telemetry is not None:
-            self.telemetry.shutdown(self.budget.cancel)
+            self.telemetry.shutdown(self.budget.master_kill)
         for fd in (self._parent_r, self._parent_w):
             if fd >= 0:
                 os.close(fd)
