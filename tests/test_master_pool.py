@@ -397,6 +397,51 @@ def _no_priority(pid: int, level: str) -> None:
     pass
 
 
+def test_a_stop_during_the_first_start_drains_the_worker_already_ready() -> None:
+    """Stopped while worker 1 is READY and worker 2 starts: both get TERM, none SIGKILL."""
+
+    async def scenario() -> None:
+        fake = FakeOS()
+        pool = make_pool(fake)
+        start = asyncio.ensure_future(pool.start())
+        await settle()
+        first, second = fake.children
+        ready(pool, first)
+        await settle()
+        start.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await start
+        assert first.signals == [] and second.signals == []
+        await pool.stop_workers(fast=False)
+        assert first.signals == [signal.SIGTERM] and second.signals == [signal.SIGTERM]
+        await pool.close()
+
+    run(scenario)
+
+
+def test_a_stop_during_a_reload_drains_the_new_workers_already_ready() -> None:
+    """Stopped mid-reload with one new worker READY: it drains (TERM); none is killed."""
+
+    async def scenario() -> None:
+        fake = FakeOS()
+        pool = make_pool(fake)
+        serve = await serving(pool, fake)
+        pool.request("reload")
+        await settle()
+        new_first, _starting = fake.last(2)
+        ready(pool, new_first)
+        await settle()
+        serve.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await serve
+        await pool.stop_workers(fast=False)
+        assert all(child.signals == [signal.SIGTERM] for child in fake.children)
+        assert pool.active is not None and pool.active.number == 1
+        await pool.close()
+
+    run(scenario)
+
+
 def test_a_stop_with_a_stuck_worker_reports_it_abandoned() -> None:
     """A worker that ignores TERM past the budget is killed and named in ShutdownAbandoned."""
 

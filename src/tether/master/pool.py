@@ -241,9 +241,11 @@ class Pool:
 
         Raises ShutdownAbandoned if a worker that served abandoned work or had
         to be killed, WorkersFailed if one exited with an error; a worker still
-        starting had no work to lose (TERM during its import is not a failure).
+        starting had no work to lose (TERM during its import is not a failure),
+        so it is killed after the short bound (``master_kill``), not the budget.
         """
         self.begin_stop()
+        self._read_pending()  # a READY already sent: that worker serves, and drains
         workers = self.live_workers()
         for w in workers:
             self._ask_to_stop(w, signal.SIGQUIT if fast else signal.SIGTERM)
@@ -252,8 +254,14 @@ class Pool:
         deadline = now + self.budget.master_kill if fast else self.budget.deadline(now)
         if not fast:
             deadline += self.budget.master_kill
-        stuck = await self._wait_or_kill(workers, deadline)
         served = [w for w in workers if w.ready_at is not None]
+        # A worker still starting has nothing to drain: it gets the short bound.
+        starting = [w for w in workers if w.ready_at is None]
+        stuck_served, stuck_starting = await asyncio.gather(
+            self._wait_or_kill(served, deadline),
+            self._wait_or_kill(starting, min(deadline, now + self.budget.master_kill)),
+        )
+        stuck = stuck_served + stuck_starting
         log.info("master %d: stopped (%d worker(s) drained)", self._pid, len(workers))
         abandoned = [
             AbandonedWork("worker", w.label, detail="killed at the deadline")
@@ -343,6 +351,15 @@ class Pool:
             failure = first_error
         except WorkerFailed as exc:
             failure = exc
+        except asyncio.CancelledError:
+            # A stop while the generation starts. A READY worker is serving (its
+            # sockets are the service's): it holds requests and background work, so it
+            # drains with every other worker (stop_workers), as do those still starting.
+            if gen.ready_count() == 0:
+                await asyncio.shield(self._discard(gen))
+            elif first:
+                self._promote(gen)
+            raise
         except BaseException:
             await asyncio.shield(self._discard(gen))
             raise
