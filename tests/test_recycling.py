@@ -169,3 +169,33 @@ def test_a_worker_past_max_worker_memory_is_replaced_with_no_failed_request(
     assert stats.failed == 0, stats.errors
     assert log.count("passed --max-worker-memory 64 MiB") >= 3, log
     assert len(stats.versions) > 3, stats.versions
+
+
+def test_a_due_worker_whose_successor_fails_takes_requests_again(tmp_path: Path) -> None:
+    """One worker due while the code on disk is broken: it serves on, 0 fail; fixed, it recycles."""
+    (tmp_path / "hello.py").write_text("from impl import app\n")
+    (tmp_path / "impl.py").write_text(PID_APP)
+
+    async def scenario() -> None:
+        async with MasterProc(
+            tmp_path, "--no-access-log", "--max-requests", "200", workers=1
+        ) as master:
+            await master.wait_for("READY")
+            (first,) = await master.worker_pids()
+            (tmp_path / "impl.py").write_text("raise RuntimeError('broken deploy')\n")
+            async with Load(master.port, connections=CONNECTIONS) as load:
+                async with asyncio.timeout(60):
+                    while "takes requests again" not in master.log():
+                        await asyncio.sleep(0.05)
+                    served = load.stats.versions[str(first)]
+                    while load.stats.versions[str(first)] < served + 200:
+                        await asyncio.sleep(0.05)  # it serves on, past its limit
+                    (tmp_path / "impl.py").write_text(PID_APP)
+                    while (await master.ctl("status"))["status"]["master"]["recycles"] < 1:
+                        await asyncio.sleep(0.05)
+            master.seen_workers.update(started_workers(master.log()))
+            assert load.stats.failed == 0, load.stats.errors
+            assert (await master.worker_pids()) != [first]
+            assert "RuntimeError: broken deploy" in master.log()
+
+    asyncio.run(scenario())
