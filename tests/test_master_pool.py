@@ -397,6 +397,51 @@ def _no_priority(pid: int, level: str) -> None:
     pass
 
 
+def test_a_stop_during_the_first_start_drains_the_worker_already_ready() -> None:
+    """Stopped while worker 1 is READY and worker 2 starts: both get TERM, none SIGKILL."""
+
+    async def scenario() -> None:
+        fake = FakeOS()
+        pool = make_pool(fake)
+        start = asyncio.ensure_future(pool.start())
+        await settle()
+        first, second = fake.children
+        ready(pool, first)
+        await settle()
+        start.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await start
+        assert first.signals == [] and second.signals == []
+        await pool.stop_workers(fast=False)
+        assert first.signals == [signal.SIGTERM] and second.signals == [signal.SIGTERM]
+        await pool.close()
+
+    run(scenario)
+
+
+def test_a_stop_during_a_reload_drains_the_new_workers_already_ready() -> None:
+    """Stopped mid-reload with one new worker READY: it drains (TERM); none is killed."""
+
+    async def scenario() -> None:
+        fake = FakeOS()
+        pool = make_pool(fake)
+        serve = await serving(pool, fake)
+        pool.request("reload")
+        await settle()
+        new_first, _starting = fake.last(2)
+        ready(pool, new_first)
+        await settle()
+        serve.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await serve
+        await pool.stop_workers(fast=False)
+        assert all(child.signals == [signal.SIGTERM] for child in fake.children)
+        assert pool.active is not None and pool.active.number == 1
+        await pool.close()
+
+    run(scenario)
+
+
 def test_a_stop_with_a_stuck_worker_reports_it_abandoned() -> None:
     """A worker that ignores TERM past the budget is killed and named in ShutdownAbandoned."""
 
@@ -502,6 +547,108 @@ def test_the_pool_tells_its_hooks_each_exit_restart_cause_and_reload() -> None:
         assert third.signals == [signal.SIGUSR1, signal.SIGKILL]
         assert causes == ["crash", "watchdog"] and exited[-1] == third.pid
         serve.cancel()
+        await pool.close()
+
+    run(scenario)
+
+
+def recycle_due(pool: Pool, child: FakeChild) -> None:
+    """The worker says it reached --max-requests (it has stopped taking requests)."""
+    say(pool, child, TETHER_RECYCLE="1", STATUS="recycling: served 100 requests")
+
+
+def test_a_due_worker_drains_once_its_successor_is_ready() -> None:
+    """A worker due for recycling: its successor starts at once; it gets TERM when that is READY."""
+
+    async def scenario() -> None:
+        fake = FakeOS()
+        pool = make_pool(fake, workers=1)
+        serve = await serving(pool, fake)
+        (old,) = fake.children
+        recycle_due(pool, old)
+        await settle()
+        assert len(fake.children) == 2 and old.signals == []
+        ready(pool, fake.children[1])
+        await settle()
+        assert old.signals == [signal.SIGTERM]
+        assert pool.recycles == 1
+        serve.cancel()
+        await pool.close()
+
+    run(scenario)
+
+
+def test_a_due_worker_takes_requests_again_when_its_successor_fails() -> None:
+    """The successor exits before READY: the old worker is told to resume (CONT), then retried."""
+
+    async def scenario() -> None:
+        fake = FakeOS()
+        pool = make_pool(fake, workers=1)
+        serve = await serving(pool, fake)
+        (old,) = fake.children
+        recycle_due(pool, old)
+        await settle()
+        fake.children[1].exit(3)
+        await settle()
+        assert old.signals == [signal.SIGCONT]
+        async with asyncio.timeout(5):  # the retry comes after the first backoff (0.5 s)
+            while len(fake.children) < 3:
+                await asyncio.sleep(0.05)
+        ready(pool, fake.children[2])
+        await settle()
+        assert old.signals == [signal.SIGCONT, signal.SIGTERM]
+        serve.cancel()
+        await pool.close()
+
+    run(scenario)
+
+
+def test_a_successor_due_before_it_took_over_is_recycled_next() -> None:
+    """READY and due in one breath: the successor takes over, then its own successor starts."""
+
+    async def scenario() -> None:
+        fake = FakeOS()
+        pool = make_pool(fake, workers=1)
+        serve = await serving(pool, fake)
+        old = fake.children[0]
+        recycle_due(pool, old)
+        await settle()
+        successor = fake.children[1]
+        ready(pool, successor)
+        recycle_due(pool, successor)
+        await settle()
+        assert old.signals == [signal.SIGTERM]
+        assert successor.signals == []  # not told to resume: its successor is on the way
+        assert len(fake.children) == 3
+        ready(pool, fake.children[2])
+        await settle()
+        assert successor.signals == [signal.SIGTERM]
+        serve.cancel()
+        await pool.close()
+
+    run(scenario)
+
+
+def test_a_worker_due_while_its_generation_starts_resumes_then_is_recycled() -> None:
+    """Due before its sibling is READY: told to resume; recycled once the generation serves."""
+
+    async def scenario() -> None:
+        fake = FakeOS()
+        pool = make_pool(fake)
+        start = asyncio.ensure_future(pool.start())
+        await settle()
+        first, second = fake.children
+        ready(pool, first)
+        recycle_due(pool, first)
+        await settle()
+        assert first.signals == [signal.SIGCONT] and len(fake.children) == 2
+        ready(pool, second)
+        await start
+        await settle()
+        assert len(fake.children) == 3  # first's successor
+        ready(pool, fake.children[2])
+        await settle()
+        assert first.signals == [signal.SIGCONT, signal.SIGTERM]
         await pool.close()
 
     run(scenario)

@@ -8,6 +8,7 @@ import os
 import re
 import resource
 import signal
+import time
 from pathlib import Path
 
 from loadclient import Load
@@ -198,3 +199,111 @@ def test_a_replacement_refused_by_the_os_is_retried(tmp_path: Path) -> None:
             master.seen_workers.update(started_workers(master.log()))
 
     asyncio.run(scenario())
+
+
+#: hello.py for a stop during a partly-up start: worker 2's import blocks on a FIFO nobody
+#: writes, while worker 1 serves a slow request and accepts tracked background jobs.
+PARTLY_UP = """\
+import asyncio
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if os.environ.get("TETHER_WORKER_ID") == "2":
+    with open(os.path.join(HERE, "never")) as fifo:
+        fifo.read()
+
+import tether
+
+JOB_SECONDS = float(open(os.path.join(HERE, "job_seconds.txt")).read())
+
+
+async def job(n):
+    await asyncio.sleep(JOB_SECONDS)
+    with open(os.path.join(HERE, "jobs.txt"), "a") as f:
+        f.write(n + "\\n")
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["path"] == "/slow":
+        open(os.path.join(HERE, "slow.began"), "w").close()
+        await asyncio.sleep(2)
+    elif scope["path"] == "/spawn":
+        n = scope["query_string"].decode()
+        tether.spawn(job(n), name=f"job {n}")
+    body = f"done {os.getpid()}\\n".encode()
+    headers = [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+def answer_or_cut(port: int, path: str) -> tuple[int, str]:
+    """``http_get``, with a connection cut before the answer as status 0."""
+    try:
+        return http_get(port, path)
+    except OSError as exc:
+        return 0, f"cut: {exc!r}"
+
+
+async def term_while_partly_up(
+    tmp_path: Path, job_seconds: float, *args: str
+) -> tuple[int, tuple[int, str], list[str], str]:
+    """TERM the master while worker 1 serves a slow request and 20 jobs, worker 2 starting.
+
+    Returns the master's exit code, the slow request's answer, the jobs that
+    finished, and the master's log.
+    """
+    (tmp_path / "hello.py").write_text(PARTLY_UP)
+    (tmp_path / "job_seconds.txt").write_text(str(job_seconds))
+    os.mkfifo(tmp_path / "never")
+    async with MasterProc(tmp_path, "--reload-timeout", "60", *args) as master:
+        await first_worker_ready(master)
+        status = (await master.ctl("status"))["status"]
+        states = [w["state"] for w in status["generations"][0]["workers"]]
+        assert sorted(states) == ["ready", "starting"], status
+        master.seen_workers.update(await master.worker_pids())
+        for n in range(20):
+            assert (await asyncio.to_thread(http_get, master.port, f"/spawn?{n}"))[0] == 200
+        slow = asyncio.ensure_future(asyncio.to_thread(answer_or_cut, master.port, "/slow"))
+        async with asyncio.timeout(10):
+            while not (tmp_path / "slow.began").exists():
+                await asyncio.sleep(0.02)
+        assert master.proc is not None
+        master.proc.send_signal(signal.SIGTERM)
+        began = time.monotonic()
+        code = await asyncio.wait_for(asyncio.to_thread(master.proc.wait), 30)
+        took = time.monotonic() - began
+        answer = await slow
+        master.seen_workers.update(started_workers(master.log()))
+    jobs_file = tmp_path / "jobs.txt"
+    jobs = jobs_file.read_text().split() if jobs_file.exists() else []
+    return code, answer, jobs, f"exit {code} after {took:.2f}s\n{master.log()}"
+
+
+def test_a_stop_while_the_first_generation_is_partly_up_drains_the_ready_worker(
+    tmp_path: Path,
+) -> None:
+    """TERM with worker 1 serving and worker 2 starting: the request and 20 jobs finish, exit 0."""
+    code, answer, jobs, log = asyncio.run(term_while_partly_up(tmp_path, 1.0))
+    assert answer[0] == 200 and answer[1].startswith("done "), (answer, log)
+    assert sorted(jobs, key=int) == [str(n) for n in range(20)], log
+    assert code == 0, log
+
+
+def test_work_abandoned_in_a_stop_while_partly_up_is_named_with_exit_4(tmp_path: Path) -> None:
+    """Jobs longer than the budget, in a stop during a partly-up start: named, and exit 4."""
+    code, answer, jobs, log = asyncio.run(
+        term_while_partly_up(tmp_path, 60.0, "--graceful-timeout", "3")
+    )
+    assert answer[0] == 200, (answer, log)
+    assert jobs == []
+    assert code == 4, log
+    assert all(f"job {n}" in log for n in range(20)), log

@@ -326,6 +326,13 @@ RUN_OPTIONS: list[Callable[[F], F]] = [
         help="Add 0..N at random to --max-requests, per process, so workers recycle apart.",
     ),
     _opt(
+        "--max-worker-memory",
+        type=int,
+        metavar="MIB",
+        help="A process whose resident memory (RSS) passes MIB mebibytes is recycled as "
+        "--max-requests does: it stops taking requests, a fresh one takes over.",
+    ),
+    _opt(
         "--gc-freeze/--no-gc-freeze",
         default=True,
         show_default=True,

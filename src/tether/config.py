@@ -338,6 +338,9 @@ class RunConfig:
     #: replaced by a fresh one that is READY before it drains.
     max_requests: int | None = field(default=None, metadata=_flag("--max-requests"))
     max_requests_jitter: int = field(default=0, metadata=_flag("--max-requests-jitter"))
+    #: Recycling by size: a process whose resident memory passes this many MiB is
+    #: replaced the same way (no jitter: it is a ceiling).
+    max_worker_memory: int | None = field(default=None, metadata=_flag("--max-worker-memory"))
     #: tether's access log: one record per response, after it, with its duration.
     access_log: bool = field(default=True, metadata=_flag("--access-log"))
     #: The access log's line, in gunicorn's atoms (None: tether's default line).
@@ -394,6 +397,8 @@ class RunConfig:
                 )
                 raise ConfigError(msg)
         _check_count("--max-requests-jitter", self.max_requests_jitter)
+        if self.max_worker_memory is not None:
+            _check_count("--max-worker-memory", self.max_worker_memory, minimum=1)
         for directory in self.reload_dirs:
             if not os.path.isdir(directory):
                 msg = f"--reload-dir {directory}: no such directory; check the path"

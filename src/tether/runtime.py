@@ -58,6 +58,7 @@ from tether.worker import (
     FAILED_STATUS,
     PARENT_FD_ENV,
     RECYCLE_FIELD,
+    RESUME_SIGNAL,
     failure_line,
     take_notify_address,
 )
@@ -84,6 +85,8 @@ _HOSTING_THREADS = (
     "concurrent.futures.thread._worker",
     "anyio._backends._asyncio.WorkerThread.run",
 )
+#: Bytes in a MiB (--max-worker-memory).
+MIB = 1024 * 1024
 #: Signals that begin a stop; only these arm the last-resort timer from the handler.
 _STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 
@@ -163,6 +166,9 @@ class Service:
         self._drain_timer: asyncio.TimerHandle | None = None
         #: OpenTelemetry, when the environment asks for it (tether._otel); made in ``run``.
         self.telemetry: Telemetry | None = None
+        #: --max-requests or --max-worker-memory was reached (a successor is asked for once).
+        self._recycle_asked = False
+        self._resuming: asyncio.Task[None] | None = None
 
     # -- stop requests ------------------------------------------------------------
 
@@ -259,6 +265,8 @@ class Service:
                 self.request_stop(f"{name} received")
         elif signum in (signal.SIGHUP, signal.SIGUSR2):
             self._reload(f"{signal.Signals(signum).name} received")
+        elif signum == RESUME_SIGNAL and self._is_worker:
+            self._resume_accepting()
         elif signum == signal.SIGUSR1:
             # Thread stacks were written by faulthandler already, even if the loop was stuck.
             from tether.debug import format_task_dump, task_dump
@@ -311,6 +319,7 @@ class Service:
             # Ctrl-C reaches the whole process group; the master turns it into one TERM
             # for us. Taking the INT too would make that TERM a "second signal".
             handled.discard(signal.SIGINT)
+            handled.add(RESUME_SIGNAL)
         previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN) if self._is_worker else None
         try:
             with handle_signals(
@@ -479,7 +488,11 @@ class Service:
             )
         elif config.max_requests is not None:
             limit = config.max_requests + random.randint(0, config.max_requests_jitter)
-            self.hooks.request_limit = functools.partial(self._recycle, limit)
+            self.hooks.request_limit = functools.partial(
+                self._recycle, f"served {limit} requests (--max-requests)"
+            )
+        if config.max_worker_memory is not None:
+            self.hooks.tick = self._check_memory
         return ServeOptions(
             idle_grace=config.idle_grace,
             head_timeout=config.timeout_request_head,
@@ -525,19 +538,51 @@ class Service:
             with Notifier(self._handoff_notify) as predecessor:
                 predecessor.send("READY=1")
 
-    def _recycle(self, served: int) -> None:
-        """--max-requests reached: a fresh process takes over, READY before this one drains.
+    def _recycle(self, why: str) -> None:
+        """--max-requests or --max-worker-memory reached: a fresh process takes over.
 
-        A master's worker asks its master, which starts the successor in its slot;
-        one process hands its sockets over as a reload does.
+        Asked once per process. A master's worker stops taking connections and
+        requests at once (each open connection gets at most one more, told
+        ``Connection: close``; new ones queue in the master's sockets for the
+        siblings and the successor) and asks its master for a successor, which
+        is READY before this one is told to drain; if none can be started, the
+        master sends RESUME_SIGNAL and this one serves on. One process hands
+        its sockets over as a reload does.
         """
-        why = f"served {served} requests (--max-requests)"
+        if self._recycle_asked:
+            return
+        self._recycle_asked = True
         if self._is_worker:
-            logger.info("%s: asking the master for a successor", why)
+            logger.info("%s: taking no new requests; asking the master for a successor", why)
+            if self.http is not None:
+                self.http.stop_accepting()
             if self.notifier is not None:
                 self.notifier.send(f"{RECYCLE_FIELD}=1", f"STATUS=recycling: {why}")
         else:
             self._reload(why)
+
+    def _resume_accepting(self) -> None:
+        """RESUME_SIGNAL: no successor could take over; serve on (not once stopping)."""
+        http = self.http
+        if http is None or http.accepting or self._stop_requested:
+            return
+        if self._resuming is not None and not self._resuming.done():
+            return
+        logger.warning("no successor could be started: taking requests again")
+        self._resuming = asyncio.get_running_loop().create_task(
+            http.resume_accepting(), name="tether-resume-accepting"
+        )
+
+    def _check_memory(self) -> None:
+        """--max-worker-memory: recycle once resident memory passes the limit."""
+        limit = self.config.max_worker_memory
+        if limit is None or self._recycle_asked:
+            return
+        rss = process_rss()
+        if rss > limit * MIB:
+            self._recycle(
+                f"resident memory {rss / MIB:.0f} MiB passed --max-worker-memory {limit} MiB"
+            )
 
     def _reload(self, why: str) -> None:
         """HUP/USR2, --max-requests, --reload in one process: hand the sockets to a fresh copy."""
@@ -587,6 +632,7 @@ class Service:
         self.metrics.loop_lag(late)
         if self.notifier is not None:
             self.notifier.send("WATCHDOG=1")
+        self._check_memory()  # growth without connections (background work) counts too
 
     def _watch_parent(self, loop: asyncio.AbstractEventLoop) -> None:
         """Stop when the pipe from the parent (a master) reaches end-of-file: it is gone.

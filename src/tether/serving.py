@@ -134,6 +134,9 @@ class DrainHooks:
     wrap: Callable[[ASGIApp], ASGIApp] | None = None
     #: Told the seconds each shutdown phase took (OpenTelemetry's drain events).
     phase_done: Callable[[str, float], None] | None = None
+    #: Called about once a second while connections are open (with the date clock), for
+    #: cheap checks that only traffic makes necessary (``--max-worker-memory``).
+    tick: Callable[[], None] | None = None
 
 
 class _Connections(set[Any]):
@@ -184,6 +187,7 @@ class _State(ServerState):
         date: bool = True,
         lag: Callable[[float], None] | None = None,
         tasks: set[asyncio.Future[Any]] | None = None,
+        tick: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
         if tasks is not None:
@@ -195,6 +199,7 @@ class _State(ServerState):
         self._clock: asyncio.TimerHandle | None = None
         # The clock is also the event-loop lag probe: it only runs while there is traffic.
         self._lag = lag
+        self._tick = tick
         self._due = 0.0  # loop time the clock's next tick is due
         self._refresh_date()
 
@@ -212,9 +217,11 @@ class _State(ServerState):
             delay = 1.0 - now % 1.0
             self._due = loop.time() + delay
             self._clock = loop.call_later(delay, self._refresh_date)
+            if self._tick is not None:
+                self._tick()
 
     def _start_clock(self) -> None:
-        if not self._dated and self._lag is None:
+        if not self._dated and self._lag is None and self._tick is None:
             return
         loop = asyncio.get_running_loop()
         self._due = loop.time()
@@ -407,9 +414,14 @@ class HttpServer:
             date=options.http.date_header,
             lag=metrics.loop_lag if metrics is not None else None,
             tasks=self.hooks.requests,
+            tick=self.hooks.tick,
         )
         self.phase = "created"
         self._servers: list[asyncio.Server] = []
+        self._protocol: Callable[[], asyncio.Protocol] | None = None
+        #: False once stop_accepting() was called (until resume_accepting()).
+        self.accepting = False
+        self._idle_close: asyncio.TimerHandle | None = None
         self._lifespan: _Lifespan | None = None
         self._background: asyncio.Future[list[AbandonedWork]] | None = None
 
@@ -446,8 +458,15 @@ class HttpServer:
                 )
                 raise StartupError(msg)
         app_state = self._lifespan.state if self._lifespan is not None else {}
+        self._protocol = self.protocol_factory(app_state, asyncio.get_running_loop())
+        await self._listen()
+
+    async def _listen(self) -> None:
+        """Accept on every socket: at startup, and when taking connections again."""
+        config = self.config
         loop = asyncio.get_running_loop()
-        protocol = self.protocol_factory(app_state, loop)
+        protocol = self._protocol
+        assert protocol is not None
         for sock in self.sockets:
             if sock.family == socket.AF_UNIX:
                 server = await loop.create_unix_server(
@@ -458,6 +477,59 @@ class HttpServer:
                     protocol, sock=sock, backlog=config.backlog, ssl=config.ssl
                 )
             self._servers.append(server)
+        self.accepting = True
+
+    # -- refusing new work while a successor starts --------------------------------
+
+    def stop_accepting(self) -> None:
+        """Take no new connections or requests; finish what is in progress, keep running.
+
+        The first half of a drain (phases 3 and 4, without waiting), for a
+        process that is about to be replaced (``--max-requests``): its
+        listeners close (whoever holds the other copies, a master, keeps them
+        open, so new connections queue for the siblings and the successor);
+        each open connection serves at most one more request, told
+        ``Connection: close``; an idle one is closed after ``idle_grace``.
+        :meth:`resume_accepting` undoes it when no successor comes.
+        """
+        if self.phase != "serving" or not self.accepting:
+            return
+        self.accepting = False
+        # Each server closes the socket it was given: keep copies to listen on again.
+        self.sockets = [sock.dup() for sock in self.sockets]
+        for server in self._servers:
+            server.close()
+        self._close_after_response()
+        self._idle_close = asyncio.get_running_loop().call_later(
+            self.options.idle_grace, self._close_idle
+        )
+
+    async def resume_accepting(self) -> None:
+        """Take connections and requests again (no successor is coming); not once draining."""
+        if self.phase != "serving" or self.accepting:
+            return
+        if self._idle_close is not None:
+            self._idle_close.cancel()
+            self._idle_close = None
+        self._middleware.draining = False
+        await self._listen()
+
+    def _close_after_response(self) -> None:
+        """Every response from now on says ``Connection: close``, and its connection closes."""
+        self._middleware.draining = True
+        for conn in list(self.state.connections):
+            cycle = getattr(conn, "cycle", None)
+            # Only where the response has not started: the server then says
+            # "Connection: close" in it. Once the headers are out, closing after the
+            # response would cut the next request the client sends without warning;
+            # that request comes during the idle grace and is told to close instead.
+            if cycle is not None and not cycle.response_started:
+                cycle.keep_alive = False
+
+    def _close_idle(self) -> None:
+        self._idle_close = None
+        for conn in list(self.state.connections):
+            conn.shutdown()  # idle: closed now; busy: closed after the response
 
     def protocol_factory(
         self, app_state: dict[str, Any], loop: asyncio.AbstractEventLoop
@@ -494,6 +566,7 @@ class HttpServer:
         # Phase 3: stop accepting. Our copies of the listeners close; a master
         # keeps its own, so queued connections wait for the next generation.
         self.phase = "draining"
+        self.accepting = False
         self.hooks.drain.set()
         for server in self._servers:
             server.close()
@@ -542,15 +615,10 @@ class HttpServer:
     async def _drain_connections(self, stop: StopToken) -> None:
         """Phase 4: in-flight requests finish, keep-alive connections close, idle ones too."""
         state = self.state
-        self._middleware.draining = True
-        for conn in list(state.connections):
-            cycle = getattr(conn, "cycle", None)
-            # Only where the response has not started: the server then says
-            # "Connection: close" in it. Once the headers are out, closing after the
-            # response would cut the next request the client sends without warning;
-            # that request comes during the idle grace and is told to close instead.
-            if cycle is not None and not cycle.response_started:
-                cycle.keep_alive = False
+        if self._idle_close is not None:  # the drain gives idle connections their grace
+            self._idle_close.cancel()
+            self._idle_close = None
+        self._close_after_response()
         if state.connections:
             logger.info("draining %d connection(s)", len(state.connections))
             grace = min(self.options.idle_grace, stop.remaining() or 0.0)
@@ -642,6 +710,8 @@ class HttpServer:
             background.cancel()
 
     def _close_everything(self) -> None:
+        if self._idle_close is not None:
+            self._idle_close.cancel()
         for server in self._servers:
             server.close()
         for conn in list(self.state.connections):

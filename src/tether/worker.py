@@ -19,7 +19,11 @@ sockets by ``LISTEN_FDS`` and these variables (env in):
 
 What it sends back (env out, over the notify socket): ``READY=1`` once it
 serves; ``STATUS=failed: <one line>`` when it fails (to start or later), so
-the master can say why a reload failed without copying the worker's output.
+the master can say why a reload failed without copying the worker's output;
+``TETHER_RECYCLE=1`` (:data:`RECYCLE_FIELD`) when it is due for recycling: it
+has stopped taking requests, and drains when the master sends TERM once its
+successor is READY, or takes requests again on :data:`RESUME_SIGNAL` when no
+successor could be started.
 Its private debug socket (``--debug-bind unix:PATH``) answers the master's scrapes of
 ``/metrics`` and ``/debug/?format=json``.
 
@@ -31,6 +35,7 @@ last words.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -41,6 +46,7 @@ __all__ = [
     "NOTIFY_ENV",
     "PARENT_FD_ENV",
     "RECYCLE_FIELD",
+    "RESUME_SIGNAL",
     "WORKER_PROGRAM",
     "failure_line",
     "take_notify_address",
@@ -54,8 +60,12 @@ NOTIFY_ENV = "TETHER_NOTIFY_SOCKET"
 PARENT_FD_ENV = "TETHER_PARENT_FD"
 #: How a worker's last STATUS begins when it fails (to start, or while serving).
 FAILED_STATUS = "failed: "
-#: The notification field a worker sets when it has served its --max-requests.
+#: The notification field a worker sets when it is due for recycling (--max-requests,
+#: --max-worker-memory): it has stopped taking requests and waits for its successor.
 RECYCLE_FIELD = "TETHER_RECYCLE"
+#: What the master sends a worker that stopped taking requests to be recycled when no
+#: successor can take over (it failed to start): take connections again. CONTinue.
+RESUME_SIGNAL = signal.SIGCONT
 #: How a worker is started; the rest of the command line is ``worker_argv``.
 WORKER_PROGRAM: tuple[str, ...] = (sys.executable, "-m", "tether")
 

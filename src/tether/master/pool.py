@@ -17,6 +17,10 @@ Invariants:
 - a worker that dies while its generation serves is replaced in its slot: at
   once if it had served, with backoff if it died before READY or right
   after it (a broken app); a spawn the OS refuses is retried the same way;
+- a worker due for recycling (``--max-requests``, ``--max-worker-memory``)
+  has stopped taking requests; its successor starts at once, and it drains
+  once the successor is READY; if no successor can start, it is told to take
+  requests again (:data:`~tether.worker.RESUME_SIGNAL`) until one does;
 - a READY worker whose event loop sends no heartbeat for
   ``--watchdog-timeout`` is asked for its stacks and killed (:mod:`.watchdog`);
 - every wait on a worker's exit is bounded, then SIGKILL.
@@ -48,7 +52,7 @@ from tether.master.support import SystemdLink
 from tether.master.watchdog import Watchdog
 from tether.master.workers import Generation, Worker, WorkerFailed, WorkersFailed
 from tether.notify import NotifyMessage
-from tether.worker import RECYCLE_FIELD
+from tether.worker import RECYCLE_FIELD, RESUME_SIGNAL
 
 __all__ = ["Pool", "PoolHooks", "Spawn"]
 
@@ -241,9 +245,11 @@ class Pool:
 
         Raises ShutdownAbandoned if a worker that served abandoned work or had
         to be killed, WorkersFailed if one exited with an error; a worker still
-        starting had no work to lose (TERM during its import is not a failure).
+        starting had no work to lose (TERM during its import is not a failure),
+        so it is killed after the short bound (``master_kill``), not the budget.
         """
         self.begin_stop()
+        self._read_pending()  # a READY already sent: that worker serves, and drains
         workers = self.live_workers()
         for w in workers:
             self._ask_to_stop(w, signal.SIGQUIT if fast else signal.SIGTERM)
@@ -252,8 +258,14 @@ class Pool:
         deadline = now + self.budget.master_kill if fast else self.budget.deadline(now)
         if not fast:
             deadline += self.budget.master_kill
-        stuck = await self._wait_or_kill(workers, deadline)
         served = [w for w in workers if w.ready_at is not None]
+        # A worker still starting has nothing to drain: it gets the short bound.
+        starting = [w for w in workers if w.ready_at is None]
+        stuck_served, stuck_starting = await asyncio.gather(
+            self._wait_or_kill(served, deadline),
+            self._wait_or_kill(starting, min(deadline, now + self.budget.master_kill)),
+        )
+        stuck = stuck_served + stuck_starting
         log.info("master %d: stopped (%d worker(s) drained)", self._pid, len(workers))
         abandoned = [
             AbandonedWork("worker", w.label, detail="killed at the deadline")
@@ -301,6 +313,9 @@ class Pool:
     def _promote(self, gen: Generation) -> None:
         gen.state = "serving"
         self.active = gen
+        for w in list(gen.slots.values()):
+            if w.recycle_due:  # it asked while its generation was starting
+                self._on_recycle(w)
 
     async def _start_generation(self, *, first: bool = False) -> Generation:
         """Start a generation and wait until every worker is READY; WorkerFailed if not.
@@ -343,6 +358,13 @@ class Pool:
             failure = first_error
         except WorkerFailed as exc:
             failure = exc
+        except asyncio.CancelledError:
+            # A stop while the generation starts. A READY worker is serving (its
+            # sockets are the service's): it holds requests and background work, so it
+            # drains with every other worker (stop_workers), as do those still starting.
+            if gen.ready_count() == 0:
+                await asyncio.shield(self._discard(gen))
+            raise
         except BaseException:
             await asyncio.shield(self._discard(gen))
             raise
@@ -491,26 +513,41 @@ class Pool:
     # -- recycling (--max-requests) -----------------------------------------------
 
     def _on_recycle(self, w: Worker) -> None:
-        """``w`` served its --max-requests: a successor takes its slot once READY."""
+        """``w`` is due (--max-requests, --max-worker-memory) and has stopped taking requests.
+
+        A successor takes its slot once READY. A successor that asks before it
+        has taken over is recycled as soon as it has. When none can be started
+        for it now (its generation is still starting), it is told to take
+        requests again, and recycled once the generation serves.
+        """
+        w.recycle_due = True
+        if self.stopping or w.asked_to_stop or not w.child.alive or w.recycling:
+            return  # it is stopping anyway, or its successor is on the way
         gen = self.generations.get(w.generation)
-        if (
-            self.stopping
-            or gen is None
-            or gen is not self.active
-            or gen.state != "serving"
-            or gen.slots.get(w.slot) is not w
-            or w.slot in gen.successors
-            or w.slot in gen.replacing
-        ):
-            return  # a reload, a stop or a replacement already takes care of it
-        self._keep_task(gen, w.slot, self._recycle(gen, w))
+        if gen is None:
+            return
+        if self._holds(gen, w):
+            w.recycling = True
+            self._keep_task(gen, w.slot, self._recycle(gen, w))
+        elif gen.successors.get(w.slot) is not w:
+            self._resume(w, f"generation {gen.number} is {gen.state}")
+
+    def _resume(self, w: Worker, why: str) -> None:
+        """A worker waiting for its successor takes requests again: none is coming yet."""
+        if w.child.alive and not w.asked_to_stop:
+            log.warning("master %d: %s takes requests again: %s", self._pid, w.label, why)
+            w.child.signal(RESUME_SIGNAL)
 
     async def _recycle(self, gen: Generation, old: Worker) -> None:
         """Start ``old``'s successor; when it is READY, it takes the slot and ``old`` drains.
 
-        Invariant: the slot always has a serving worker. A successor that fails
-        (exits, not READY in --reload-timeout, refused by the OS) is retried with
-        backoff while ``old`` serves on.
+        ``old`` stopped taking requests when it asked (what it would take queues
+        in the master's sockets for its siblings and the successor), so it
+        serves no more than its limit plus one request per open connection. A
+        successor that fails (exits, not READY in --reload-timeout, refused by
+        the OS) is retried with backoff, and ``old`` takes requests again
+        meanwhile (RESUME_SIGNAL): the slot is never left without a worker that
+        accepts.
         """
         attempt = 0
         while self._holds(gen, old):
@@ -528,6 +565,7 @@ class Pool:
                     old.label,
                     exc,
                 )
+                self._resume(old, "no successor could be started")
                 continue
             log.info("master %d: %s recycles; started %s", self._pid, old.label, new.label)
             gen.successors[old.slot] = new
@@ -547,6 +585,7 @@ class Pool:
                     old.label,
                 )
                 new.child.kill()
+                self._resume(old, "its successor failed")
                 continue
             finally:
                 gen.successors.pop(old.slot, None)
@@ -561,6 +600,8 @@ class Pool:
             self.hooks.restarted("recycling")
             log.info("master %d: %s took over from %s", self._pid, new.label, old.label)
             self.hooks.systemd.status(self.status_line())
+            if new.recycle_due:  # it reached its own limit before it took over
+                self._on_recycle(new)
             return
 
     def _holds(self, gen: Generation, w: Worker) -> bool:

@@ -83,6 +83,10 @@ class Worker:
     killed: bool = False
     #: The watchdog killed it: its event loop sent no heartbeat (a restart's cause).
     watchdog_killed: bool = False
+    #: It asked to be recycled (--max-requests, --max-worker-memory).
+    recycle_due: bool = False
+    #: The pool is replacing it: its successor starts, or is retried after a failure.
+    recycling: bool = False
 
     @property
     def failed(self) -> bool:
