@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import pytest
 
 from loadclient import Load
-from proc import Tether, get
 from waiting import eventually
+
+from proc import Tether, get
 
 INITS = {"tini": ("tini", "--"), "dumb-init": ("dumb-init",)}
 
@@ -217,3 +218,14 @@ def test_master_reload_keeps_the_container_up(init: str) -> None:
         assert failed == 0, errors
         assert len(u.servers()) == 1  # the same master
         stops_cleanly(u)
+
+
+def test_a_stop_during_a_reload_ends_the_container_cleanly() -> None:
+    """HUP then TERM to the init at once: the copy that was starting stops too; exit 0."""
+    with under_init("tini", "--workers", "0") as u:
+        u.kill_init(signal.SIGHUP)
+        u.kill_init(signal.SIGTERM)
+        assert u.t.wait() == 0, u.t.stderr()
+        err = u.t.stderr()
+    assert "became ready while stopping: passing the stop on" in err
+    assert err.count("INFO tether: stopped cleanly") == 2, err
