@@ -8,17 +8,23 @@ and the kernel kills everything left in the namespace. Nothing gives tether a
 
 Every reload and upgrade, in every mode, must keep the container up with no
 failed request: the pid the init started stays the service's for its whole
-life, and a TERM to the init still stops the service cleanly.
+life, and a TERM to the init still stops the service cleanly. A shell is
+such a watcher too: Ctrl-Z must stop the pid it waits for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
+import pty
 import re
 import shutil
 import signal
+import subprocess
+import sys
+import termios
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -27,7 +33,7 @@ import pytest
 from loadclient import Load
 from waiting import eventually
 
-from proc import Tether, get
+from proc import APPS, Tether, free_port, get
 
 INITS = {"tini": ("tini", "--"), "dumb-init": ("dumb-init",)}
 
@@ -229,3 +235,49 @@ def test_a_stop_during_a_reload_ends_the_container_cleanly() -> None:
         err = u.t.stderr()
     assert "became ready while stopping: passing the stop on" in err
     assert err.count("INFO tether: stopped cleanly") == 2, err
+
+
+def test_ctrl_z_in_a_shell_stops_the_keeper_with_the_service() -> None:
+    """A job in a terminal: Ctrl-Z stops the pid the shell waits for; SIGCONT resumes serving."""
+    controller, terminal = pty.openpty()
+
+    def take_terminal() -> None:  # in the child, after setsid: the pty becomes its terminal
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    port = free_port()
+    argv = [sys.executable, "-m", "tether", "run", "family:app", "--workers", "0"]
+    argv += ["--bind", f"127.0.0.1:{port}", "--no-debug", "--no-access-log"]
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    proc = subprocess.Popen(
+        argv,
+        cwd=APPS,
+        env=env,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=take_terminal,
+    )
+    os.close(terminal)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # until it serves
+            if "serving family:app" in line:
+                break
+        os.write(controller, b"\x1a")  # what the terminal sends on Ctrl-Z
+        pid, status = os.waitpid(proc.pid, os.WUNTRACED)  # what a shell waits for
+        assert pid == proc.pid and os.WIFSTOPPED(status), status
+        os.kill(proc.pid, signal.SIGCONT)  # `bg`
+        assert get(port, "/pid", timeout=10)[0] == 200
+        os.write(controller, b"\x03")  # Ctrl-C: the service stops once, cleanly
+        rest = proc.stderr.read()
+        assert proc.wait(30) == 0, rest
+        assert rest.count("SIGINT received") == 1, rest
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+        os.close(controller)
