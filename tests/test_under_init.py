@@ -51,6 +51,7 @@ pytestmark = [
 #: What a serving process logs once READY: its pid (in the namespace) is the last number.
 SINGLE_SERVING = re.compile(r"serving family:app on \S+ \(pid (\d+)\)")
 MASTER_SERVING = re.compile(r"master (\d+): serving family:app on ")
+KEEPER_FOLLOWS = re.compile(r"keeper: pid (\d+) is now the main process")
 #: Bounded traffic: how many requests each scenario serves after its last handover.
 AFTER = 200
 
@@ -66,8 +67,12 @@ class UnderInit:
         """Every pid that has said it serves, in order (the namespace's numbers)."""
         return [int(m) for m in self.serving.findall(self.t.output())]
 
+    def mains(self) -> list[int]:
+        """Every pid the keeper has followed as the service's main process."""
+        return [int(m) for m in KEEPER_FOLLOWS.findall(self.t.output())]
+
     def wait_servers(self, count: int, within: float = 30.0) -> list[int]:
-        """Wait until ``count`` processes have said they serve; fail if the init is gone."""
+        """Wait until ``count`` processes have served, the last as the main; the init must live."""
 
         def enough() -> list[int] | None:
             assert self.t.proc is not None
@@ -76,7 +81,10 @@ class UnderInit:
                 msg = f"the init exited with {self.t.proc.returncode}; the log ends:\n{tail}"
                 raise AssertionError(msg)
             found = self.servers()
-            return found if len(found) >= count else None
+            if len(found) < count:
+                return None
+            # A successor is the main process once the keeper says so: signals go to it.
+            return found if count == 1 or found[-1] in self.mains() else None
 
         return eventually(enough, f"{count} serving processes", within)
 

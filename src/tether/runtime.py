@@ -556,12 +556,21 @@ class Service:
             self._reload("a HUP received during the failed reload")
 
     async def _reload_outcome(self) -> None:
-        """A stop during a reload waits for it: a copy that became ready must hear the stop."""
+        """A stop during a reload waits for it: a copy that became ready must hear the stop.
+
+        Within what is left of the stop's budget: past it, the copy still starting is killed.
+        """
         handoff = self._handoff
-        if handoff is not None and not handoff.done():
-            logger.info("stopped; waiting for the reload in progress to end (--reload-timeout)")
-            with contextlib.suppress(asyncio.CancelledError):
-                await handoff
+        if handoff is None or handoff.done():
+            return
+        logger.info("stopped; waiting for the reload in progress to end")
+        loop = asyncio.get_running_loop()
+        left = max(0.0, (self.group.deadline or loop.time()) - loop.time())
+        await asyncio.wait({handoff}, timeout=left)
+        if not handoff.done():
+            handoff.cancel()  # hand_over kills the copy it started
+        with contextlib.suppress(asyncio.CancelledError):
+            await handoff
 
     def _heartbeat(self, late: float = 0.0) -> None:
         self.metrics.loop_lag(late)
