@@ -25,8 +25,10 @@ typecheck: $(BIN)/.installed
 
 # Debian packages the suite runs for real: the rolling update through a load balancer
 # (haproxy, wrk), the console in a headless browser (chromium), TLS certificates
-# (openssl), a listener's accept queue (ss, from iproute2). Each entry is COMMAND:PACKAGE.
-SYSTEM_PACKAGES := haproxy:haproxy wrk:wrk chromium:chromium openssl:openssl ss:iproute2
+# (openssl), a listener's accept queue (ss, from iproute2), the inits a container runs
+# tether under (tini, dumb-init). Each entry is COMMAND:PACKAGE.
+SYSTEM_PACKAGES := haproxy:haproxy wrk:wrk chromium:chromium openssl:openssl ss:iproute2 \
+	tini:tini dumb-init:dumb-init
 system-packages:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do command -v $${p%%:*} >/dev/null || echo $${p#*:}; done); \
 	if [ -n "$$missing" ]; then \

@@ -10,6 +10,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from masterproc import pids_gone
+
 from proc import get, tether
 
 APP = """
@@ -86,3 +88,20 @@ def test_broken_deploy_keeps_the_old_process_serving(tmp_path: Path) -> None:
     assert "reload failed: the new process" in err
     assert "exited with code 3" in err
     assert "SyntaxError" in err
+
+
+def test_a_stop_during_a_reload_reaches_the_new_process(tmp_path: Path) -> None:
+    """HUP then TERM at once: the copy that was starting becomes ready, is stopped too, exits."""
+    write_app(tmp_path, "v1")
+    with tether("versioned:app", "--workers", "0", "--app-dir", str(tmp_path)) as t:
+        first = int(t.wait_for("READY")["MAINPID"])
+        t.signal(signal.SIGHUP)
+        t.signal(signal.SIGTERM)
+        # The copy says READY with its MAINPID: to a supervisor it is the main process now.
+        successor = int(t.wait_for("MAINPID")["MAINPID"])
+        assert successor != first
+        assert t.wait(timeout=30) == 0
+        assert pids_gone([successor], 30) == [], "the new process serves on after the stop"
+        err = t.stderr()
+    assert f"pid {successor} became ready while stopping: passing the stop on" in err
+    assert f"[{successor}] INFO tether: stopped cleanly" in err

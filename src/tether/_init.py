@@ -1,35 +1,47 @@
-"""PID 1 in a container: a small init keeps PID 1 while the service runs as its child.
+"""The pid your parent started stays the service's pid for its whole life.
 
-A container started without an init (``docker run IMAGE``, a Kubernetes pod
-without ``shareProcessNamespace``) makes ``tether run`` PID 1 of its PID
-namespace, and PID 1 has duties no other process has:
+Whatever started ``tether run`` watches the pid it started: an init as PID 1
+(``docker run --init``, tini, dumb-init), a shell, ``docker run`` itself, a
+supervisor. When that process exits, the watcher takes the service for gone:
+an init exits and the kernel kills everything left in the container. Yet
+three things hand the service over to a successor process and let the old
+one exit: a ``--workers 0`` reload (HUP, USR2, ``--reload``), ``--workers 0
+--max-requests`` recycling, and a master's upgrade (USR2). Only a supervisor
+that reads ``MAINPID=`` from ``NOTIFY_SOCKET`` (systemd, ``Type=notify``)
+follows the service to its successor.
 
-- when PID 1 exits, the kernel kills every process left in the namespace.
-  A reload that hands the sockets to a successor and then exits (HUP with
-  ``--workers 0``, USR2 for a master) would take the successor down with it;
-- every orphan in the namespace becomes PID 1's child, and only PID 1 can
-  reap it: zombies pile up otherwise;
-- a signal for which PID 1 has no handler is dropped, not acted on.
+The rule, then: unless a ``NOTIFY_SOCKET`` says a supervisor follows
+``MAINPID=``, ``tether run`` forks once, before it binds or imports
+anything; the parent keeps the pid as a small *keeper* and the child runs
+the service exactly as it would under systemd, with the keeper's own
+``NOTIFY_SOCKET``. The keeper
 
-So ``tether run`` started as PID 1 forks once, before anything is bound or
-imported: the parent stays PID 1 as an init (what tini does), the child runs
-the service exactly as it would anywhere else. The init
-
-- passes on every signal it receives to the service's main process
-  (``docker stop``, the kubelet and ``docker kill -s HUP`` signal PID 1);
-- follows ``MAINPID=`` notifications as systemd does: the service's
-  ``NOTIFY_SOCKET`` is the init's, so after a ``--workers 0`` reload or a
-  master upgrade the successor becomes the main process and the init stays;
-- reaps every other child: the only child it started is the service, so all
-  the rest are orphans that nobody else waits for;
+- is a child subreaper (PID 1 is one by nature): when a process hands over
+  and exits, its successor becomes the keeper's child, and so does every
+  orphan the app leaves behind;
+- passes on every signal it receives to the service's main process (TERM,
+  INT, HUP, USR2, USR1, TTIN, TTOU...: each means what it means);
+- follows ``MAINPID=`` as systemd does: the main process names its
+  successor, or a successor that the main process started announces itself;
+- reaps every other child: they are orphans that nobody else waits for;
 - exits with the main process's exit code (128 + N when signal N killed it,
   as a shell says) once the main process is gone without a successor.
 
-The service runs in its own process group, made the terminal's foreground
-group when there is a terminal (``docker run -it``), so Ctrl-C reaches it
-once, from the terminal, and not a second time through the init.
+A master's workers never hand over (their master replaces them), so a worker
+never forks a keeper.
 
-Invariant: the init outlives every main process, and exits as soon as the
+As PID 1 (a container without an init) the keeper is also the container's
+init: when PID 1 exits the kernel kills the namespace, every orphan in it
+comes to PID 1, and a signal PID 1 has no handler for is dropped.
+
+The service runs in its own process group, so a signal an init sends to the
+keeper's group (dumb-init does) reaches it once, through the keeper. When the
+keeper holds the terminal's foreground (``docker run -it``, a shell), the
+service's group takes it, so Ctrl-C reaches the service once, from the
+terminal; Ctrl-Z stops the keeper too, so the shell sees its job stopped, and
+``fg`` gives the terminal back to the service.
+
+Invariant: the keeper outlives every main process, and exits as soon as the
 last one is gone.
 """
 
@@ -53,7 +65,7 @@ __all__ = ["become_init"]
 log = logging.getLogger("tether.init")
 
 _CREDS = struct.Struct("iII")
-#: Signals that are about the init itself, never passed on.
+#: Signals that are about the keeper itself, never passed on.
 _OWN = {
     signal.SIGCHLD,
     signal.SIGKILL,
@@ -75,7 +87,23 @@ def _ignore(_signum: int, _frame: FrameType | None) -> None:
 
 
 def become_init() -> int | None:
-    """In PID 1: fork; return the service's exit code in the init, None in the service."""
+    """Fork a keeper (the module docstring): the service's exit code in it, None in the service.
+
+    Error handling: if this process cannot become a child subreaper (a kernel
+    older than 3.4), it says so in one line and returns None at once: the
+    service runs in this process, and a handover ends the pid its parent watches.
+    """
+    pid1 = os.getpid() == 1
+    if not pid1:
+        from tether._reaper import set_child_subreaper
+
+        if not set_child_subreaper():
+            log.warning(
+                "cannot keep this pid for the service (no child subreaper): a reload of "
+                "--workers 0, --max-requests or an upgrade (USR2) will end pid %d",
+                os.getpid(),
+            )
+            return None
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     name = f"@tether-init-{os.urandom(8).hex()}"
     notify.bind(b"\0" + name[1:].encode())
@@ -83,9 +111,10 @@ def become_init() -> int | None:
     notify.setblocking(False)
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     upstream = os.environ.get("NOTIFY_SOCKET")
-    # Sockets passed to PID 1 (socket activation) are meant for the service.
+    # Sockets passed to this process (socket activation) are meant for the service.
     count = os.environ.get("LISTEN_FDS", "")
-    passed = int(count) if count.isdigit() and os.environ.get("LISTEN_PID") == "1" else 0
+    passed = count.isdigit() and os.environ.get("LISTEN_PID") == str(os.getpid())
+    terminal = _foreground()
     handled = (*FORWARDED, signal.SIGCHLD)
     signal.pthread_sigmask(signal.SIG_BLOCK, handled)
     pid = os.fork()
@@ -97,15 +126,19 @@ def become_init() -> int | None:
         if passed:
             os.environ["LISTEN_PID"] = str(os.getpid())
         signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
-        _take_terminal()
+        _own_group(take_terminal=terminal or pid1)
         return None
-    os.closerange(3, 3 + passed)  # only the service holds them: its close is final
+    with contextlib.suppress(OSError):
+        os.setpgid(pid, pid)  # as the child does: whichever runs first, signals find the group
+    if passed:
+        os.closerange(3, 3 + int(count))  # only the service holds them: its close is final
     previous: dict[int, Any] = {s: signal.signal(s, _ignore) for s in handled}
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
     try:
-        return _Init(pid, notify, wake_r, upstream).serve()
+        # PID 1 has no job control to take part in: a shell never waits for it.
+        return _Init(pid, notify, wake_r, upstream, job_control=terminal and not pid1).serve()
     finally:
         signal.set_wakeup_fd(-1)
         for signum, handler in previous.items():
@@ -115,25 +148,59 @@ def become_init() -> int | None:
         os.close(wake_w)
 
 
-def _take_terminal() -> None:
-    """Own process group; the terminal's foreground one if there is a terminal."""
-    os.setpgid(0, 0)
-    if os.isatty(0):
-        # Changing the foreground group from a background one raises SIGTTOU.
-        previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
-        with contextlib.suppress(OSError):
-            os.tcsetpgrp(0, os.getpgrp())
-        signal.signal(signal.SIGTTOU, previous)
+def _foreground() -> bool:
+    """Whether this process's group holds the foreground of a terminal on stdin."""
+    try:
+        return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False
+
+
+def _own_group(*, take_terminal: bool) -> None:
+    """Own process group; the terminal's foreground one if the keeper held it."""
+    with contextlib.suppress(OSError):  # the keeper may have made it already
+        os.setpgid(0, 0)
+    if take_terminal and os.isatty(0):
+        _give_terminal(os.getpgrp())
+
+
+def _give_terminal(group: int) -> None:
+    # Changing the foreground group from a background one raises SIGTTOU.
+    previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.tcsetpgrp(0, group)
+    signal.signal(signal.SIGTTOU, previous)
+
+
+def _parent_of(pid: int) -> int:
+    """``pid``'s parent, or 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return 0
+    return int(stat[stat.rfind(b")") + 2 :].split()[1])
 
 
 class _Init:
-    """The init's loop: signals in, notifications in, children reaped."""
+    """The keeper's loop: signals in, notifications in, children reaped."""
 
-    def __init__(self, main: int, notify: socket.socket, wake: int, upstream: str | None) -> None:
+    def __init__(
+        self,
+        main: int,
+        notify: socket.socket,
+        wake: int,
+        upstream: str | None,
+        *,
+        job_control: bool = False,
+    ) -> None:
         self.main = main
+        #: The service's process group: the first main process's pid (successors join it).
+        self.group = main
         self.notify = notify
         self.wake = wake
         self.upstream = upstream
+        self.job_control = job_control
         self.exit_code: int | None = None
 
     def serve(self) -> int:
@@ -174,14 +241,20 @@ class _Init:
                         with contextlib.suppress(OSError):
                             os.close(fd)
             mainpid = parse_message(data).get("MAINPID", "")
-            # As systemd's NotifyAccess: the main process names its successor, or a
-            # successor started by it announces itself.
-            if mainpid.isdigit() and sender in (self.main, int(mainpid)):
+            if mainpid.isdigit() and self._may_name(sender, int(mainpid)):
                 if int(mainpid) != self.main:
-                    log.info("init: pid %s is now the main process (was %d)", mainpid, self.main)
+                    log.info("keeper: pid %s is now the main process (was %d)", mainpid, self.main)
                 self.main = int(mainpid)
             if self.upstream:
                 self._pass_up(data)
+
+    def _may_name(self, sender: int, mainpid: int) -> bool:
+        """As systemd's NotifyAccess: the main process names its successor, or a successor
+        the main process started announces itself (it may have been handed to us already).
+        """
+        if sender == self.main:
+            return True
+        return sender == mainpid and _parent_of(mainpid) in (self.main, os.getpid())
 
     def _pass_up(self, data: bytes) -> None:
         assert self.upstream is not None
@@ -194,13 +267,18 @@ class _Init:
             up.sendto(data, target)
 
     def _reap(self) -> None:
+        flags = os.WNOHANG | (os.WUNTRACED if self.job_control else 0)
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(-1, flags)
             except ChildProcessError:
                 pid, status = 0, 0
             if pid == 0:
                 return
+            if os.WIFSTOPPED(status):
+                if pid == self.main:
+                    self._stopped()
+                continue
             if pid != self.main:
                 continue  # an orphan, or a main process that named its successor
             # A successor may have been named just before this exit: read it first.
@@ -209,3 +287,16 @@ class _Init:
                 code = os.waitstatus_to_exitcode(status)
                 self.exit_code = code if code >= 0 else 128 - code
                 return
+
+    def _stopped(self) -> None:
+        """Ctrl-Z stopped the service: stop too, so the shell sees its job stopped.
+
+        When the shell continues the job (``fg``, ``bg``), it continues this
+        process: the service's group continues with it and, if the shell gave
+        the terminal back to this group (``fg``), gets the terminal again.
+        """
+        os.kill(os.getpid(), signal.SIGSTOP)
+        if _foreground():
+            _give_terminal(self.group)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.group, signal.SIGCONT)

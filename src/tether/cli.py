@@ -28,6 +28,7 @@ from tether.config import (
 )
 from tether.errors import ShutdownAbandoned, TetherError
 from tether.logs import setup_logging
+from tether.worker import PARENT_FD_ENV
 
 __all__ = ["exit_code_for", "main"]
 
@@ -650,8 +651,8 @@ def run(**opts: Any) -> None:
             click.echo(resolved.describe())
             sys.exit(EXIT_OK)
         setup_logging(config.log_level, config.log_format, config.log_config)
-        if os.getpid() == 1 and (code := _become_init()) is not None:
-            pass  # this was PID 1, the init around the service; see tether._init
+        if _keeps_pid() and (code := _become_init()) is not None:
+            pass  # this process kept its pid for the service, its child; see tether._init
         else:
             if config.pidfile is not None:
                 pidfile_claim = PidFile.claim(config.pidfile)
@@ -672,8 +673,18 @@ def run(**opts: Any) -> None:
     sys.exit(code)
 
 
+def _keeps_pid() -> bool:
+    """Whether this pid must outlive handovers (tether._init): nobody follows MAINPID=.
+
+    PID 1 always keeps its pid; a master's worker never hands over.
+    """
+    if os.getpid() == 1:
+        return True
+    return not os.environ.get("NOTIFY_SOCKET") and PARENT_FD_ENV not in os.environ
+
+
 def _become_init() -> int | None:
-    """PID 1 (a container without an init): see tether._init, imported only here."""
+    """Fork the keeper: see tether._init, imported only here."""
     from tether._init import become_init
 
     return become_init()

@@ -186,6 +186,8 @@ class Service:
             logger.warning("%s: cancelling everything now", reason)
             if self._drain_timer is not None:
                 self._drain_timer.cancel()  # the drain delay is over too
+            if self._handoff is not None and self._successor is None:
+                self._handoff.cancel()  # the copy that is starting is killed
             self._begin(reason)
             self.group.stop(reason, force=True)
             return
@@ -468,6 +470,7 @@ class Service:
             problems: list[Exception] = []
         except ExceptionGroup as exc:
             problems = list(exc.exceptions)
+        await self._reload_outcome()
         try:
             if self.http is None:
                 # No HTTP server ran phase 5: drain background work here, in what is left.
@@ -619,14 +622,37 @@ class Service:
         again, self._reload_again = self._reload_again, False
         if pid is not None:
             self._successor = pid
+            if self._stop_requested:
+                # It announced itself as the main process (MAINPID=): a supervisor now
+                # waits for it, so the stop that came during the reload is its too.
+                logger.info("pid %d became ready while stopping: passing the stop on", pid)
+                os.kill(pid, signal.SIGTERM)
+                return
             self.request_stop(f"reloaded: pid {pid} now serves", drain_delay=False)
             if again:  # HUPs that came during this reload: the new process owns them now
                 os.kill(pid, signal.SIGHUP)
             return
-        if self.notifier is not None:
+        if self.notifier is not None and not self._stop_requested:
             self.notifier.send("READY=1", "STATUS=reload failed; still serving the previous code")
         if again:
             self._reload("a HUP received during the failed reload")
+
+    async def _reload_outcome(self) -> None:
+        """A stop during a reload waits for it: a copy that became ready must hear the stop.
+
+        Within what is left of the stop's budget: past it, the copy still starting is killed.
+        """
+        handoff = self._handoff
+        if handoff is None or handoff.done():
+            return
+        logger.info("stopped; waiting for the reload in progress to end")
+        loop = asyncio.get_running_loop()
+        left = max(0.0, (self.group.deadline or loop.time()) - loop.time())
+        await asyncio.wait({handoff}, timeout=left)
+        if not handoff.done():
+            handoff.cancel()  # hand_over kills the copy it started
+        with contextlib.suppress(asyncio.CancelledError):
+            await handoff
 
     def _heartbeat(self, late: float = 0.0) -> None:
         self.metrics.loop_lag(late)
