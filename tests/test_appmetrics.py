@@ -91,6 +91,16 @@ def send(port: int, n: int, answered: collections.Counter[int]) -> str:
     return where
 
 
+def kept_files(directory: str) -> set[str]:
+    """The counter and histogram files in ``directory`` not written by a live worker."""
+    live = {int(p.name.split("_")[-1][:-3]) for p in Path(directory).glob("gauge_live*.db")}
+    return {
+        p.name
+        for p in Path(directory).glob("*.db")
+        if not p.name.startswith("gauge_") and p.name.split("_")[-1][:-3] not in map(str, live)
+    }
+
+
 async def until_status(master: MasterProc, check: Any, limit: float = 60.0) -> dict[str, Any]:
     """Ask ``tether ctl status`` until ``check(status)`` holds."""
     async with asyncio.timeout(limit):
@@ -144,6 +154,8 @@ def test_master_sums_the_apps_metrics_across_a_reload_and_a_kill(tmp_path: Path)
             assert value(families, "app_latency_seconds_count") == 20
             assert value(families, "app_workers_up") == 2
             assert value(families, "app_handled_live") == 0
+            # What the exited workers kept is merged into one file per kind, read since.
+            assert kept_files(where) == {"counter_exited.db", "histogram_exited.db"}
 
             # kill -9: the replaced worker's counts stay, its live gauges go.
             answered.clear()
@@ -159,6 +171,7 @@ def test_master_sums_the_apps_metrics_across_a_reload_and_a_kill(tmp_path: Path)
             assert value(families, "app_latency_seconds_count") == 50
             assert value(families, "app_workers_up") == 2
             assert value(families, "app_handled_live") == 30 - by_victim
+            assert kept_files(where) == {"counter_exited.db", "histogram_exited.db"}
             assert await master.stop() == 0
         assert not Path(where).parent.exists(), "the master's directory outlived it"
 

@@ -16,12 +16,18 @@ app only defines its metrics:
   (a config hook that calls ``mark_process_dead(pid)`` works as written);
   each worker that exits, however it exits, is marked dead at once; the
   master's ``/metrics`` reads the directory with ``MultiProcessCollector``
-  without importing the app. A directory the user named in
+  without importing the app. The counter, histogram and summary files that
+  exited workers leave (their counts stay, as prometheus_client wants) are
+  merged into one file per kind at the next scrape, so a service that
+  reloads and recycles for months reads a directory of the same size: a
+  scrape costs what the live workers cost. A directory the user named in
   ``PROMETHEUS_MULTIPROC_DIR`` is used as it is: never emptied or removed
   (another master during an upgrade, an old generation still draining or
   another service may be writing there), only checked at start;
 - a single process (``--workers 0``) serves the default registry
-  (``prometheus_client.REGISTRY``), or the directory the user named;
+  (``prometheus_client.REGISTRY``) without the library's own process, platform
+  and GC collectors (tether's ``tether_process_*`` cover the process), or the
+  directory the user named;
 - a worker's private ``/metrics`` (what the master scrapes for tether's own
   figures) shows none of the app's: they reach the master through the
   directory, and would otherwise be counted twice.
@@ -69,6 +75,12 @@ _LEGACY_ENV = "prometheus_multiproc_dir"
 _OURS = "tether_"
 #: The directory's name inside the master's runtime directory.
 _SUBDIR = "prometheus"
+#: Kinds of file whose values outlive the worker that wrote them (prometheus_client's
+#: semantics: counters never go back). Gauges are left alone: ``live*`` ones go with the
+#: worker, and the others keep its pid (``all``) or its timestamp (``mostrecent``).
+_KEPT = ("counter", "histogram", "summary")
+#: Where the kept values of exited workers are merged: ``counter_exited.db``...
+_EXITED = "exited"
 
 
 def user_dir(environ: Mapping[str, str]) -> str | None:
@@ -102,6 +114,34 @@ def _read_dir(path: str) -> list[Metric]:
     return list(collector.collect())  # type: ignore[no-untyped-call]
 
 
+def _merge_into(merged: str, sources: list[str]) -> None:
+    """Write the values of ``sources`` (and of ``merged``, if it exists) into ``merged``.
+
+    prometheus_client's own merge, unaccumulated as it is for writing back to
+    files; the file is written aside and renamed, so a reader never sees half of it.
+    """
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    inputs = [merged, *sources] if os.path.exists(merged) else sources
+    metrics = MultiProcessCollector.merge(inputs, accumulate=False)  # type: ignore[no-untyped-call]
+    tmp = merged + ".tmp"  # not *.db: never read
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # left by a master that died writing it
+    out = MmapedDict(tmp)  # type: ignore[no-untyped-call]
+    try:
+        for metric in metrics:
+            for sample in metric.samples:
+                names, values = list(sample.labels), list(sample.labels.values())
+                key = mmap_key(metric.name, sample.name, names, values, metric.documentation)
+                out.write_value(key, sample.value, 0.0)  # type: ignore[no-untyped-call]
+    finally:
+        out.close()  # type: ignore[no-untyped-call]
+    os.replace(tmp, merged)
+    for source in sources:
+        os.unlink(source)
+
+
 def _mark_dead(pid: int, path: str) -> None:
     from prometheus_client.multiprocess import mark_process_dead
 
@@ -119,6 +159,8 @@ class MultiprocDir:
         self.path: str | None = None
         #: True if tether made it (inside its runtime directory, removed with it).
         self.owned = False
+        #: Workers gone since the last scrape, whose kept files are still their own.
+        self._exited: set[int] = set()
 
     def open(self, rundir: str, environ: MutableMapping[str, str]) -> None:
         """Choose the directory: the user's (checked), else a fresh one in ``rundir``."""
@@ -158,12 +200,33 @@ class MultiprocDir:
         if self.path is not None:
             with contextlib.suppress(OSError):
                 _mark_dead(pid, self.path)
+            if self.owned:
+                self._exited.add(pid)
 
     def families(self) -> list[Metric]:
         """The app's metrics, merged over every process that wrote to the directory."""
         if self.path is None:
             return []
+        self._compact(self.path)
         return _read_dir(self.path)
+
+    def _compact(self, path: str) -> None:
+        """Fold the kept files of workers that exited into one file per kind.
+
+        Only in tether's own directory, which only the master reads: a reader
+        of its own could glob a file that is gone when it opens it.
+        """
+        pids, self._exited = self._exited, set()
+        for kind in _KEPT:
+            dead = [os.path.join(path, f"{kind}_{pid}.db") for pid in sorted(pids)]
+            dead = [f for f in dead if os.path.exists(f)]
+            if not dead:
+                continue
+            try:
+                _merge_into(os.path.join(path, f"{kind}_{_EXITED}.db"), dead)
+            except OSError as exc:
+                # The files stay as they are and are read as they are: nothing is lost.
+                log.warning("cannot merge the %s files of exited workers: %s", kind, exc)
 
 
 def single_process_families() -> list[Metric]:
@@ -171,9 +234,14 @@ def single_process_families() -> list[Metric]:
     path = user_dir(os.environ)
     if path is not None:
         return _read_dir(path)
-    from prometheus_client import REGISTRY
+    from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, REGISTRY
 
-    return list(REGISTRY.collect())
+    # The library's own process, platform and GC collectors are not the app's (and a
+    # master's directory has none of them): the same app shows the same names in both modes.
+    theirs = {
+        m.name for c in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR) for m in c.collect()
+    }
+    return [m for m in REGISTRY.collect() if m.name not in theirs]
 
 
 def forget_process() -> None:
