@@ -5,6 +5,9 @@ one at import, so each of the 8 workers' files holds all of them. Figures,
 each the median (and worst) of ``--scrapes`` scrapes of the master's
 ``/metrics`` over loopback:
 
+Two masters run side by side and every figure's scrapes are interleaved
+with the others', so a shared machine's load falls on all of them alike.
+
 1. ``--no-app-metrics``: tether's own figures alone (the 8 workers scraped
    over their private sockets, parsed and summed);
 2. ``--app-metrics`` (the default): the same plus the app's 1,000 series,
@@ -14,11 +17,12 @@ each the median (and worst) of ``--scrapes`` scrapes of the master's
    in whatever process serves it (``MultiProcessCollector`` over a fresh
    registry, then ``generate_latest``), timed in this process without HTTP.
    (2) minus (1) against (3) is what tether adds to the library's own work;
-4. (2) again after ``--dead`` workers have come and gone (a reload a day,
-   recycling): each left its counter and histogram files, which
-   prometheus_client keeps so that counters never go back.
+4. (2) again after ``--reloads`` HUPs (8 workers exit in each): every
+   worker that exits leaves counter and histogram files, which
+   prometheus_client keeps so that counters never go back, and which the
+   master merges into one file per kind (and (3) over the directory so made).
 
-    python benchmarks/bench_app_metrics.py [--scrapes 30] [--dead 100]
+    python benchmarks/bench_app_metrics.py [--scrapes 30] [--reloads 12]
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -55,8 +59,8 @@ def get(port: int, path: str) -> bytes:
 
 
 @contextmanager
-def master(app_metrics: bool) -> Iterator[tuple[int, int]]:
-    """`tether run` with 8 workers, every one ready: (app port, debug port)."""
+def master(app_metrics: bool) -> Iterator[tuple[int, int, int]]:
+    """`tether run` with 8 workers, every one ready: (its pid, app port, debug port)."""
     port, debug_port = free_port(), free_port()
     argv = [str(BIN / "tether"), "run", "many_metrics:app", "--workers", str(WORKERS)]
     argv += ["--bind", f"127.0.0.1:{port}", "--debug-bind", f"127.0.0.1:{debug_port}"]
@@ -70,22 +74,26 @@ def master(app_metrics: bool) -> Iterator[tuple[int, int]]:
         while ready not in get(debug_port, "/metrics"):
             assert time.monotonic() < deadline, "the workers never became ready"
             time.sleep(0.2)  # a harness polling a state it does not own
-        yield port, debug_port
+        yield proc.pid, port, debug_port
     finally:
         proc.terminate()
         proc.wait(60)
 
 
-def timed(fn: Callable[[], bytes], n: int) -> tuple[float, float, int]:
-    """Median and worst milliseconds of ``fn``; lines in its last answer."""
-    fn()  # warm: imports, caches
-    times, lines = [], 0
+def interleaved(fns: list[Callable[[], bytes]], n: int) -> list[tuple[float, float, int]]:
+    """Median and worst milliseconds of each of ``fns``, called in turn ``n`` times (so a
+    shared machine's load falls on all alike); lines in each one's last answer."""
+    for fn in fns:
+        fn()  # warm: imports, caches
+    times: list[list[float]] = [[] for _ in fns]
+    lines = [0] * len(fns)
     for _ in range(n):
-        start = time.perf_counter()
-        body = fn()
-        times.append((time.perf_counter() - start) * 1000)
-        lines = body.count(b"\n")
-    return statistics.median(times), max(times), lines
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            body = fn()
+            times[i].append((time.perf_counter() - start) * 1000)
+            lines[i] = body.count(b"\n")
+    return [(statistics.median(t), max(t), k) for t, k in zip(times, lines, strict=True)]
 
 
 def library_scrape(directory: str) -> bytes:
@@ -98,43 +106,52 @@ def library_scrape(directory: str) -> bytes:
     return bytes(generate_latest(registry))
 
 
-def leave_dead_workers(directory: str, n: int) -> None:
-    """What ``n`` workers that served and exited leave behind: their counter and histogram
-    files (copies of a live worker's, under pids that no longer run)."""
-    files = sorted(Path(directory).glob("counter_*.db")) + sorted(
-        Path(directory).glob("histogram_*.db")
-    )
-    kinds = {f.name.split("_", 1)[0]: f for f in files}
-    for i in range(n):
-        for kind, source in kinds.items():
-            shutil.copyfile(source, Path(directory) / f"{kind}_{4_000_000 + i}.db")
+def reload(master_pid: int, debug_port: int, done: int) -> None:
+    """HUP: a new generation of 8 workers; return once the old one has exited."""
+    os.kill(master_pid, signal.SIGHUP)
+    want = b'tether_reloads_total{outcome="ok"} %d.0' % done
+    deadline = time.monotonic() + 120
+    while True:
+        body = get(debug_port, "/metrics")
+        if want in body and b'tether_master_workers{state="stopping"} 0.0' in body:
+            return
+        assert time.monotonic() < deadline, f"reload {done} did not finish"
+        time.sleep(0.2)  # a harness polling a state it does not own
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scrapes", type=int, default=30)
-    parser.add_argument("--dead", type=int, default=100)
+    parser.add_argument("--reloads", type=int, default=12)
     args = parser.parse_args()
     n = args.scrapes
 
-    with master(app_metrics=False) as (_, debug_port):
-        off = timed(lambda: get(debug_port, "/metrics"), n)
-    with master(app_metrics=True) as (port, debug_port):
+    with master(app_metrics=False) as (_, _, off_port), master(app_metrics=True) as m:
+        pid, port, debug_port = m
         directory = get(port, "/").decode().split(" ", 1)[1]
-        on = timed(lambda: get(debug_port, "/metrics"), n)
-        peer = timed(lambda: library_scrape(directory), n)
+        off, on, peer = interleaved(
+            [
+                lambda: get(off_port, "/metrics"),
+                lambda: get(debug_port, "/metrics"),
+                lambda: library_scrape(directory),
+            ],
+            n,
+        )
         files = len(os.listdir(directory))
-        leave_dead_workers(directory, args.dead)
-        dead = timed(lambda: get(debug_port, "/metrics"), n)
-        dead_peer = timed(lambda: library_scrape(directory), n)
+        for i in range(args.reloads):
+            reload(pid, debug_port, i + 1)
+        dead, dead_peer = interleaved(
+            [lambda: get(debug_port, "/metrics"), lambda: library_scrape(directory)], n
+        )
         dead_files = len(os.listdir(directory))
+    exited = args.reloads * WORKERS
 
     rows = [
         ("master /metrics, --no-app-metrics (tether's own)", off, ""),
         ("master /metrics, app's 1,000 series included", on, f"{files} files"),
         ("prometheus_client alone, same directory (no HTTP)", peer, f"{files} files"),
-        (f"master /metrics, after {args.dead} dead workers", dead, f"{dead_files} files"),
-        (f"prometheus_client alone, after {args.dead} dead workers", dead_peer, ""),
+        (f"master /metrics, after {exited} workers exited", dead, f"{dead_files} files"),
+        ("prometheus_client alone, same directory (no HTTP)", dead_peer, f"{dead_files} files"),
     ]
     print(f"\n{WORKERS} workers, {n} scrapes each; milliseconds per scrape\n")
     print("| scrape | median | worst | lines | directory |")
