@@ -20,7 +20,8 @@ with the others', so a shared machine's load falls on all of them alike.
 4. (2) again after ``--reloads`` HUPs (8 workers exit in each): every
    worker that exits leaves counter and histogram files, which
    prometheus_client keeps so that counters never go back, and which the
-   master merges into one file per kind (and (3) over the directory so made).
+   master merges into one file per kind; (3) over the directory so made,
+   and over a copy of it taken before the reloads, in turn.
 
     python benchmarks/bench_app_metrics.py [--scrapes 30] [--reloads 12]
 """
@@ -30,10 +31,12 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -138,11 +141,21 @@ def main() -> None:
             n,
         )
         files = len(os.listdir(directory))
+        # A copy of the directory as it is now: read beside it after the reloads, so the
+        # two are compared under the same load.
+        before = tempfile.mkdtemp(prefix="bench-app-metrics-")
+        shutil.copytree(directory, before, dirs_exist_ok=True)
         for i in range(args.reloads):
             reload(pid, debug_port, i + 1)
-        dead, dead_peer = interleaved(
-            [lambda: get(debug_port, "/metrics"), lambda: library_scrape(directory)], n
+        dead, dead_peer, snapshot = interleaved(
+            [
+                lambda: get(debug_port, "/metrics"),
+                lambda: library_scrape(directory),
+                lambda: library_scrape(before),
+            ],
+            n,
         )
+        shutil.rmtree(before)
         dead_files = len(os.listdir(directory))
     exited = args.reloads * WORKERS
 
@@ -152,6 +165,7 @@ def main() -> None:
         ("prometheus_client alone, same directory (no HTTP)", peer, f"{files} files"),
         (f"master /metrics, after {exited} workers exited", dead, f"{dead_files} files"),
         ("prometheus_client alone, same directory (no HTTP)", dead_peer, f"{dead_files} files"),
+        ("prometheus_client alone, the copy made before the reloads", snapshot, f"{files} files"),
     ]
     print(f"\n{WORKERS} workers, {n} scrapes each; milliseconds per scrape\n")
     print("| scrape | median | worst | lines | directory |")
