@@ -341,6 +341,13 @@ RUN_OPTIONS: list[Callable[[F], F]] = [
         "garbage collector stops rescanning them on every collection.",
     ),
     _opt(
+        "--app-metrics/--no-app-metrics",
+        default=True,
+        show_default=True,
+        help="Serve the app's prometheus_client metrics on /metrics beside tether's; under a "
+        "master, summed over the workers (multiprocess mode, set up by tether).",
+    ),
+    _opt(
         "--pidfile",
         metavar="PATH",
         help="Write the pid to signal to PATH: the master, or with --workers 0 the serving "

@@ -311,6 +311,8 @@ class RunConfig:
     control: str | None = field(default=None, metadata=_flag("--control", worker=False))
     #: Freeze what startup made (``gc.freeze``) so the collector stops rescanning it.
     gc_freeze: bool = field(default=True, metadata=_flag("--gc-freeze"))
+    #: The app's prometheus_client metrics on /metrics (a master sets up multiprocess mode).
+    app_metrics: bool = field(default=True, metadata=_flag("--app-metrics", worker=False))
     #: The ASGI lifespan protocol: "auto" runs it if the app supports it, "on" requires it.
     lifespan: Lifespan = field(default="auto", metadata=_flag("--lifespan"))
     #: The event loop: "auto" and "uvloop" use uvloop, "asyncio" and "none" the stdlib's.

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from tether import leaks
 from tether import sockets as sockets_mod
+from tether._appmetrics import AppFamilies, check_user_dir, forget_process, single_process_families
 from tether._handoff import HANDOFF_ENV, hand_over
 from tether._listeners import Listeners, open_listeners
 from tether._pidfile import PidFile
@@ -279,6 +280,8 @@ class Service:
 
     async def run(self) -> None:
         """Serve until stopped; raise an ExceptionGroup if anything failed or was abandoned."""
+        if self.config.app_metrics:
+            check_user_dir(os.environ)  # a bad PROMETHEUS_MULTIPROC_DIR fails before binding
         listeners = self._open = self._open or open_listeners(self.config)
         self._watch_parent(asyncio.get_running_loop())
         # Before the app is imported: app code that notifies at import must not reach
@@ -350,6 +353,8 @@ class Service:
                 self.notifier.close()
             if final:  # the master keeps these counts once this process is gone
                 write_final(final, self._families)
+            elif self.config.app_metrics and not self._is_worker:
+                forget_process()  # (a worker's master does it, even after a kill -9)
             # The service has stopped: a TERM now (a master stopping while this worker
             # leaves on its own) must not kill the process in the middle of its report.
             with _holding(_STOP_SIGNALS):
@@ -714,7 +719,7 @@ class Service:
         return DebugSource(
             is_ready=lambda: self.ready,
             status=lambda: self.status,
-            collectors=[Families(self._families)],
+            collectors=[Families(AppFamilies(self._families, self._app_families))],
             pages={"": console_page(self._console), "stats": stats_page(self._stats)},
         )
 
@@ -731,6 +736,12 @@ class Service:
                 "sample": process_sample(self.metrics, in_flight),
             }
         ]
+
+    def _app_families(self) -> list[Metric]:
+        """The app's prometheus_client metrics; a worker's reach its master another way."""
+        if self._is_worker or not self.config.app_metrics:
+            return []
+        return single_process_families()
 
     def _families(self) -> Iterator[Metric]:
         from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily

@@ -50,6 +50,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from tether import sockets as sockets_mod
+from tether._appmetrics import MultiprocDir
 from tether._children import Child, start_child
 from tether._control import ControlServer, bind_control
 from tether._listeners import open_listeners
@@ -67,6 +68,7 @@ from tether.master.support import (
     upgrade_argv,
 )
 from tether.master.upgrade import Upgrader, upgrade_env
+from tether.master.workers import Worker
 from tether.metrics import FINAL_ENV, Aggregator, Lifecycle, final_path
 from tether.notify import Notifier, NotifyMessage, NotifyReceiver, watchdog_interval
 from tether.signals import handle_signals
@@ -141,18 +143,21 @@ class Master:
         #: /metrics: the workers' sums, kept across their exits; reloads and restarts.
         self.aggregator = Aggregator(fetch_unix)
         self.lifecycle = Lifecycle()
+        #: The app's prometheus_client files (off until ``_open`` chooses the directory).
+        self.app_metrics = MultiprocDir()
         self.view = StatusView(
             self.pool,
             stop=lambda: self.request_stop("graceful"),
             aggregator=self.aggregator,
             lifecycle=self.lifecycle,
+            app_metrics=self.app_metrics.families,
         )
         self.pool.hooks = PoolHooks(
             progress=self.view.progress,
             systemd=self.systemd,
             pending=self._pending,
             upgrade=self._upgrade,
-            exited=lambda w: self.aggregator.retire(str(w.id), w.debug_path),
+            exited=self._worker_exited,
             restarted=self.lifecycle.restarted,
             reloaded=self.lifecycle.reloaded,
         )
@@ -232,10 +237,13 @@ class Master:
         except OSError as exc:
             raise rundir_failed(self._rundir, exc) from exc
         self._rx.start()
+        if cfg.app_metrics:
+            self.app_metrics.open(self._rundir, env)
         # Workers hold the read end; only this process holds the write end, so
         # its death (however it happens) is end-of-file for every worker.
         self._parent_r, self._parent_w = os.pipe()
         self._worker_env = worker_base_env(env, cfg)
+        self._worker_env.update(self.app_metrics.worker_env())
         self._worker_env[NOTIFY_ENV] = self._rx.path
         self._worker_env["TETHER_PARENT_PID"] = str(self._pid)
         self._worker_env[PARENT_FD_ENV] = str(sockets_mod.LISTEN_FDS_START + len(self._app_socks))
@@ -243,7 +251,7 @@ class Master:
             argv=upgrade_argv(),
             cwd=self._cwd,
             env=upgrade_env(
-                {**os.environ, **cfg.successor_env()},
+                {**self.app_metrics.successor_environ(os.environ), **cfg.successor_env()},
                 pid=self._pid,
                 notify_path=self._rx.path,
                 systemd_address=self._systemd_address,
@@ -277,6 +285,11 @@ class Master:
         self._spawned.set()
         return child, debug_path
 
+    def _worker_exited(self, w: Worker) -> None:
+        """A worker's process ended: keep its counts; its live app gauges end with it."""
+        self.aggregator.retire(str(w.id), w.debug_path)
+        self.app_metrics.process_dead(w.pid)
+
     async def _close(self) -> None:
         """Release everything; kill any child still alive that was not handed over."""
         handed_over = self._handover.is_set()
@@ -294,6 +307,7 @@ class Master:
                 sock.close()
         if self._rx is not None:
             self._rx.close()
+        self.app_metrics.close(os.environ)
         if self._rundir:
             shutil.rmtree(self._rundir, ignore_errors=True)
         if not handed_over and self._control_path is not None:

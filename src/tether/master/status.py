@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from tether._appmetrics import AppFamilies
 from tether._control import Reply
 from tether.master.pool import Pool
 from tether.master.workers import Worker
@@ -63,6 +64,7 @@ class StatusView:
         stop: Callable[[], None],
         aggregator: Aggregator,
         lifecycle: Lifecycle,
+        app_metrics: Callable[[], Iterable[Metric]] = list,
     ) -> None:
         self.pool = pool
         self._stop = stop
@@ -74,6 +76,8 @@ class StatusView:
         #: Reloads by outcome, restarts by cause; the pool tells it.
         self.lifecycle = lifecycle
         self._own = _Collector(self)
+        #: ``/metrics``: ours and the workers', then the app's (its multiprocess directory).
+        self._families = AppFamilies(self._tether_families, app_metrics)
 
     @property
     def uptime(self) -> float:
@@ -178,7 +182,10 @@ class StatusView:
         await self.aggregator.scrape(self.targets())
 
     def families(self) -> Iterator[Metric]:
-        """``/metrics``: the master's own families, then its workers' summed."""
+        """``/metrics``: the master's own families, its workers' summed, then the app's."""
+        return self._families()
+
+    def _tether_families(self) -> Iterator[Metric]:
         own = itertools.chain(
             self._own.collect(), self.lifecycle.families(), process_families("master")
         )
