@@ -311,10 +311,11 @@ def resolve(ctx: click.Context, opts: dict[str, Any]) -> Resolved:
         debug_token = read_token_file(opts["debug_token_file"])
     binds, bind_origin = _binds(ctx, opts)
     check_ws_available(opts["ws"])
-    if opts["worker_class"] is not None and (
+    http_by_class = opts["worker_class"] is not None and (
         worker_class_http(opts["worker_class"]) == "h11"
         and ctx.get_parameter_source("http") is ParameterSource.DEFAULT
-    ):
+    )
+    if http_by_class:
         opts["http"] = "h11"
     http_names = {f.name for f in dataclasses.fields(HttpOptions)}
     run_names = {f.name for f in dataclasses.fields(RunConfig)} - {"http", "binds"}
@@ -344,7 +345,8 @@ def resolve(ctx: click.Context, opts: dict[str, Any]) -> Resolved:
         name = param.name
         if name is None or name in _NOT_FROM_SOURCES or name in (*_BIND_PARAMS, "app"):
             continue
-        rows.append((_long_names(param)[0], opts[name], _origin(ctx, name)))
+        origin = "--worker-class" if name == "http" and http_by_class else _origin(ctx, name)
+        rows.append((_long_names(param)[0], opts[name], origin))
     if debug_token:
         rows.append(("debug-token", "(set; not shown)", _origin(ctx, "debug_token")))
     if opts["ssl_keyfile_password"]:

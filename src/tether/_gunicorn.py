@@ -17,6 +17,9 @@ A config file is executed once per process that needs it (the master for its
 settings and hooks, each worker for its hooks: workers are fresh processes,
 not forks), and at most once per process (:func:`load`).
 
+Only names and small functions load with ``tether run``; what reading a
+config file takes (``ast``, ``inspect``, ``traceback``) loads with one.
+
 Error handling: a file that does not run, a setting tether cannot take or a
 hook with the wrong arguments is a :class:`~tether.errors.ConfigError` that
 names the file and line (exit 2).
@@ -24,13 +27,8 @@ names the file and line (exit 2).
 
 from __future__ import annotations
 
-import ast
-import importlib
-import importlib.util
-import inspect
 import os
 import sys
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -272,6 +270,8 @@ class PyConfig:
 
         Fills :attr:`warnings`; raises ConfigError for a setting it refuses.
         """
+        import inspect
+
         found: list[tuple[str, Any, str]] = []
         self.warnings.clear()
         for key, value in self.namespace.items():
@@ -395,6 +395,8 @@ def _setting_value(key: str, value: Any) -> Any:
 
 
 def _check_arity(where: str, key: str, fn: Callable[..., Any], args: tuple[str, ...]) -> None:
+    import inspect
+
     try:
         signature = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -429,6 +431,8 @@ def load(spec: str) -> PyConfig:
 
 
 def _load_module(spec: str) -> PyConfig:
+    import importlib
+
     name = spec[len("python:") :]
     try:
         module = importlib.import_module(name)
@@ -468,6 +472,8 @@ def _load_file(path: str) -> PyConfig:
 
 def _failure(exc: BaseException, path: str) -> str:
     """``LINE: Type: message``, the line being the file's deepest frame in the traceback."""
+    import traceback
+
     line = 0
     for frame in traceback.extract_tb(exc.__traceback__):
         if frame.filename == path and frame.lineno:
@@ -486,6 +492,8 @@ def _assignment_lines(path: str) -> dict[str, int]:
 
 def _lines_of(source: bytes) -> dict[str, int]:
     """Module-level name -> the line of its last assignment or definition."""
+    import ast
+
     try:
         tree = ast.parse(source)
     except SyntaxError:
