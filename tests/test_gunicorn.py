@@ -500,3 +500,44 @@ def test_prometheus_child_exit_config_removes_a_dead_workers_live_gauges(tmp_pat
         t.signal(signal.SIGTERM)
         assert t.wait() == 0
     assert not list(metrics.glob("gauge_livesum_*.db"))
+
+
+def test_nworkers_changed_and_worker_int(tmp_path: Path) -> None:
+    """nworkers_changed at start and on TTIN, in the master; worker_int in each worker on QUIT."""
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text(
+        "import json, os\n\n\n"
+        "def _log(*fields):\n"
+        "    with open(os.environ['HOOK_LOG'], 'a') as f:\n"
+        "        f.write(json.dumps([os.getpid(), *fields]) + '\\n')\n\n\n"
+        "def nworkers_changed(server, new_value, old_value):\n"
+        "    _log('nworkers_changed', new_value, old_value)\n\n\n"
+        "def post_worker_init(worker):\n"
+        "    _log('post_worker_init')\n\n\n"
+        "def worker_int(worker):\n"
+        "    _log('worker_int')\n"
+    )
+    log = tmp_path / "hooks.log"
+
+    def lines() -> list[list[Any]]:
+        return [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+
+    port = free_port()
+    with started(
+        "hooked:app", "-c", str(conf), "-w", "1", "-b", f"127.0.0.1:{port}", HOOK_LOG=str(log)
+    ) as t:
+        assert t.proc is not None
+        master = t.proc.pid
+        t.signal(signal.SIGTTIN)
+        eventually(
+            lambda: len([x for x in lines() if x[1] == "post_worker_init"]) == 2, "a second worker"
+        )
+        t.signal(signal.SIGQUIT)
+        t.wait()
+    seen = lines()
+    assert [x for x in seen if x[1] == "nworkers_changed"] == [
+        [master, "nworkers_changed", 1, None],
+        [master, "nworkers_changed", 2, 1],
+    ]
+    workers = {x[0] for x in seen if x[1] == "post_worker_init"}
+    assert {x[0] for x in seen if x[1] == "worker_int"} == workers

@@ -349,8 +349,17 @@ def _is_default(value: Any, default: Any, key: str) -> bool:
     if key == "user":  # the user tether runs as already (configs say os.getenv("USER"))
         return bool(value in (os.geteuid(), _user_name()))
     if key == "group":
-        return bool(value == os.getegid())
+        return bool(value in (os.getegid(), _group_name()))
     return False
+
+
+def _group_name() -> str | None:
+    import grp
+
+    try:
+        return grp.getgrgid(os.getegid()).gr_name
+    except KeyError:
+        return None
 
 
 def _user_name() -> str | None:

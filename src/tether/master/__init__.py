@@ -184,6 +184,8 @@ class Master:
         loop = asyncio.get_running_loop()
         reaper = Reaper(loop)  # orphans of the workers' apps come back here, to be reaped
         try:
+            # gunicorn's arbiter tells the first count before on_starting (old value None).
+            self._hook("nworkers_changed", self.config.workers, None)
             self._hook("on_starting", fatal=True)
             self._open()
             if self.server_hooks is not None:
