@@ -162,12 +162,17 @@ class Master:
         self.server_hooks = _server_hooks(config)
         if self.server_hooks is not None:
             self.pool.hooks.reloading = lambda: self._hook("on_reload")
-            self.pool.hooks.resized = lambda new, old: self._hook("nworkers_changed", new, old)
+            self.pool.hooks.resized = self._resized
 
     def _hook(self, name: str, *args: Any, fatal: bool = False) -> None:
         """Run a master-side gunicorn hook with this master as ``server`` (see tether._hooks)."""
         if self.server_hooks is not None:
             self.server_hooks.call(name, self.server_hooks.server, *args, fatal=fatal)
+
+    def _resized(self, new: int, old: int) -> None:
+        if self.server_hooks is not None:
+            self.server_hooks.server.num_workers = new
+        self._hook("nworkers_changed", new, old)
 
     def _worker_exited(self, w: Worker) -> None:
         self.aggregator.retire(str(w.id), w.debug_path)
