@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -529,9 +530,9 @@ def test_nworkers_changed_and_worker_int(tmp_path: Path) -> None:
         assert t.proc is not None
         master = t.proc.pid
         t.signal(signal.SIGTTIN)
-        eventually(
-            lambda: len([x for x in lines() if x[1] == "post_worker_init"]) == 2, "a second worker"
-        )
+        # READY, not just post_worker_init: a QUIT before its signal handlers would kill it.
+        ready = re.compile(r"worker 2 \(pid \d+, generation 1\) ready in")
+        eventually(lambda: ready.search(t.output()), "the second worker READY")
         t.signal(signal.SIGQUIT)
         t.wait()
     seen = lines()
