@@ -195,7 +195,7 @@ def test_debug_endpoints_answer() -> None:
         (["broken_import:app"], 3, "raised RuntimeError: settings file missing"),
         (["syntax_error:app"], 3, "raised SyntaxError: invalid syntax (syntax_error.py, line 1)"),
         (["plain"], 2, "APP must look like module:attribute"),
-        (["plain:app", "--bind", "127.0.0.1"], 2, "--bind"),
+        (["plain:app", "--bind", "127.0.0.1:"], 2, "--bind"),
         (["plain:app", "--bind", "localhost:99999"], 2, "--bind"),
         (["plain:app", "--bind", "unix:/no/such/dir/s.sock"], 2, "cannot bind unix:/no/such/dir"),
         (["plain:app", "--graceful-timeout", "-1"], 2, "--graceful-timeout must be a number"),

@@ -28,6 +28,8 @@ CLI_ONLY = {
     "debug_token_file": "read into debug_token",
     "print_config": "an action",
     "config": "a source of the others",
+    "env": "gunicorn's -e: set in the environment every worker inherits",
+    "worker_class": "gunicorn's -k: checked, and may choose http",
 }
 
 
@@ -67,7 +69,7 @@ def everything_changed(tmp_path: Path) -> RunConfig:
         ssl_cert_reqs=2,
         ssl_ca_certs=str(cert),
         ssl_ciphers="ECDHE",
-        ws="wsproto",
+        ws="websockets-sansio",
         ws_max_size=1000,
         ws_max_queue=4,
         ws_ping_interval=3.5,

@@ -30,6 +30,7 @@ NOT_FOR_SERVING = frozenset(
         "ctypes",
         "prometheus_client",
         "tether.ctl",
+        "tether._hooks",
         "tether._init",
         "tether._reloader",
         "tomllib",

@@ -28,16 +28,27 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from tether._gunicorn import is_python_config, translate_bind, worker_class_http
+from tether._gunicorn import load as load_pyconfig
 from tether.config import (
     DEFAULT_BIND,
     HttpOptions,
     RunConfig,
+    check_ws_available,
     parse_header,
     read_token_file,
 )
 from tether.errors import ConfigError
 
-__all__ = ["Resolved", "load_env_file", "load_sources", "resolve"]
+__all__ = [
+    "Resolved",
+    "apply_env",
+    "check_env",
+    "check_worker_class",
+    "load_env_file",
+    "load_sources",
+    "resolve",
+]
 
 #: Set in every worker a master starts: the worker's command line is complete.
 WORKER_MARK = "TETHER_PARENT_FD"
@@ -48,6 +59,16 @@ FALLBACK_ENV = {"workers": "WEB_CONCURRENCY", "forwarded_allow_ips": "FORWARDED_
 _NOT_FROM_SOURCES = frozenset({"config", "print_config", "debug_token", "ssl_keyfile_password"})
 _BIND_PARAMS = ("bind", "host", "port", "uds", "fd")
 _ORIGINS = "tether.origins"
+#: ``ctx.meta`` key: the gunicorn-style Python config given to -c, for RunConfig.python_config.
+_PYCONFIG = "tether.pyconfig"
+#: Options never read from TETHER_<OPTION> (TETHER_ENV names a deployment stage too often).
+_NOT_FROM_ENV = frozenset({"env"})
+
+
+class _FileError(click.ClickException):
+    """A config file that cannot be taken: one line naming the file (and line), exit 2."""
+
+    exit_code = 2
 
 
 def _long_names(param: click.Parameter) -> list[str]:
@@ -127,10 +148,17 @@ def load_sources(ctx: click.Context, param: click.Parameter, value: str | None) 
     origins: dict[str, str] = {}
     defaults: dict[str, Any] = {}
     ctx.meta[_ORIGINS] = origins
+    if value is not None and is_python_config(value):
+        ctx.meta[_PYCONFIG] = value if value.startswith("python:") else os.path.abspath(value)
     if os.environ.get(WORKER_MARK):
         return value
     names = _params(ctx.command)
-    table, where = _read_file(value)
+    if value is not None and is_python_config(value):
+        _read_python(ctx, value, names, defaults, origins)
+        table: dict[str, Any] = {}
+        where = ""
+    else:
+        table, where = _read_file(value)
     for key, raw in table.items():
         target = names.get(key)
         if target is None or target.name is None:
@@ -142,7 +170,7 @@ def load_sources(ctx: click.Context, param: click.Parameter, value: str | None) 
         defaults[target.name] = _checked(ctx, target, raw, where)
         origins[target.name] = where
     for target in ctx.command.params:
-        if target.name is None or target.name in _NOT_FROM_SOURCES:
+        if target.name is None or target.name in _NOT_FROM_SOURCES | _NOT_FROM_ENV:
             continue
         candidates = [ENV_PREFIX + n.upper().replace("-", "_") for n in _long_names(target)]
         if target.name in FALLBACK_ENV:
@@ -156,6 +184,56 @@ def load_sources(ctx: click.Context, param: click.Parameter, value: str | None) 
                 break
     ctx.default_map = defaults
     return value
+
+
+def _read_python(
+    ctx: click.Context,
+    spec: str,
+    names: dict[str, click.Parameter],
+    defaults: dict[str, Any],
+    origins: dict[str, str],
+) -> None:
+    """A gunicorn config's settings into ``defaults``; its hooks are checked here, run later."""
+    try:
+        pyconfig = load_pyconfig(spec)
+        found = pyconfig.options()
+        pyconfig.hooks()
+    except ConfigError as exc:
+        raise _FileError(str(exc)) from None
+    for line in pyconfig.warnings:
+        click.echo(f"tether: note: {line}", err=True)
+    for option, raw, origin in found:
+        target = names[option]
+        assert target.name is not None
+        defaults[target.name] = _checked(ctx, target, raw, origin.split(" ", 1)[0])
+        origins[target.name] = origin
+
+
+def check_env(_ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+    """``-e NAME=VALUE`` (gunicorn's raw_env): each one names a variable."""
+    for item in value or ():
+        name, sep, _ = str(item).partition("=")
+        if not sep or not name or not name.replace("_", "a").isalnum() or name[0].isdigit():
+            msg = f"{item!r}: expected NAME=VALUE, for example -e DJANGO_SETTINGS_MODULE=app"
+            raise click.BadParameter(msg)
+    return value
+
+
+def check_worker_class(_ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+    """``-k CLASS``: the uvicorn worker (or sync, gthread) means what tether does; others not."""
+    if value is not None:
+        try:
+            worker_class_http(value)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def apply_env(items: tuple[str, ...]) -> None:
+    """``-e NAME=VALUE``: into this process's environment, which every worker inherits."""
+    for item in items:
+        name, _, text = item.partition("=")
+        os.environ[name] = text
 
 
 def _origin(ctx: click.Context, name: str) -> str:
@@ -173,7 +251,7 @@ def _origin(ctx: click.Context, name: str) -> str:
 
 def _binds(ctx: click.Context, opts: dict[str, Any]) -> tuple[tuple[str, ...], str]:
     """The app's addresses from --bind and uvicorn's --host/--port/--uds/--fd, or PORT."""
-    binds = list(opts["bind"])
+    binds = [translate_bind(b) for b in opts["bind"]]
     if opts["fd"] is not None:
         binds.append(f"fd:{opts['fd']}")
     if opts["uds"]:
@@ -232,6 +310,13 @@ def resolve(ctx: click.Context, opts: dict[str, Any]) -> Resolved:
             raise ConfigError(msg)
         debug_token = read_token_file(opts["debug_token_file"])
     binds, bind_origin = _binds(ctx, opts)
+    check_ws_available(opts["ws"])
+    http_by_class = opts["worker_class"] is not None and (
+        worker_class_http(opts["worker_class"]) == "h11"
+        and ctx.get_parameter_source("http") is ParameterSource.DEFAULT
+    )
+    if http_by_class:
+        opts["http"] = "h11"
     http_names = {f.name for f in dataclasses.fields(HttpOptions)}
     run_names = {f.name for f in dataclasses.fields(RunConfig)} - {"http", "binds"}
     try:
@@ -244,6 +329,7 @@ def resolve(ctx: click.Context, opts: dict[str, Any]) -> Resolved:
             binds=binds,
             debug_bind=None if opts["no_debug"] else opts["debug_bind"],
             debug_token=debug_token,
+            python_config=ctx.meta.get(_PYCONFIG),
             http=http,
             **{
                 k: v
@@ -259,7 +345,8 @@ def resolve(ctx: click.Context, opts: dict[str, Any]) -> Resolved:
         name = param.name
         if name is None or name in _NOT_FROM_SOURCES or name in (*_BIND_PARAMS, "app"):
             continue
-        rows.append((_long_names(param)[0], opts[name], _origin(ctx, name)))
+        origin = "--worker-class" if name == "http" and http_by_class else _origin(ctx, name)
+        rows.append((_long_names(param)[0], opts[name], origin))
     if debug_token:
         rows.append(("debug-token", "(set; not shown)", _origin(ctx, "debug_token")))
     if opts["ssl_keyfile_password"]:

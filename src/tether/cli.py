@@ -17,7 +17,14 @@ from typing import Any, TypeVar
 
 import click
 
-from tether._configsources import load_env_file, load_sources, resolve
+from tether._configsources import (
+    apply_env,
+    check_env,
+    check_worker_class,
+    load_env_file,
+    load_sources,
+    resolve,
+)
 from tether._pidfile import PidFile
 from tether.config import (
     DEBUG_TOKEN_ENV,
@@ -149,7 +156,9 @@ def _run_single(config: RunConfig) -> None:
 RUN_EPILOG = (
     "Every option can also come from the environment as TETHER_<OPTION> (dashes as "
     "underscores, for example TETHER_WORKERS=4), and from [tool.tether] in ./pyproject.toml "
-    "or --config FILE (keys are the long option names). The command line wins over the "
+    "or --config FILE (keys are the long option names; a .py file or python:MODULE is a "
+    "gunicorn config, with gunicorn's setting names and server hooks). The command line "
+    "wins over the "
     "environment, which wins over the file. WEB_CONCURRENCY sets --workers and PORT serves "
     "on 0.0.0.0:$PORT when no address is given, as in the rest of the ecosystem."
 )
@@ -170,9 +179,11 @@ RUN_OPTIONS: list[Callable[[F], F]] = [
     # -- where to serve ------------------------------------------------------------
     _opt(
         "--bind",
+        "-b",
         multiple=True,
         metavar="ADDR",
-        help=f"Serve the app on ADDR: HOST:PORT, [IPV6]:PORT, unix:PATH or fd:N. Repeatable. "
+        help=f"Serve the app on ADDR: HOST:PORT, [IPV6]:PORT, unix:PATH or fd:N; as in gunicorn, "
+        f"HOST alone is HOST:8000 and :PORT every address. Repeatable. "
         f"[default: {DEFAULT_BIND}, or 0.0.0.0:$PORT when PORT is set]",
     ),
     _opt(
@@ -224,6 +235,7 @@ RUN_OPTIONS: list[Callable[[F], F]] = [
     # -- processes and shutdown ------------------------------------------------------
     _opt(
         "--workers",
+        "-w",
         type=int,
         default=1,
         help="0 runs one process; N >= 1 runs a master that holds the sockets and N workers. "
@@ -261,8 +273,10 @@ RUN_OPTIONS: list[Callable[[F], F]] = [
         "--watchdog-timeout",
         30.0,
         "Seconds without a heartbeat from a worker's event loop before it is replaced "
-        "(--timeout-worker-healthcheck is uvicorn's name).",
+        "(--timeout-worker-healthcheck is uvicorn's name, -t/--timeout gunicorn's).",
         "--timeout-worker-healthcheck",
+        "--timeout",
+        "-t",
     ),
     _opt(
         "--threads",
@@ -349,6 +363,8 @@ RUN_OPTIONS: list[Callable[[F], F]] = [
     ),
     _opt(
         "--pidfile",
+        "--pid",
+        "-p",
         metavar="PATH",
         help="Write the pid to signal to PATH: the master, or with --workers 0 the serving "
         "process. Refuses to start while PATH names a live process.",
@@ -386,6 +402,22 @@ RUN_OPTIONS: list[Callable[[F], F]] = [
         "--env-file",
         metavar="PATH",
         help="Load environment variables from the dotenv file PATH before importing APP.",
+    ),
+    _opt(
+        "--env",
+        "-e",
+        multiple=True,
+        metavar="NAME=VALUE",
+        callback=check_env,
+        help="gunicorn's: set NAME=VALUE in the environment of the app (every worker). Repeatable.",
+    ),
+    _opt(
+        "--worker-class",
+        "-k",
+        metavar="CLASS",
+        callback=check_worker_class,
+        help="gunicorn's: uvicorn.workers.UvicornWorker (UvicornH11Worker: --http h11), sync "
+        "and gthread are accepted and mean what tether does; others are refused.",
     ),
     _opt(
         "--loop",
@@ -576,13 +608,16 @@ RUN_OPTIONS: list[Callable[[F], F]] = [
     # -- configuration ---------------------------------------------------------------
     _opt(
         "--config",
+        "-c",
         metavar="PATH",
         envvar="TETHER_CONFIG",
         is_eager=True,
         callback=load_sources,
         expose_value=False,
         help="Read options from this TOML file (keys are long option names, at the top or "
-        "under [tool.tether]). [default: [tool.tether] in ./pyproject.toml]",
+        "under [tool.tether]), or from a gunicorn config (a .py file or python:MODULE: "
+        "gunicorn's setting names, and its server hooks). "
+        "[default: [tool.tether] in ./pyproject.toml]",
     ),
     _opt(
         "--print-config",
@@ -629,10 +664,24 @@ class _Tether(click.Group):
                 else ""
             )
             text = " ".join(exc.format_message().split())
+            instead = _gunicorn_flag(exc)
+            if instead is not None:
+                text, hint = instead, ""
             click.echo(f"tether: error: {text}{hint}", err=True)
             sys.exit(exc.exit_code)
         except click.exceptions.Abort:
             sys.exit(1)
+
+
+def _gunicorn_flag(exc: click.ClickException) -> str | None:
+    """For a gunicorn flag tether has no flag for: the line that says what tether does."""
+    if not isinstance(exc, click.NoSuchOption):
+        return None
+    from tether._gunicorn import FLAGS_INSTEAD
+
+    flag = exc.option_name.split("=", 1)[0]
+    instead = FLAGS_INSTEAD.get(flag)
+    return None if instead is None else f"{flag} is gunicorn's: {instead}"
 
 
 @click.group(cls=_Tether, context_settings={"help_option_names": ["-h", "--help"]})
@@ -657,6 +706,9 @@ def run(**opts: Any) -> None:
         if opts["print_config"]:
             click.echo(resolved.describe())
             sys.exit(EXIT_OK)
+        apply_env(opts["env"])
+        # A --log-config may name handlers and filters of the app's own package.
+        _importable(config.app_dir)
         setup_logging(config.log_level, config.log_format, config.log_config)
         if _keeps_pid() and (code := _become_init()) is not None:
             pass  # this process kept its pid for the service, its child; see tether._init
@@ -688,6 +740,13 @@ def _keeps_pid() -> bool:
     if os.getpid() == 1:
         return True
     return not os.environ.get("NOTIFY_SOCKET") and PARENT_FD_ENV not in os.environ
+
+
+def _importable(app_dir: str) -> None:
+    """Put the app's directory first on sys.path, as the app's import will (tether.app)."""
+    path = os.path.abspath(app_dir)
+    if path not in sys.path:
+        sys.path.insert(0, path)
 
 
 def _become_init() -> int | None:

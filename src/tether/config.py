@@ -26,6 +26,7 @@ __all__ = [
     "ShutdownBudget",
     "check_allowed_hosts",
     "check_timeout",
+    "check_ws_available",
     "read_token_file",
 ]
 
@@ -230,6 +231,25 @@ class HttpOptions:
         return kwargs
 
 
+#: The package each --ws implementation needs.
+_WS_PACKAGES = {"websockets": "websockets", "websockets-sansio": "websockets", "wsproto": "wsproto"}
+
+
+def check_ws_available(name: str) -> None:
+    """``--ws NAME`` names an installed library (refused before starting, as uvicorn does)."""
+    package = _WS_PACKAGES.get(name)
+    if package is None:
+        return
+    from importlib.util import find_spec
+
+    if find_spec(package) is None:
+        msg = (
+            f"--ws {name}: the {package} package is not installed; `pip install {package}`, "
+            "or use --ws auto (whichever is installed) or --ws none"
+        )
+        raise ConfigError(msg)
+
+
 class _WebSocketProtocol:
     """uvicorn's websocket protocol for ``--ws NAME``, imported at the first websocket upgrade.
 
@@ -353,6 +373,9 @@ class RunConfig:
     log_config: str | None = field(default=None, metadata=_flag("--log-config"))
     #: Accepted for uvicorn command lines; tether's text log has no colours.
     use_colors: bool | None = field(default=None, metadata=_flag("--use-colors"))
+    #: A gunicorn-style Python config (``-c gunicorn.conf.py``): every process that has
+    #: one of its hooks' moments runs the file's hooks (a worker loads it itself).
+    python_config: str | None = field(default=None, metadata=_flag("--config"))
     #: What the HTTP engine is asked to do (uvicorn's options).
     http: HttpOptions = field(default_factory=HttpOptions)
     #: Extra data for modes that need it (kept out of the flag surface).

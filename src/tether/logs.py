@@ -158,5 +158,11 @@ def _applying(path: str, step: Callable[[], Any]) -> Any:
     try:
         return step()
     except Exception as exc:
-        msg = f"--log-config {path}: {type(exc).__name__}: {exc}; fix the file or leave it out"
+        what = f"{type(exc).__name__}: {exc}"
+        root: BaseException = exc
+        while (inner := root.__cause__ or root.__context__) is not None:
+            root = inner
+        if root is not exc:  # dictConfig says which handler or filter; its cause says why
+            what += f" ({type(root).__name__}: {root})"
+        msg = f"--log-config {path}: {what}; fix the file or leave it out"
         raise ConfigError(msg) from exc

@@ -69,6 +69,7 @@ from tether.worker import (
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
+    from tether._hooks import ServerHooks
     from tether._otel import Telemetry
     from tether.debug import DebugSource
 
@@ -170,6 +171,8 @@ class Service:
         #: --max-requests or --max-worker-memory was reached (a successor is asked for once).
         self._recycle_asked = False
         self._resuming: asyncio.Task[None] | None = None
+        #: A gunicorn config's server hooks (-c gunicorn.conf.py), loaded by ``run``.
+        self._server_hooks: ServerHooks | None = None
 
     # -- stop requests ------------------------------------------------------------
 
@@ -252,6 +255,8 @@ class Service:
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
+        if self._server_hooks is not None and signum in (signal.SIGQUIT, signal.SIGINT):
+            self._server_hooks.call("worker_int", self._server_hooks.this_worker())
         if signum == signal.SIGQUIT:
             self.request_stop(f"{name} received (fast stop)", force=True)
         elif signum in (signal.SIGTERM, signal.SIGINT):
@@ -282,7 +287,19 @@ class Service:
         """Serve until stopped; raise an ExceptionGroup if anything failed or was abandoned."""
         if self.config.app_metrics:
             check_user_dir(os.environ)  # a bad PROMETHEUS_MULTIPROC_DIR fails before binding
+        hooks = self._server_hooks = _server_hooks(self.config)
+        in_master = PARENT_FD_ENV in os.environ  # a master's worker: the master runs its hooks
+        if hooks is not None and not in_master:
+            hooks.call("on_starting", hooks.server, fatal=True)
         listeners = self._open = self._open or open_listeners(self.config)
+        if hooks is not None:
+            hooks.set_bind([str(sockets_mod.bound_address(s)) for s in listeners.app])
+            if not in_master:
+                try:
+                    hooks.call("when_ready", hooks.server, fatal=True)
+                except BaseException:
+                    listeners.close()
+                    raise
         self._watch_parent(asyncio.get_running_loop())
         # Before the app is imported: app code that notifies at import must not reach
         # whoever waits for this process's READY (a master, systemd).
@@ -294,6 +311,8 @@ class Service:
         try:
             # Before the app is imported, so that its own instrumentation finds the providers.
             self._start_telemetry()
+            if hooks is not None:
+                hooks.call("post_fork", hooks.server, hooks.this_worker(), fatal=True)
             interface = self.config.interface
             app, kind = load_app(
                 self.config.app,
@@ -301,6 +320,9 @@ class Service:
                 interface="asgi" if interface in ("asgi2", "asgi3") else interface,  # type: ignore[arg-type]
                 factory=self.config.factory,
             )
+            if hooks is not None:
+                hooks.this_worker().wsgi = app.http
+                hooks.call("post_worker_init", hooks.this_worker(), fatal=True)
         except BaseException as exc:
             self._failed(exc)
             listeners.close()
@@ -349,6 +371,8 @@ class Service:
             if self.telemetry is not None:
                 self.telemetry.shutdown(self._flush_budget())
             self._disarm_hard_stop()
+            if hooks is not None:
+                hooks.call("worker_exit", hooks.server, hooks.this_worker())
             if self.notifier is not None:
                 self.notifier.close()
             if final:  # the master keeps these counts once this process is gone
@@ -359,6 +383,8 @@ class Service:
             # leaves on its own) must not kill the process in the middle of its report.
             with _holding(_STOP_SIGNALS):
                 await self._report_leaks(since)
+            if hooks is not None and not self._is_worker:
+                hooks.call("on_exit", hooks.server)
 
     def _start_telemetry(self) -> None:
         """OpenTelemetry's providers, if any ``OTEL_*`` variable asks for them (tether._otel)."""
@@ -448,6 +474,8 @@ class Service:
                 )
                 await group.start(self._debug_member(debug), name="debug")
             asgi = as_asgi(app, kind, self.config.threads, self.config.interface)
+            if asgi is not None and self._server_hooks is not None:
+                asgi = self._server_hooks.wrap(asgi)
             if asgi is not None:
                 self.http = HttpServer(asgi, listeners.app, self._serve_options(kind), self.hooks)
                 await group.start(self.http.run, name="http")
@@ -607,6 +635,8 @@ class Service:
             logger.info("%s: a reload is in progress; one more will follow it", why)
             self._reload_again = True
             return
+        if self._server_hooks is not None:
+            self._server_hooks.call("on_reload", self._server_hooks.server)
         self._handoff = asyncio.get_running_loop().create_task(
             self._hand_over(why), name="tether-reload"
         )
@@ -844,6 +874,15 @@ def _holding(signums: Iterable[int]) -> Iterator[None]:
 
 def _ignore(_signum: int, _frame: object) -> None:
     """The stop it asks for has already happened."""
+
+
+def _server_hooks(config: RunConfig) -> ServerHooks | None:
+    """The hooks of ``-c gunicorn.conf.py``; tether._hooks is imported only with such a file."""
+    if config.python_config is None:
+        return None
+    from tether._hooks import ServerHooks
+
+    return ServerHooks.of(config)
 
 
 def _libuv_reserve_fd(leak: leaks.Leak) -> bool:

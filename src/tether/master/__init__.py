@@ -75,6 +75,7 @@ from tether.signals import handle_signals
 from tether.worker import NOTIFY_ENV, PARENT_FD_ENV, WORKER_PROGRAM, worker_argv, worker_base_env
 
 if TYPE_CHECKING:
+    from tether._hooks import ServerHooks
     from tether._otel import Telemetry
 
 __all__ = ["Master", "run_master"]
@@ -164,6 +165,31 @@ class Master:
         self.upgrader: Upgrader | None = None
         #: OpenTelemetry, when the environment asks for it; made once the workers started.
         self.telemetry: Telemetry | None = None
+        #: A gunicorn config's server hooks (-c gunicorn.conf.py), or None.
+        self.server_hooks = _server_hooks(config)
+        if self.server_hooks is not None:
+            self.pool.hooks.reloading = lambda: self._hook("on_reload")
+            self.pool.hooks.resized = self._resized
+
+    def _hook(self, name: str, *args: Any, fatal: bool = False) -> None:
+        """Run a master-side gunicorn hook with this master as ``server`` (see tether._hooks)."""
+        if self.server_hooks is not None:
+            self.server_hooks.call(name, self.server_hooks.server, *args, fatal=fatal)
+
+    def _resized(self, new: int, old: int) -> None:
+        if self.server_hooks is not None:
+            self.server_hooks.server.num_workers = new
+        self._hook("nworkers_changed", new, old)
+
+    def _worker_exited(self, w: Worker) -> None:
+        """A worker's process ended: keep its counts, end its live app gauges, call child_exit."""
+        self.aggregator.retire(str(w.id), w.debug_path)
+        self.app_metrics.process_dead(w.pid)
+        if self.server_hooks is not None and self.server_hooks.has("child_exit"):
+            gone = self.server_hooks.exited_worker(
+                w.id, w.generation, w.pid, w.child.exited.result()
+            )
+            self._hook("child_exit", gone)
 
     # -- the whole life -------------------------------------------------------------
 
@@ -172,7 +198,15 @@ class Master:
         loop = asyncio.get_running_loop()
         reaper = Reaper(loop)  # orphans of the workers' apps come back here, to be reaped
         try:
+            # gunicorn's arbiter tells the first count before on_starting (old value None).
+            self._hook("nworkers_changed", self.config.workers, None)
+            self._hook("on_starting", fatal=True)
             self._open()
+            if self.server_hooks is not None:
+                self.server_hooks.set_bind(
+                    [str(sockets_mod.bound_address(s)) for s in self._app_socks]
+                )
+            self._hook("when_ready", fatal=True)
             with handle_signals(loop, dict.fromkeys(_SIGNALS, self._on_signal)):
                 self.group.add(self._pool_member, name="pool")
                 self.group.add(self._servers_member, name="servers")
@@ -196,6 +230,7 @@ class Master:
         finally:
             await self._close()
             reaper.close()
+            self._hook("on_exit")
 
     def _on_code_change(self, paths: list[str]) -> None:
         """--reload: a save reloads the app as HUP does (a failed start keeps the old code)."""
@@ -271,6 +306,8 @@ class Master:
         debug_path = os.path.join(self._rundir, f"w{wid}.sock")
         env = dict(self._worker_env, TETHER_WORKER_ID=str(wid), TETHER_GENERATION=str(generation))
         env[FINAL_ENV] = final_path(debug_path)  # where it leaves its final counts for /metrics
+        if self.server_hooks is not None:
+            self._hook("pre_fork", self.server_hooks.new_worker(wid, generation))
         child, fds = start_child(
             worker_argv(self.config, debug_path, self._program),
             name=f"worker {wid}",
@@ -284,11 +321,6 @@ class Master:
         assert str(fds[0]) == env[PARENT_FD_ENV]
         self._spawned.set()
         return child, debug_path
-
-    def _worker_exited(self, w: Worker) -> None:
-        """A worker's process ended: keep its counts; its live app gauges end with it."""
-        self.aggregator.retire(str(w.id), w.debug_path)
-        self.app_metrics.process_dead(w.pid)
 
     async def _close(self) -> None:
         """Release everything; kill any child still alive that was not handed over."""
@@ -516,6 +548,7 @@ class Master:
     async def _upgrade(self) -> dict[str, Any]:
         """USR2: start a new master with every socket; hand over once it is READY."""
         assert self.upgrader is not None
+        self._hook("pre_exec")
         self.view.progress(f"upgrade: starting a new master ({' '.join(upgrade_argv())})")
         self.systemd.reloading("upgrading the master")
         pid, why = await self.upgrader.upgrade()
@@ -560,3 +593,12 @@ def _control_member(server: ControlServer) -> Callable[[StopToken], Awaitable[No
             await server.close()
 
     return member
+
+
+def _server_hooks(config: RunConfig) -> ServerHooks | None:
+    """The hooks of ``-c gunicorn.conf.py``; tether._hooks is imported only with such a file."""
+    if config.python_config is None:
+        return None
+    from tether._hooks import ServerHooks
+
+    return ServerHooks.of(config)

@@ -101,6 +101,10 @@ class PoolHooks:
     restarted: Callable[[str], None] = lambda _cause: None
     #: A reload finished, with its outcome (the one ``tether ctl reload`` gets).
     reloaded: Callable[[dict[str, Any]], None] = lambda _outcome: None
+    #: A reload begins (gunicorn's on_reload hook).
+    reloading: Callable[[], None] = lambda: None
+    #: The number of workers changes: (new, old) (gunicorn's nworkers_changed hook).
+    resized: Callable[[int, int], None] = lambda _new, _old: None
 
 
 RequestKind = Literal["reload", "upgrade", "scale"]
@@ -159,7 +163,8 @@ class Pool:
     def scale(self, n: int) -> None:
         """Run ``n`` workers per generation from now on (applied between reloads)."""
         log.info("master %d: scaling from %d to %d worker(s)", self._pid, self.size, n)
-        self.size = n
+        old, self.size = self.size, n
+        self.hooks.resized(n, old)
         self.request("scale")
 
     @property
@@ -211,6 +216,7 @@ class Pool:
                 _resolve(reloads, {"ok": False, "error": "the master was upgraded"})
                 return
         if reloads:
+            self.hooks.reloading()
             self.reloading = True
             try:
                 outcome = await self._reload()
