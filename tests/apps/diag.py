@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from plain import app
+from plain import _lifespan, _respond, app
 
 import tether
 
@@ -20,3 +21,23 @@ async def wait_for_the_queue(queue: asyncio.Queue[int]) -> int:
 async def deaf_consumer(stop: tether.StopToken) -> None:
     """A member that never looks at its stop token: it is cancelled at the deadline."""
     await wait_for_the_queue(asyncio.Queue())
+
+
+async def hostile(scope: Any, receive: Any, send: Any) -> None:
+    """`/fail…` raises naming its path; `/spawn…` starts a task that fails (adopted, so its
+    failure is logged with the request that started it); anything else is 200."""
+    if scope["type"] == "lifespan":
+        return await _lifespan(receive, send)
+    path = scope["path"]
+    if path.startswith("/fail"):
+        raise RuntimeError(f"cannot serve {path}")
+    if path.startswith("/spawn"):
+
+        async def doomed() -> None:
+            raise ValueError("background work failed")
+
+        _started.append(asyncio.create_task(doomed(), name="doomed"))
+    await _respond(send, b"ok\n")
+
+
+_started: list[asyncio.Task[None]] = []
