@@ -41,3 +41,16 @@ async def hostile(scope: Any, receive: Any, send: Any) -> None:
 
 
 _started: list[asyncio.Task[None]] = []
+
+
+async def hog(scope: Any, receive: Any, send: Any) -> None:
+    """`/hog?mib=N` fills N MiB of memory (written, so resident) and keeps it."""
+    if scope["type"] == "lifespan":
+        return await _lifespan(receive, send)
+    if scope["path"] == "/hog":
+        mib = int(scope["query_string"].decode().partition("=")[2] or "512")
+        _kept.append(b"\x01" * (mib << 20))
+    await _respond(send, b"ok\n")
+
+
+_kept: list[bytes] = []
