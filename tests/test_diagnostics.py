@@ -7,12 +7,14 @@ import json
 import re
 import signal
 import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from waiting import eventually
 
-from proc import tether
+from proc import get, tether
 
 
 @pytest.mark.parametrize("workers", ["0", "1"])
@@ -96,3 +98,34 @@ def test_client_control_characters_never_reach_a_log_line_raw(log_format: str, h
     if log_format == "text":  # the app's exception message, on its own line
         assert any("cannot serve /fail\\x0d\\x0a2026-01-01" in x for x in texts), err
     assert any("(started by GET /spawn%0D%0A2026-01-01" in x for x in texts), err
+
+
+def test_a_blocked_loop_is_logged_with_its_stack_while_it_is_blocked(tmp_path: Path) -> None:
+    """A handler blocking the loop: one line naming it while blocked, one when it ends."""
+    flag = tmp_path / "release"
+    with tether("diag:blocking_handler", "--blocked-loop-threshold", "0.3", debug=False) as t:
+        t.ready()
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(get, t.port, f"/crunch?flag={flag}")
+            line = eventually(
+                lambda: next((x for x in t.output().splitlines() if "loop blocked" in x), None),
+                "the blocked-loop line",
+            )
+            assert not answer.done()  # written while the handler still blocks the loop
+            report = t.output()[t.output().index(line) :]
+            assert "in crunch_until" in report, report
+            assert "in blocking_handler" in report, report
+            flag.touch()
+            assert answer.result(timeout=30)[0] == 200
+        unblocked = eventually(
+            lambda: [x for x in t.output().splitlines() if "event loop unblocked" in x],
+            "the unblocked line",
+        )
+        assert len(unblocked) == 1
+        assert get(t.port, "/")[0] == 200
+        t.signal(signal.SIGTERM)
+        assert t.wait() == 0
+        err = t.stderr()
+    assert err.count("loop blocked for") == 1, err  # one line per episode, however long
+    seconds = re.search(r"event loop blocked for (\d+\.\d+)s so far", line)
+    assert seconds is not None and float(seconds[1]) >= 0.3, line

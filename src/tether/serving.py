@@ -129,6 +129,9 @@ class DrainHooks:
     request_limit: Callable[[], None] | None = None
     #: Where every response, drain phase and loop-lag sample is counted; None: not counted.
     metrics: ProcessMetrics | None = None
+    #: Called with True when the first connection opens, False when the last one closes
+    #: (what runs only while there is traffic: the blocked-loop watch).
+    traffic: Callable[[bool], None] | None = None
 
 
 class _Connections(set[Any]):
@@ -179,12 +182,14 @@ class _State(ServerState):
         date: bool = True,
         lag: Callable[[float], None] | None = None,
         tasks: set[asyncio.Future[Any]] | None = None,
+        traffic: Callable[[bool], None] | None = None,
     ) -> None:
         super().__init__()
         if tasks is not None:
             self.tasks = tasks  # type: ignore[assignment]  # uvicorn adds and discards each request's
         self._dated = date
-        self.watched_connections = _Connections(self._start_clock, self._stop_clock)
+        self._traffic = traffic
+        self.watched_connections = _Connections(self._busy, self._empty)
         self.connections = self.watched_connections
         self._extra = extra_headers
         self._clock: asyncio.TimerHandle | None = None
@@ -207,6 +212,16 @@ class _State(ServerState):
             delay = 1.0 - now % 1.0
             self._due = loop.time() + delay
             self._clock = loop.call_later(delay, self._refresh_date)
+
+    def _busy(self) -> None:
+        self._start_clock()
+        if self._traffic is not None:
+            self._traffic(True)
+
+    def _empty(self) -> None:
+        self._stop_clock()
+        if self._traffic is not None:
+            self._traffic(False)
 
     def _start_clock(self) -> None:
         if not self._dated and self._lag is None:
@@ -400,6 +415,7 @@ class HttpServer:
             date=options.http.date_header,
             lag=metrics.loop_lag if metrics is not None else None,
             tasks=self.hooks.requests,
+            traffic=self.hooks.traffic,
         )
         self.phase = "created"
         self._servers: list[asyncio.Server] = []

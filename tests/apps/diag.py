@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from typing import Any
 
 from plain import _lifespan, _respond, app
@@ -54,3 +56,19 @@ async def hog(scope: Any, receive: Any, send: Any) -> None:
 
 
 _kept: list[bytes] = []
+
+
+def crunch_until(flag: str, limit: float = 20.0) -> None:
+    """What blocks the loop: CPU-bound work in the handler, until ``flag`` exists (or ``limit``)."""
+    deadline = time.monotonic() + limit
+    while not os.path.exists(flag) and time.monotonic() < deadline:
+        sum(i * i for i in range(10_000))
+
+
+async def blocking_handler(scope: Any, receive: Any, send: Any) -> None:
+    """`/crunch?flag=PATH` blocks the event loop until PATH exists; anything else is 200."""
+    if scope["type"] == "lifespan":
+        return await _lifespan(receive, send)
+    if scope["path"] == "/crunch":
+        crunch_until(scope["query_string"].decode().partition("=")[2])
+    await _respond(send, b"ok\n")
