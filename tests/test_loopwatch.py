@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -73,6 +74,7 @@ def test_a_block_is_reported_once_while_it_lasts_and_a_short_one_never(records: 
     blocked = [m for m in records.messages if "loop blocked" in m]
     assert len(blocked) == 1, records.messages
     assert "in hold_the_loop" in blocked[0] and "until.wait(10)" in blocked[0]
+    assert re.search(r"the loop thread ran \d+\.\d\ds on a CPU and waited", blocked[0])
     assert any(m.startswith("event loop unblocked after at least 0.") for m in records.messages)
     assert not watch_threads()
 

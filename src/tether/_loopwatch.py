@@ -8,6 +8,11 @@ until it runs again. The watchdog kills a loop blocked for a whole
 while the block goes on, with the loop thread's stack (the function that
 blocks it); and one line when the loop runs again.
 
+The line also says, from ``/proc/self/task/TID/schedstat``, how long the
+loop thread ran on a CPU and how long it waited for one in that time: a
+process starved of CPU on a busy machine runs late too, and that is not its
+code's fault.
+
 How: while connections are open, the loop runs a timer every quarter of the
 threshold that notes when it is next due. A watcher thread sleeps until that
 time plus the threshold; if the timer has not run by then, the loop is
@@ -60,6 +65,9 @@ class LoopWatch:
         self._reported: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
+        #: The loop thread's CPU time and run-queue wait (Linux), sampled by the watcher.
+        self._schedstat = ""
+        self._sample: tuple[float, int, int] | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._thread: threading.Thread | None = None
 
@@ -86,6 +94,7 @@ class LoopWatch:
             return
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        self._schedstat = f"/proc/self/task/{threading.get_native_id()}/schedstat"
         self._tick()
         with self._cond:
             self._armed = True
@@ -135,6 +144,8 @@ class LoopWatch:
                     continue
                 due = self._due
                 left = due + self.threshold - time.monotonic()
+                if left > 0:
+                    self._sample = self._scheduled()  # the baseline of a coming report
                 if left > 0 or self._reported == due:
                     # On time so far, or this episode is already reported: look again later.
                     self._cond.wait(left if left > 0 else self.threshold)
@@ -142,13 +153,37 @@ class LoopWatch:
                 self._reported = due
             self._report(time.monotonic() - due)  # outside the lock: logging may block
 
+    def _scheduled(self) -> tuple[float, int, int] | None:
+        """(now, ns the loop thread ran, ns it waited for a CPU); None off Linux."""
+        try:
+            with open(self._schedstat, "rb") as f:
+                ran, waited = f.read().split()[:2]
+        except (OSError, ValueError):
+            return None
+        return time.monotonic(), int(ran), int(waited)
+
+    def _cpu_story(self) -> str:
+        """What the scheduler says of the loop thread since the watcher last looked."""
+        before, after = self._sample, self._scheduled()
+        if before is None or after is None:
+            return ""
+        wall = after[0] - before[0]
+        ran, waited = (after[1] - before[1]) / 1e9, (after[2] - before[2]) / 1e9
+        # Both facts: code that blocks runs (or sleeps); a process starved of CPU waits.
+        return (
+            f"in the last {wall:.2f}s the loop thread ran {ran:.2f}s on a CPU "
+            f"and waited {waited:.2f}s for one"
+        )
+
     def _report(self, late: float) -> None:
         frame = sys._current_frames().get(self._loop_thread)
         stack = "".join(traceback.format_stack(frame, _STACK_LIMIT)) if frame else ""
+        story = self._cpu_story()
         logger.warning(
-            "event loop blocked for %.2fs so far (--blocked-loop-threshold %gs); "
+            "event loop blocked for %.2fs so far (--blocked-loop-threshold %gs%s); "
             "it is running:\n%s",
             late,
             self.threshold,
+            f"; {story}" if story else "",
             stack.rstrip("\n") or "  (no stack: the loop thread is gone)",
         )
