@@ -7,7 +7,7 @@ far less than throughput), and stops it. Rounds alternate (tether, uvicorn,
 uvicorn, tether, ...) so that drift in the machine's load hits both alike;
 the figures are ratios of the medians.
 
-    python benchmarks/bench_hello.py [--rounds 5] [--duration 10]
+    python benchmarks/bench_hello.py [--rounds 5] [--duration 10] [--vs-tether OPTIONS]
 
 wrk comes from Debian's packages (installed by this script if missing).
 """
@@ -29,7 +29,13 @@ HERE = Path(__file__).parent
 BIN = Path(sys.executable).parent
 
 
+#: With --vs-tether: the second server is tether with these options added, not uvicorn.
+VS_TETHER: list[str] = []
+
+
 def server_argv(name: str, port: int) -> list[str]:
+    if name == "uvicorn" and VS_TETHER:
+        return [*server_argv("tether", port), *VS_TETHER]
     if name == "uvicorn":
         return [
             str(BIN / "uvicorn"),
@@ -101,7 +107,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument(
+        "--vs-tether",
+        metavar="OPTIONS",
+        help="compare with `tether run` given these options instead of uvicorn "
+        "(for example '--blocked-loop-threshold 0': what the watch costs); "
+        "the figures keep the name uvicorn for the second server",
+    )
     args = parser.parse_args()
+    VS_TETHER[:] = (args.vs_tether or "").split()
     wrk = ensure_wrk()
     rps: dict[str, list[float]] = {"tether": [], "uvicorn": []}
     cpu: dict[str, list[float]] = {"tether": [], "uvicorn": []}

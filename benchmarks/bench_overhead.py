@@ -15,7 +15,9 @@ the serving code alone:
   ``gc.freeze()`` once started (all tether's defaults). The in-memory transport
   makes no system calls, so the one write per response saves nothing here
   and only its cost shows;
-- ``tether --no-gc-freeze``: the same without the freeze.
+- ``tether --no-gc-freeze``: the same without the freeze;
+- ``tether --blocked-loop-threshold 0``: the same without the blocked-loop
+  watch (its timer every 75 ms and its thread), to show what the watch costs.
 
 Each variant runs in its own process (``gc.freeze`` is process-wide), rounds
 alternate, and each round reports the best of its repeats (the least
@@ -50,7 +52,7 @@ WORKLOADS = {
     "FastAPI GET": ("fastapi_model", "/item", False),
     "Django view": ("django_view", "/", False),
 }
-VARIANTS = ("tether", "tether --no-gc-freeze", "uvicorn")
+VARIANTS = ("tether", "tether --no-gc-freeze", "tether --blocked-loop-threshold 0", "uvicorn")
 
 
 class Transport(asyncio.Transport):
@@ -109,14 +111,23 @@ def protocols(variant: str, app: Any) -> tuple[Any, Any]:
             return protocol(config=config, server_state=state, app_state={}, _loop=loop)
 
         return make, None
+    from tether._loopwatch import LoopWatch
     from tether.metrics import ProcessMetrics
     from tether.serving import DrainHooks, HttpServer, ServeOptions
     from tether.tracker import REQUESTS, Tracker, install_adoption
 
-    hooks = DrainHooks(requests=REQUESTS, metrics=ProcessMetrics())
+    # The blocked-loop watch as a serving process runs it (default threshold, 0.3 s).
+    watch = None if variant.endswith("--blocked-loop-threshold 0") else LoopWatch(0.3)
+    hooks = DrainHooks(
+        requests=REQUESTS,
+        metrics=ProcessMetrics(),
+        traffic=watch.traffic if watch is not None else None,
+    )
     server = HttpServer(app, [], ServeOptions(lifespan="off"), hooks)
-    keep = (server, install_adoption(Tracker()))
-    if variant == "tether":
+    keep = (server, install_adoption(Tracker()), watch)
+    if watch is not None:
+        watch.enable()
+    if variant != "tether --no-gc-freeze":
         gc.collect()
         gc.freeze()
     return server.protocol_factory({}, loop), keep  # what each accepted connection gets

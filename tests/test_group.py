@@ -124,6 +124,10 @@ def test_member_ignoring_stop_is_cancelled_at_the_deadline() -> None:
         assert isinstance(abandoned, ShutdownAbandoned)
         assert [i.name for i in abandoned.items] == ["stubborn"]
         assert abandoned.items[0].detail == "cancelled at the deadline"
+        # Where it was stuck, taken before the cancellation unwound it; not the group's wrapper.
+        assert "in stubborn" in abandoned.items[0].stack
+        assert "sleep" in abandoned.items[0].stack
+        assert "_run_member" not in abandoned.items[0].stack
         return time.monotonic() - started
 
     assert run(main()) < 1.0

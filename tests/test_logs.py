@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tether._logsafe import printable, printable_path
+from tether.logs import TEXT_FORMAT, JsonFormatter, TextFormatter
 
 from proc import Tether, fetch, free_port, running
 
@@ -181,3 +186,37 @@ def test_a_broken_log_config_is_one_line(tmp_path: Path) -> None:
         assert err.startswith(f"tether: error: --log-config {path}:") and "\n" not in err
     finally:
         t.close()
+
+
+def test_client_text_is_escaped_for_a_log_line() -> None:
+    """Control characters become %XX in a path and \\xNN elsewhere; other text is untouched."""
+    assert printable_path("/a\r\nb\x1b[1m\x00\x9b/é") == "/a%0D%0Ab%1B[1m%00%C2%9B/é"
+    assert printable("ua\x1b]0;t\x07\x7f") == "ua\\x1b]0;t\\x07\\x7f"
+    plain = "/just/a/path?x=1"
+    assert printable_path(plain) is plain and printable(plain) is plain
+
+
+def test_text_formatter_keeps_a_message_with_a_newline_on_its_line() -> None:
+    """An exception message with CR LF and ESC stays on one escaped line; tracebacks keep theirs."""
+    formatter = TextFormatter(TEXT_FORMAT)
+    try:
+        try:
+            raise KeyError("inner\nline")
+        except KeyError as inner:
+            raise RuntimeError("cannot serve /a\r\n2026-01-01 forged\x1b[31m") from inner
+    except RuntimeError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+    text = formatter.format(record)
+    assert "RuntimeError: cannot serve /a\\x0d\\x0a2026-01-01 forged\\x1b[31m" in text
+    assert "KeyError: 'inner\\nline'" in text  # a repr: escaped by Python already
+    assert not any(line.startswith("2026-01-01") for line in text.splitlines())
+    assert "\x1b" not in text and "\r" not in text
+    assert "Traceback (most recent call last):\n" in text
+
+
+def test_json_formatter_escapes_what_json_leaves_raw() -> None:
+    """DEL and C1 characters are written \\u-escaped; the value decodes back to what was sent."""
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "%s", ("a\x7fb\x9bc\x1bé",), None)
+    line = JsonFormatter().format(record)
+    assert "\x7f" not in line and "\x9b" not in line and "\x1b" not in line
+    assert json.loads(line)["message"] == "a\x7fb\x9bc\x1bé"

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import pytest
 
-from tether._children import Child
+from tether._children import Child, describe_exit
 from tether.config import RunConfig
 from tether.errors import ShutdownAbandoned, StartupError
 from tether.master.pool import BACKOFF_MAX, Pool, PoolHooks
@@ -56,6 +56,9 @@ class FakeChild:
 
     def kill(self) -> bool:
         return self.signal(signal.SIGKILL)
+
+    def describe_exit(self) -> str:
+        return describe_exit(self.exited.result())
 
     async def wait(self, within: float | None = None) -> int | None:
         try:

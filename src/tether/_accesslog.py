@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from tether._logsafe import printable, printable_path
 from tether.errors import ConfigError
 
 __all__ = ["DEFAULT_FORMAT", "AccessAtoms", "AccessLog", "check_format"]
@@ -57,12 +58,18 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
-def _header(headers: Any, name: str) -> str:
+def _raw_header(headers: Any, name: str) -> str | None:
     wanted = name.lower().encode("latin-1")
     for key, value in headers or ():
         if key.lower() == wanted:
             return str(value.decode("latin-1"))
-    return "-"
+    return None
+
+
+def _header(headers: Any, name: str) -> str:
+    """A header as a text line shows it: escaped, ``-`` when absent."""
+    value = _raw_header(headers, name)
+    return "-" if value is None else printable(value)
 
 
 def _method(scope: Scope) -> str:
@@ -86,21 +93,25 @@ class AccessAtoms(Mapping[str, Any]):
 
     def __getitem__(self, key: str) -> Any:
         scope = self.scope
+        # What the client chose (path, query, headers, a forwarded address) is written
+        # escaped: a decoded CR LF or ESC must not forge a line or drive a terminal.
         if key == "h":
             client = scope.get("client")
-            return client[0] if client else "-"
+            return printable(str(client[0])) if client else "-"
         if key == "s":
             return self.status
         if key == "r":
             query = scope.get("query_string") or b""
             target = scope.get("path", "") + (f"?{query.decode('latin-1')}" if query else "")
-            return f"{_method(scope)} {target} HTTP/{scope.get('http_version', '1.1')}"
+            return (
+                f"{_method(scope)} {printable_path(target)} HTTP/{scope.get('http_version', '1.1')}"
+            )
         if key == "m":
             return _method(scope)
         if key == "U":
-            return scope.get("path", "")
+            return printable_path(scope.get("path", ""))
         if key == "q":
-            return (scope.get("query_string") or b"").decode("latin-1")
+            return printable_path((scope.get("query_string") or b"").decode("latin-1"))
         if key == "H":
             return f"HTTP/{scope.get('http_version', '1.1')}"
         if key == "B":
@@ -152,7 +163,8 @@ class AccessAtoms(Mapping[str, Any]):
             "duration_ms": round(self.duration * 1000, 3),
             "bytes": self.length,
             "client": f"{client[0]}:{client[1]}" if client else None,
-            "user_agent": None if (ua := self["a"]) == "-" else ua,
+            # As sent: a structured format escapes what it must itself.
+            "user_agent": _raw_header(self.scope.get("headers"), "user-agent"),
         }
 
 

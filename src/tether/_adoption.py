@@ -39,6 +39,8 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextvars import Context, ContextVar, copy_context
 from typing import TYPE_CHECKING, Any
 
+from tether._logsafe import printable_path
+
 if TYPE_CHECKING:
     from tether.tracker import Tracker
 
@@ -77,7 +79,8 @@ def origin_label(origin: object) -> str | None:
     if origin is None or isinstance(origin, str):
         return origin
     if isinstance(origin, Mapping):
-        return f"{origin.get('method', 'WEBSOCKET')} {origin.get('path', '')}"
+        # The path is the client's: escaped, since the label goes into log lines.
+        return f"{origin.get('method', 'WEBSOCKET')} {printable_path(origin.get('path', ''))}"
     return str(origin)
 
 

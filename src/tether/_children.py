@@ -22,6 +22,7 @@ import socket
 import sys
 from collections.abc import Mapping, Sequence
 
+from tether._oomkill import OomWatch
 from tether._reaper import disown, own
 from tether.sockets import spawn
 
@@ -62,6 +63,10 @@ class Child:
         self._output_done = self._loop.create_future()
         self._pidfd = os.pidfd_open(pid)
         own(pid)  # reaped here, by pid: a subreaper leaves it alone
+        # Read while the child is alive: once it is gone, so is its /proc/PID/cgroup.
+        self._oom = OomWatch.start(pid)
+        #: Why the kernel killed it, when it says so (the OOM killer); set at its exit.
+        self.killed_because: str | None = None
         self._loop.add_reader(self._pidfd, self._on_exit)
         if stderr_fd is not None:
             os.set_blocking(stderr_fd, False)
@@ -83,6 +88,11 @@ class Child:
         except ProcessLookupError:
             return False
         return True
+
+    def describe_exit(self) -> str:
+        """How the child ended, with the kernel's reason for a SIGKILL when it gave one."""
+        text = describe_exit(self.exited.result())
+        return f"{text} ({self.killed_because})" if self.killed_because else text
 
     def kill(self) -> bool:
         """SIGKILL the child."""
@@ -120,7 +130,10 @@ class Child:
         self._loop.remove_reader(self._pidfd)
         os.close(self._pidfd)
         if not self.exited.done():
-            self.exited.set_result(os.waitstatus_to_exitcode(status))
+            code = os.waitstatus_to_exitcode(status)
+            if code == -signal.SIGKILL and self._oom is not None:
+                self.killed_because = self._oom.cause()
+            self.exited.set_result(code)
 
     def _on_output(self) -> None:
         assert self._stderr_fd is not None

@@ -278,6 +278,12 @@ RUN_OPTIONS: list[Callable[[F], F]] = [
         "--timeout",
         "-t",
     ),
+    _secs(
+        "--blocked-loop-threshold",
+        0.3,
+        "Log a serving event loop blocked this many seconds, with its stack, while it is "
+        "blocked (0: off).",
+    ),
     _opt(
         "--threads",
         type=int,

@@ -325,6 +325,8 @@ class RunConfig:
     watchdog_timeout: float = field(
         default=30.0, metadata=_flag("--watchdog-timeout", worker=False)
     )
+    #: A serving event loop running this many seconds late is logged, with its stack (0: off).
+    blocked_loop_threshold: float = field(default=0.3, metadata=_flag("--blocked-loop-threshold"))
     #: Threads a WSGI app's requests run in, per process (a2wsgi's pool).
     threads: int = field(default=10, metadata=_flag("--threads"))
     pidfile: str | None = field(default=None, metadata=_flag("--pidfile", worker=False))
@@ -389,6 +391,7 @@ class RunConfig:
         check_timeout("--idle-grace", self.idle_grace)
         check_timeout("--timeout-request-head", self.timeout_request_head, allow_zero=False)
         check_allowed_hosts(self.debug_allowed_hosts)
+        check_timeout("--blocked-loop-threshold", self.blocked_loop_threshold)
         check_timeout("cancel timeout", self.cancel_timeout)
         if not self.binds:
             msg = "at least one --bind is needed"

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-from tether._stacks import task_stack
+from tether._stacks import format_frames, task_frames
 from tether.config import check_timeout
 from tether.errors import AbandonedWork, ShutdownAbandoned, TetherError
 
@@ -124,6 +124,19 @@ class _Running:
     name: str
     task: asyncio.Task[Any]
     cancelled_by_group: bool = False
+    #: Where the member was suspended when the group cancelled it (what its report shows).
+    stack: str = ""
+
+    def current_stack(self) -> str:
+        """The member's await chain now, without the group's own wrapper frame."""
+        return format_frames(task_frames(self.task, hide=_RUN_MEMBER_CODE))
+
+
+async def _run_member(member: Member, token: StopToken) -> Any:
+    return await member(token)
+
+
+_RUN_MEMBER_CODE = _run_member.__code__
 
 
 class Group:
@@ -201,10 +214,9 @@ class Group:
             msg = f"group {self.name!r} has already ended; start a new Group"
             raise TetherError(msg)
 
-        async def run() -> Any:
-            return await member(token)
-
-        task = asyncio.get_running_loop().create_task(run(), name=f"{self.name}:{token.name}")
+        task = asyncio.get_running_loop().create_task(
+            _run_member(member, token), name=f"{self.name}:{token.name}"
+        )
         running = _Running(token.name, task)
         self._members.append(running)
         task.add_done_callback(lambda _t: self._member_done(running))
@@ -266,7 +278,9 @@ class Group:
         if task.cancelled():
             if running.cancelled_by_group:
                 why = "cancelled by a forced stop" if self._forced else "cancelled at the deadline"
-                self._report.abandoned.append(AbandonedWork("member", running.name, detail=why))
+                self._report.abandoned.append(
+                    AbandonedWork("member", running.name, stack=running.stack, detail=why)
+                )
             outcome = "was cancelled"
         elif (exc := task.exception()) is not None:
             exc.add_note(f"in member {running.name!r} of group {self.name!r}")
@@ -284,6 +298,8 @@ class Group:
             return
         for running in alive:
             running.cancelled_by_group = True
+            # Taken first: once cancelled, the member unwinds and where it was stuck is gone.
+            running.stack = running.current_stack()
             running.task.cancel(f"group {self.name!r}: graceful deadline passed")
         loop = asyncio.get_running_loop()
         self._abandon_handle = loop.call_later(self.cancel_timeout, self._abandon_members)
@@ -292,19 +308,17 @@ class Group:
         for running in self._members:
             if not running.task.done():
                 # Done callbacks will not run for these in time: report them now.
+                stack = running.current_stack()
                 self._report.abandoned.append(
                     AbandonedWork(
-                        "member",
-                        running.name,
-                        stack=task_stack(running.task),
-                        detail="ignored cancellation",
+                        "member", running.name, stack=stack, detail="ignored cancellation"
                     )
                 )
                 logger.error(
                     "member %r of group %r ignored cancellation; abandoning it:\n%s",
                     running.name,
                     self.name,
-                    task_stack(running.task),
+                    stack,
                 )
         assert self._settled is not None
         self._settled.set()

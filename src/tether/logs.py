@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
+from tether._logsafe import printable, printable_lines
 from tether.errors import ConfigError
 
 __all__ = ["JsonFormatter", "set_trace_ids", "setup_logging"]
@@ -81,14 +84,41 @@ class JsonFormatter(logging.Formatter):
             obj["exc_info"] = record.exc_text
         if record.stack_info:
             obj["stack_info"] = self.formatStack(record.stack_info)
-        return json.dumps(obj, ensure_ascii=False, default=str)
+        line = json.dumps(obj, ensure_ascii=False, default=str)
+        # JSON escapes C0 itself; DEL and C1 it leaves raw, and a terminal may act on them.
+        return (
+            _RAW_IN_JSON.sub(_json_escape, line) if not line.isascii() or "\x7f" in line else line
+        )
 
 
 class TextFormatter(logging.Formatter):
-    """``logging.Formatter`` with the time formatted once per second, not once per record."""
+    """``logging.Formatter`` with the time formatted once per second, not once per record.
+
+    A control character other than newline and tab is written as ``\\xNN``:
+    whatever a record quotes (an app's exception message naming a path), no
+    CR rewrites a line and no escape sequence reaches the reader's terminal.
+    """
 
     _second = -1
     _stamp = ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable_lines(super().format(record))
+
+    def formatException(self, ei: Any) -> str:
+        """The traceback, with each exception's own message kept on its line.
+
+        An exception's message is the one part of a traceback a client can
+        fill (``RuntimeError(f"cannot serve {path}")``); its newlines, and
+        those of its notes, are escaped so that it cannot forge a record.
+        """
+        text = super().formatException(ei)
+        if ei[1] is None:
+            return text
+        for exc_only in _messages(traceback.TracebackException(*ei)):
+            if "\n" in exc_only.rstrip("\n"):
+                text = text.replace(exc_only.rstrip("\n"), printable(exc_only.rstrip("\n")))
+        return text
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt is not None:
@@ -98,6 +128,28 @@ class TextFormatter(logging.Formatter):
             self._second = seconds
             self._stamp = super().formatTime(record, datefmt).rsplit(",", 1)[0]
         return f"{self._stamp},{int(record.msecs):03d}"
+
+
+def _messages(te: traceback.TracebackException) -> Iterator[str]:
+    """The exception-only part of ``te`` and of every exception chained to it."""
+    seen: set[int] = set()
+    todo = [te]
+    while todo:
+        one = todo.pop()
+        if id(one) in seen:
+            continue
+        seen.add(id(one))
+        yield "".join(one.format_exception_only())
+        todo.extend(x for x in (one.__cause__, one.__context__) if x is not None)
+        todo.extend(one.exceptions or ())
+
+
+#: What JSON itself leaves raw of the control characters (it escapes C0).
+_RAW_IN_JSON = re.compile(r"[\x7f-\x9f]")
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
 
 
 def level_number(level: str) -> int:
@@ -114,9 +166,7 @@ def setup_logging(level: str = "info", log_format: str = "text", config: str | N
         _apply_file(config)
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
-    )
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level_number(level))

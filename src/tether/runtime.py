@@ -38,6 +38,7 @@ from tether import sockets as sockets_mod
 from tether._appmetrics import AppFamilies, check_user_dir, forget_process, single_process_families
 from tether._handoff import HANDOFF_ENV, hand_over
 from tether._listeners import Listeners, open_listeners
+from tether._loopwatch import LoopWatch
 from tether._pidfile import PidFile
 from tether.app import App, load_app
 from tether.config import RunConfig, ShutdownBudget
@@ -150,10 +151,14 @@ class Service:
         #: Requests, loop lag and drains of this process (``TETHER_REQUEST_METRICS=off``: none).
         self.metrics = ProcessMetrics(worker=os.environ.get("TETHER_WORKER_ID", "0"))
         recording = os.environ.get("TETHER_REQUEST_METRICS", "on") != "off"
+        threshold = config.blocked_loop_threshold
+        #: Logs a serving loop blocked past --blocked-loop-threshold (None: 0, off).
+        self.loop_watch = LoopWatch(threshold) if threshold > 0 else None
         self.hooks = DrainHooks(
             background=self._drain_background,
             requests=REQUESTS,
             metrics=self.metrics if recording else None,
+            traffic=self.loop_watch.traffic if self.loop_watch is not None else None,
         )
         self._started = time.monotonic()
         self.http: HttpServer | None = None
@@ -553,6 +558,10 @@ class Service:
             gc.freeze()
         self.ready = True
         self.status = "serving"
+        if self.loop_watch is not None:
+            # Watched from now on, not while importing: a slow import is not a stall.
+            self.loop_watch.enable()
+            cleanups.append(self.loop_watch.close)
         where = ", ".join(
             str(sockets_mod.bound_address(s)) for s in (self.http.sockets if self.http else [])
         )

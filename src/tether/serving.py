@@ -137,6 +137,9 @@ class DrainHooks:
     #: Called about once a second while connections are open (with the date clock), for
     #: cheap checks that only traffic makes necessary (``--max-worker-memory``).
     tick: Callable[[], None] | None = None
+    #: Called with True when the first connection opens, False when the last one closes
+    #: (what runs only while there is traffic: the blocked-loop watch).
+    traffic: Callable[[bool], None] | None = None
 
 
 class _Connections(set[Any]):
@@ -188,12 +191,14 @@ class _State(ServerState):
         lag: Callable[[float], None] | None = None,
         tasks: set[asyncio.Future[Any]] | None = None,
         tick: Callable[[], None] | None = None,
+        traffic: Callable[[bool], None] | None = None,
     ) -> None:
         super().__init__()
         if tasks is not None:
             self.tasks = tasks  # type: ignore[assignment]  # uvicorn adds and discards each request's
         self._dated = date
-        self.watched_connections = _Connections(self._start_clock, self._stop_clock)
+        self._traffic = traffic
+        self.watched_connections = _Connections(self._busy, self._empty)
         self.connections = self.watched_connections
         self._extra = extra_headers
         self._clock: asyncio.TimerHandle | None = None
@@ -219,6 +224,16 @@ class _State(ServerState):
             self._clock = loop.call_later(delay, self._refresh_date)
             if self._tick is not None:
                 self._tick()
+
+    def _busy(self) -> None:
+        self._start_clock()
+        if self._traffic is not None:
+            self._traffic(True)
+
+    def _empty(self) -> None:
+        self._stop_clock()
+        if self._traffic is not None:
+            self._traffic(False)
 
     def _start_clock(self) -> None:
         if not self._dated and self._lag is None and self._tick is None:
@@ -415,6 +430,7 @@ class HttpServer:
             lag=metrics.loop_lag if metrics is not None else None,
             tasks=self.hooks.requests,
             tick=self.hooks.tick,
+            traffic=self.hooks.traffic,
         )
         self.phase = "created"
         self._servers: list[asyncio.Server] = []

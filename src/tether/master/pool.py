@@ -45,7 +45,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tether._children import Child, describe_exit
+from tether._children import Child
 from tether.config import RunConfig, ShutdownBudget
 from tether.errors import AbandonedWork, ShutdownAbandoned, StartupError
 from tether.master.support import SystemdLink
@@ -286,7 +286,7 @@ class Pool:
         if abandoned:
             raise ShutdownAbandoned(abandoned)
         failed = [
-            f"{w.label} {describe_exit(w.child.exited.result())}"
+            f"{w.label} {w.child.describe_exit()}"
             for w in served
             if w not in stuck and w.child.exited.result() != 0
         ]
@@ -397,7 +397,7 @@ class Pool:
             if w.state == "ready":
                 continue
             if not w.child.alive:
-                self._replace_later(gen, w, describe_exit(w.child.exited.result()))
+                self._replace_later(gen, w, w.child.describe_exit())
             elif w is failure.worker:
                 w.child.kill()  # not READY in time: its exit replaces it
             else:
@@ -680,7 +680,6 @@ class Pool:
     def _on_worker_exit(self, w: Worker) -> None:
         self._started_low(w)  # gone: nothing to raise any more
         self._read_pending()  # its last STATUS (why it failed) may still be in the socket
-        code = w.child.exited.result()
         w.state = "exited"
         self.watchdog.cancel(w)
         self.hooks.exited(w)
@@ -688,13 +687,13 @@ class Pool:
         if w.asked_to_stop or self.stopping or gen is None:
             # A generation that failed to start is discarded: its failure is the story.
             level = logging.DEBUG if gen is not None and gen.state == "failed" else logging.INFO
-            log.log(level, "master %d: %s %s", self._pid, w.label, describe_exit(code))
+            log.log(level, "master %d: %s %s", self._pid, w.label, w.child.describe_exit())
             return
         if gen.state != "serving" or gen is not self.active or gen.slots.get(w.slot) is not w:
             if gen.state != "starting":
-                log.info("master %d: %s %s", self._pid, w.label, describe_exit(code))
+                log.info("master %d: %s %s", self._pid, w.label, w.child.describe_exit())
             return
-        self._replace_later(gen, w, describe_exit(code))
+        self._replace_later(gen, w, w.child.describe_exit())
 
     def backoff(self, gen: Generation, w: Worker) -> tuple[float, int]:
         """The delay before ``w``'s slot is filled again, and its failures in a row.
@@ -837,7 +836,7 @@ def _check_alive(gen: Generation) -> None:
     """A worker that exited between its READY and the generation's is a failed start."""
     for w in gen.slots.values():
         if not w.child.alive:
-            raise WorkerFailed(w, describe_exit(w.child.exited.result()) + " right after READY")
+            raise WorkerFailed(w, w.child.describe_exit() + " right after READY")
 
 
 def _resolve(futures: list[asyncio.Future[dict[str, Any]]], outcome: dict[str, Any]) -> None:

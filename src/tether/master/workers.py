@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tether._children import Child, describe_exit
+from tether._children import Child
 from tether.errors import TetherError
 from tether.worker import FAILED_STATUS
 
@@ -117,7 +117,7 @@ class Worker:
         finally:
             ready.cancel()
         if self.child.exited.done() and not self.ready.is_set():
-            raise WorkerFailed(self, describe_exit(self.child.exited.result()) + " before READY")
+            raise WorkerFailed(self, self.child.describe_exit() + " before READY")
 
     def snapshot(self, now: float) -> dict[str, Any]:
         exit_code = self.child.exited.result() if self.child.exited.done() else None
@@ -133,7 +133,7 @@ class Worker:
             "heartbeat_age": None
             if self.last_heartbeat is None
             else round(now - self.last_heartbeat, 3),
-            "exit": None if exit_code is None else describe_exit(exit_code),
+            "exit": None if exit_code is None else self.child.describe_exit(),
         }
 
 
