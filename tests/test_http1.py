@@ -83,3 +83,33 @@ def test_pipelined_requests_are_all_answered_through_a_drain(
         assert [h.get(b"connection", b"").lower() for _, h, _ in answers] == [b""] * 9 + [b"close"]
         if sig == signal.SIGTERM:
             assert t.wait() == 0, t.stderr()
+
+
+def exchange(port: int, request: bytes) -> tuple[dict[bytes, bytes], bytes]:
+    """One request on its own connection, read until the server closes it: headers, body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(request)
+        data = read(conn)
+    head, body = data.split(b"\r\n\r\n", 1)
+    status, *lines = head.split(b"\r\n")
+    assert status == b"HTTP/1.1 200 OK", data
+    headers = dict(line.lower().split(b": ", 1) for line in lines)
+    return headers, body
+
+
+@pytest.mark.parametrize("http", PARSERS)
+def test_an_http10_client_never_gets_chunked_coding(http: str) -> None:
+    """HTTP/1.0: a body without a length ends at the close; HTTP/1.1 still gets chunks."""
+    with tether("http1:app", "--http", http, debug=False) as t:
+        t.ready()
+        for path in (b"/stream", b"/stream?te=1"):  # the app names chunked coding itself
+            headers, body = exchange(t.port, b"GET %s HTTP/1.0\r\n\r\n" % path)
+            assert b"transfer-encoding" not in headers, headers
+            assert headers[b"connection"] == b"close"
+            assert body == b"one\ntwo\n"  # as written: no chunk sizes, ended by the close
+        headers, body = exchange(t.port, b"GET /answer?n=7 HTTP/1.0\r\n\r\n")
+        assert (headers[b"content-length"], headers[b"connection"], body) == (b"1", b"close", b"7")
+        request = b"GET /stream HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        headers, body = exchange(t.port, request)
+        assert headers[b"transfer-encoding"] == b"chunked"
+        assert body == b"4\r\none\n\r\n4\r\ntwo\n\r\n0\r\n\r\n"
