@@ -107,6 +107,8 @@ def test_an_http10_client_never_gets_chunked_coding(http: str) -> None:
             assert b"transfer-encoding" not in headers, headers
             assert headers[b"connection"] == b"close"
             assert body == b"one\ntwo\n"  # as written: no chunk sizes, ended by the close
+        headers, body = exchange(t.port, b"HEAD /stream HTTP/1.0\r\n\r\n")
+        assert b"transfer-encoding" not in headers and body == b""
         headers, body = exchange(t.port, b"GET /answer?n=7 HTTP/1.0\r\n\r\n")
         assert (headers[b"content-length"], headers[b"connection"], body) == (b"1", b"close", b"7")
         request = b"GET /stream HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
