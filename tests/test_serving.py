@@ -8,6 +8,7 @@ Group; the framework matrix (tests/test_frameworks.py) covers the same under
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from typing import Any
 
@@ -58,9 +59,9 @@ class StreamingApp:
         self.events.append("stream ended on the drain signal")
 
 
-async def read_until_closed(port: int) -> bytes:
+async def read_until_closed(port: int, version: str = "1.1") -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+    writer.write(b"GET / HTTP/%s\r\nHost: test\r\n\r\n" % version.encode())
     try:
         return await reader.read(-1)
     finally:
@@ -68,7 +69,9 @@ async def read_until_closed(port: int) -> bytes:
         await writer.wait_closed()
 
 
-async def serve_and_stop(app: StreamingApp, graceful_timeout: float) -> tuple[bytes, DrainHooks]:
+async def serve_and_stop(
+    app: StreamingApp, graceful_timeout: float, version: str = "1.1"
+) -> tuple[bytes, DrainHooks]:
     """Serve ``app``, open a stream, stop the group; what the client got, and the hooks."""
     sock = listening()
     port = sock.getsockname()[1]
@@ -78,7 +81,7 @@ async def serve_and_stop(app: StreamingApp, graceful_timeout: float) -> tuple[by
     outside = drain_signal()
     await group.start(server.run, name="http")
     assert drain_signal() is hooks.drain is not outside
-    client = asyncio.create_task(read_until_closed(port))
+    client = asyncio.create_task(read_until_closed(port, version))
     await asyncio.wait_for(app.streaming.wait(), 10)
     assert not hooks.drain.should_exit
     group.stop("test over")
@@ -99,6 +102,25 @@ def test_a_stream_that_watches_the_drain_signal_ends_cleanly() -> None:
         assert hooks.abandoned == []
 
     asyncio.run(main())
+
+
+def test_a_close_delimited_stream_that_watches_the_drain_signal_ends_cleanly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An HTTP/1.0 client's stream (no chunks) ends on the drain signal without an app error."""
+
+    async def main() -> None:
+        app = StreamingApp(observe_drain=True)
+        received, hooks = await serve_and_stop(app, graceful_timeout=10, version="1.0")
+        head, body = received.split(b"\r\n\r\n", 1)
+        assert b"transfer-encoding" not in head.lower() and body.endswith(b"tick\n")
+        assert set(body.split(b"\n")) == {b"tick", b""}  # nothing but the app's bytes
+        assert app.events == ["stream ended on the drain signal", "lifespan shutdown"]
+        assert hooks.abandoned == []
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(main())
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 def test_an_endless_stream_is_cut_at_the_drain_deadline_and_lifespan_shutdown_runs() -> None:

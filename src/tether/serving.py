@@ -50,6 +50,7 @@ from tether._accesslog import AccessLog
 from tether._adoption import task_owner, task_scope
 from tether._drain import DrainSignal, app_shutdown_reserve, current_drain_signal, drain_signal
 from tether._guard import capped, guarded
+from tether._http1 import adapt, last_received, requests_waiting
 from tether._stacks import task_stack
 from tether.config import HttpOptions
 from tether.errors import AbandonedWork, StartupError
@@ -324,7 +325,7 @@ class _DrainMiddleware:
 
 
 async def _end_stream(send: Send) -> None:
-    """Finish a chunked response its app left open because the drain signal told it to stop.
+    """Finish a response without a length that its app left open when the drain signal came.
 
     A stream that ends on the drain signal (sse-starlette's) returns without
     the last body message; the client gets a clean end of the stream rather
@@ -335,7 +336,7 @@ async def _end_stream(send: Send) -> None:
     if (
         cycle is not None
         and getattr(cycle, "response_started", False)
-        and getattr(cycle, "chunked_encoding", False)
+        and (getattr(cycle, "chunked_encoding", False) or getattr(cycle, "close_delimited", False))
         and not cycle.response_complete
         and not cycle.disconnected
     ):
@@ -376,8 +377,15 @@ class _RequestLimit:
 
 
 def _closing(send: Send) -> Send:
+    """``send`` that says ``Connection: close`` if its request is its connection's last.
+
+    Asked when the response starts: requests the client pipelined behind this
+    one are answered first, and the last one's response ends the connection.
+    """
+    last = last_received(send)
+
     async def send_closing(message: Message) -> None:
-        if message["type"] == "http.response.start":
+        if message["type"] == "http.response.start" and last():
             headers = list(message.get("headers", ()))
             headers.append((b"connection", b"close"))
             message = {**message, "headers": headers}
@@ -539,7 +547,8 @@ class HttpServer:
             # "Connection: close" in it. Once the headers are out, closing after the
             # response would cut the next request the client sends without warning;
             # that request comes during the idle grace and is told to close instead.
-            if cycle is not None and not cycle.response_started:
+            # Requests pipelined behind it are answered first; the last one is told.
+            if cycle is not None and not cycle.response_started and not requests_waiting(conn):
                 cycle.keep_alive = False
 
     def _close_idle(self) -> None:
@@ -556,7 +565,7 @@ class HttpServer:
         options = self.options
         cap = options.max_connections
         factory = guarded(
-            _coalescing(config.http_protocol_class),
+            _coalescing(adapt(config.http_protocol_class)),
             head_timeout=options.head_timeout,
             max_head=options.max_head if cap is not None else None,
         )
@@ -645,7 +654,7 @@ class HttpServer:
             except TimeoutError:
                 pass
             for conn in list(state.connections):
-                conn.shutdown()  # idle: closed now; busy: closed after the response
+                conn.shutdown()  # idle: closed now; busy: after its last received request
             await state.watched_connections.empty.wait()
         while state.tasks:  # handlers still running after their connection closed
             await asyncio.wait(list(state.tasks))

@@ -1,0 +1,117 @@
+"""What HTTP/1 clients get on the wire: pipelined requests through a drain, HTTP/1.0 framing.
+
+Real `tether run` processes and raw loopback sockets, for both of uvicorn's
+parsers: a client that pipelines gets every request it sent answered, in
+order, when the server stops or reloads; an HTTP/1.0 client never gets
+chunked coding.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+import pytest
+
+from proc import tether
+
+PARSERS = ["httptools", "h11"]
+Response = tuple[bytes, dict[bytes, bytes], bytes]  # status line, headers, body
+
+
+def parse(data: bytes) -> list[Response]:
+    """The complete responses at the start of ``data``, each framed by its Content-Length."""
+    out: list[Response] = []
+    while b"\r\n\r\n" in data:
+        head, rest = data.split(b"\r\n\r\n", 1)
+        status, *lines = head.split(b"\r\n")
+        headers = {}
+        for line in lines:
+            name, value = line.split(b":", 1)
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers[b"content-length"])
+        if len(rest) < length:
+            break
+        out.append((status, headers, rest[:length]))
+        data = rest[length:]
+    return out
+
+
+def read(conn: socket.socket, done: Callable[[bytes], bool] | None = None) -> bytes:
+    """What the server sends until ``done`` says so, or until it closes the connection."""
+    data = b""
+    deadline = time.monotonic() + 30
+    while done is None or not done(data):
+        conn.settimeout(max(0.0, deadline - time.monotonic()))
+        chunk = conn.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    return data
+
+
+PIPELINED = b"GET /answer?n=0 HTTP/1.1\r\nHost: t\r\n\r\n" + b"".join(
+    # The rest wait for the drain, then take a while: the idle grace ends before the last.
+    b"GET /answer?n=%d&after=drain&seconds=0.1 HTTP/1.1\r\nHost: t\r\n\r\n" % n
+    for n in range(1, 10)
+)
+
+
+@pytest.mark.parametrize("http", PARSERS)
+@pytest.mark.parametrize(
+    ("workers", "sig"),
+    [("0", signal.SIGTERM), ("0", signal.SIGHUP), ("2", signal.SIGTERM), ("1", signal.SIGHUP)],
+    ids=["single-TERM", "single-HUP", "workers-TERM", "workers-HUP"],
+)
+def test_pipelined_requests_are_all_answered_through_a_drain(
+    http: str, workers: str, sig: signal.Signals
+) -> None:
+    """Ten GETs in one write, then a stop or reload: ten answers in order, the last closes."""
+    with tether("http1:app", "--workers", workers, "--http", http, debug=False) as t:
+        t.ready()
+        with socket.create_connection(("127.0.0.1", t.port), timeout=30) as conn:
+            conn.sendall(PIPELINED)
+            first = read(conn, lambda data: len(parse(data)) >= 1)  # the rest are queued
+            t.signal(sig)
+            received = first + read(conn)  # to the end: the server closes the connection
+        answers = parse(received)
+        assert [body for _, _, body in answers] == [b"%d" % n for n in range(10)], received
+        assert all(status.endswith(b" 200 OK") for status, _, _ in answers)
+        # Only the last says close; it was sent after the drain began, as all but the first.
+        assert [h.get(b"connection", b"").lower() for _, h, _ in answers] == [b""] * 9 + [b"close"]
+        if sig == signal.SIGTERM:
+            assert t.wait() == 0, t.stderr()
+
+
+def exchange(port: int, request: bytes) -> tuple[dict[bytes, bytes], bytes]:
+    """One request on its own connection, read until the server closes it: headers, body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(request)
+        data = read(conn)
+    head, body = data.split(b"\r\n\r\n", 1)
+    status, *lines = head.split(b"\r\n")
+    assert status == b"HTTP/1.1 200 OK", data
+    headers = dict(line.lower().split(b": ", 1) for line in lines)
+    return headers, body
+
+
+@pytest.mark.parametrize("http", PARSERS)
+def test_an_http10_client_never_gets_chunked_coding(http: str) -> None:
+    """HTTP/1.0: a body without a length ends at the close; HTTP/1.1 still gets chunks."""
+    with tether("http1:app", "--http", http, debug=False) as t:
+        t.ready()
+        for path in (b"/stream", b"/stream?te=1"):  # the app names chunked coding itself
+            headers, body = exchange(t.port, b"GET %s HTTP/1.0\r\n\r\n" % path)
+            assert b"transfer-encoding" not in headers, headers
+            assert headers[b"connection"] == b"close"
+            assert body == b"one\ntwo\n"  # as written: no chunk sizes, ended by the close
+        headers, body = exchange(t.port, b"HEAD /stream HTTP/1.0\r\n\r\n")
+        assert b"transfer-encoding" not in headers and body == b""
+        headers, body = exchange(t.port, b"GET /answer?n=7 HTTP/1.0\r\n\r\n")
+        assert (headers[b"content-length"], headers[b"connection"], body) == (b"1", b"close", b"7")
+        request = b"GET /stream HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        headers, body = exchange(t.port, request)
+        assert headers[b"transfer-encoding"] == b"chunked"
+        assert body == b"4\r\none\n\r\n4\r\ntwo\n\r\n0\r\n\r\n"
