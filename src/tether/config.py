@@ -14,6 +14,7 @@ import math
 import os
 import re
 import stat
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ __all__ = [
     "HttpOptions",
     "RunConfig",
     "ShutdownBudget",
+    "ShutdownPlan",
     "check_allowed_hosts",
     "check_timeout",
     "check_ws_available",
@@ -305,9 +307,10 @@ class RunConfig:
     debug_allowed_hosts: str = field(
         default="", metadata=_flag("--debug-allowed-hosts", worker=False)
     )
-    #: The whole shutdown budget, phases 2 to 6, in seconds.
+    #: The whole shutdown budget, phases 2 to 6 (the drain delay included), in seconds.
     graceful_timeout: float = field(default=30.0, metadata=_flag("--graceful-timeout"))
-    #: Seconds ``/readyz`` answers 503 before the listeners close (a master applies it itself).
+    #: Seconds ``/readyz`` answers 503 before the listeners close, counted inside
+    #: ``graceful_timeout`` (a master applies it itself).
     drain_delay: float = field(default=0.0, metadata=_flag("--drain-delay", worker=False))
     #: How an idle keep-alive connection is given before it is closed during a drain.
     idle_grace: float = field(default=0.5, metadata=_flag("--idle-grace"))
@@ -386,6 +389,13 @@ class RunConfig:
     def __post_init__(self) -> None:
         check_timeout("--graceful-timeout", self.graceful_timeout)
         check_timeout("--drain-delay", self.drain_delay)
+        if self.drain_delay > 0 and self.drain_delay >= self.graceful_timeout:
+            msg = (
+                f"--drain-delay {self.drain_delay:g} leaves no time to drain within "
+                f"--graceful-timeout {self.graceful_timeout:g}, which counts the drain delay; "
+                "make --graceful-timeout longer than --drain-delay"
+            )
+            raise ConfigError(msg)
         check_timeout("--reload-timeout", self.reload_timeout, allow_zero=False)
         check_timeout("--watchdog-timeout", self.watchdog_timeout, allow_zero=False)
         check_timeout("--idle-grace", self.idle_grace)
@@ -599,3 +609,66 @@ class ShutdownBudget:
     @property
     def master_kill(self) -> float:
         return self.hard_stop + 2.0
+
+
+@dataclass(frozen=True)
+class ShutdownPlan:
+    """One stop's deadlines, made once when the stop begins: absolute, never remaining seconds.
+
+    Every field is a ``time.monotonic()`` value. A phase asks ``left(deadline)``
+    at the point of use, so no hop between modules loses or adds time, and
+    both process modes follow the same plan:
+
+    begun <= drain_delay_end < deadline < cancel_end < hard_stop < master_kill
+
+    - ``drain_delay_end``: ``/readyz`` has answered 503 since ``begun``; the
+      listeners close now (equal to ``begun`` in a reload or a handover);
+    - ``deadline``: ``begun + --graceful-timeout``: the drain, background work
+      and the app's shutdown are over (the drain delay is counted inside);
+    - ``cancel_end``: what was cancelled at the deadline has unwound or is abandoned;
+    - ``hard_stop``: a process whose event loop cannot be reached ends itself;
+    - ``master_kill``: a master kills a worker still alive.
+
+    A master and its workers share the plan's clock: ``CLOCK_MONOTONIC`` is
+    one clock for every process on a Linux host (a time namespace would shift
+    it, and a master's workers never get one of their own), so a worker given
+    the master's ``deadline`` follows the master's plan, not one of its own
+    made later (:mod:`tether.worker`, ``TETHER_STOP_PLAN``).
+    """
+
+    begun: float
+    drain_delay_end: float
+    deadline: float
+    budget: ShutdownBudget
+
+    @classmethod
+    def begin(
+        cls, config: RunConfig, *, now: float | None = None, drain_delay: bool = True
+    ) -> ShutdownPlan:
+        """The plan of a stop that begins ``now``; ``drain_delay=False`` skips phase 2."""
+        begun = time.monotonic() if now is None else now
+        budget = ShutdownBudget.of(config)
+        delay = min(config.drain_delay, budget.graceful) if drain_delay else 0.0
+        return cls(begun, begun + delay, budget.deadline(begun), budget)
+
+    @classmethod
+    def until(cls, config: RunConfig, deadline: float, *, now: float | None = None) -> ShutdownPlan:
+        """A plan that ends at a ``deadline`` someone else set (a master, for its workers)."""
+        begun = time.monotonic() if now is None else now
+        return cls(begun, begun, max(begun, deadline), ShutdownBudget.of(config))
+
+    @property
+    def cancel_end(self) -> float:
+        return self.deadline + self.budget.group_abandon
+
+    @property
+    def hard_stop(self) -> float:
+        return self.deadline + self.budget.hard_stop
+
+    @property
+    def master_kill(self) -> float:
+        return self.deadline + self.budget.master_kill
+
+    def left(self, until: float, *, now: float | None = None) -> float:
+        """Seconds from ``now`` until the absolute ``until`` (never negative)."""
+        return max(0.0, until - (time.monotonic() if now is None else now))

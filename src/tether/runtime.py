@@ -41,7 +41,7 @@ from tether._listeners import Listeners, open_listeners
 from tether._loopwatch import LoopWatch
 from tether._pidfile import PidFile
 from tether.app import App, load_app
-from tether.config import RunConfig, ShutdownBudget
+from tether.config import RunConfig, ShutdownBudget, ShutdownPlan
 from tether.errors import AbandonedWork, ShutdownAbandoned
 from tether.group import Group, StopToken
 from tether.metrics import (
@@ -61,7 +61,9 @@ from tether.worker import (
     PARENT_FD_ENV,
     RECYCLE_FIELD,
     RESUME_SIGNAL,
+    STOP_PLAN_ENV,
     failure_line,
+    read_stop_plan,
     take_notify_address,
 )
 
@@ -171,6 +173,10 @@ class Service:
         #: The successor a reload handed the sockets to: ours, never a leak of the app's.
         self._successor: int | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
+        #: This stop's deadlines, made once when it begins (see ``_plan_stop``).
+        self._plan: ShutdownPlan | None = None
+        #: Where a master leaves its final stop's deadline for this worker (tether.worker).
+        self._stop_plan_path: str | None = None
         #: OpenTelemetry, when the environment asks for it (tether._otel); made in ``run``.
         self.telemetry: Telemetry | None = None
         #: --max-requests or --max-worker-memory was reached (a successor is asked for once).
@@ -202,23 +208,44 @@ class Service:
             return
         if self._stop_requested:
             return
+        if budget is not None:  # the master is gone: a short stop of our own, from now
+            self._plan = ShutdownPlan.until(self.config, time.monotonic() + budget)
+        plan = self._plan_stop(drain_delay=drain_delay)
         self._begin(reason)
-        total = self.config.graceful_timeout if budget is None else budget
-        delay = min(self.config.drain_delay, total) if budget is None and drain_delay else 0.0
-        logger.info("%s: stopping gracefully within %.1fs", reason, total)
+        delay = plan.left(plan.drain_delay_end)
+        logger.info(
+            "%s: stopping gracefully within %.1fs (drain delay %.1fs)",
+            reason,
+            plan.left(plan.deadline),
+            delay,
+        )
         if delay > 0:
             self.status = "draining (drain delay)"
             self._drain_timer = loop.call_later(
-                delay, lambda: self.group.stop(reason, timeout=total - delay)
+                delay, lambda: self.group.stop(reason, timeout=plan.left(plan.deadline))
             )
         else:
-            self.group.stop(reason, timeout=total)
+            self.group.stop(reason, timeout=plan.left(plan.deadline))
+
+    def _plan_stop(self, *, drain_delay: bool = True) -> ShutdownPlan:
+        """This stop's plan, made once, when it begins (the first stop signal, or a request).
+
+        A worker whose master wrote a deadline for this stop keeps the master's
+        (its drain delay has used part of the budget); anything else begins now.
+        """
+        if self._plan is None:
+            given = read_stop_plan(self._stop_plan_path)
+            if given is not None:
+                self._plan = ShutdownPlan.until(self.config, given)
+            else:
+                self._plan = ShutdownPlan.begin(self.config, drain_delay=drain_delay)
+        return self._plan
 
     def _begin(self, reason: str) -> None:
         if self._stop_requested:
             return
         self._stop_requested = True
-        self._arm_hard_stop()
+        self._arm_hard_stop(self._plan_stop().hard_stop)
         self.ready = False
         self.status = f"stopping: {reason}"
         if self.telemetry is not None:
@@ -226,8 +253,8 @@ class Service:
         if self.notifier is not None:
             self.notifier.send("STOPPING=1", f"STATUS=stopping: {reason}")
 
-    def _arm_hard_stop(self, *, budget: float | None = None) -> None:
-        """Start the last-resort timer once, measured from now: a stop has begun.
+    def _arm_hard_stop(self, at: float) -> None:
+        """Start the last-resort timer once, for ``at`` (``time.monotonic()``): a stop has begun.
 
         Thread-safe enough for its callers (the signal handler, the parent
         watcher, the loop): the worst race starts the timer twice, and both
@@ -235,9 +262,7 @@ class Service:
         """
         if self._hard_stop is None or self._hard_timer is not None:
             return
-        total = self.config.graceful_timeout if budget is None else budget
-        limit = total + ShutdownBudget.of(self.config).hard_stop
-        self._hard_timer = threading.Timer(limit, self._hard_stop)
+        self._hard_timer = threading.Timer(max(0.0, at - time.monotonic()), self._hard_stop)
         self._hard_timer.name = "tether-hard-stop"
         self._hard_timer.daemon = True
         self._hard_timer.start()
@@ -251,12 +276,13 @@ class Service:
     async def _arm_when_stopping(self) -> None:
         await self.group.wait_stopping()
         left = (self.group.deadline or 0.0) - asyncio.get_running_loop().time()
-        self._arm_hard_stop(budget=max(0.0, left))
+        hard_stop = ShutdownBudget.of(self.config).hard_stop
+        self._arm_hard_stop(time.monotonic() + max(0.0, left) + hard_stop)
 
     def _on_signal_now(self, signum: int) -> None:
         """In the signal handler itself, even while the loop is stuck: a stop arms the timer."""
         if signum in _STOP_SIGNALS:
-            self._arm_hard_stop()
+            self._arm_hard_stop(self._plan_stop().hard_stop)
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
@@ -710,6 +736,7 @@ class Service:
         A thread, not a loop reader, so that it works from the first moment:
         while the app is still being imported or starting up, the loop is busy.
         """
+        self._stop_plan_path = os.environ.pop(STOP_PLAN_ENV, None)
         fd_text = os.environ.pop(PARENT_FD_ENV, None)
         if fd_text is None or not fd_text.isdigit():
             return
@@ -720,7 +747,8 @@ class Service:
             with contextlib.suppress(OSError):
                 while os.read(fd, 512):
                     pass
-            self._arm_hard_stop(budget=PARENT_DEATH_BUDGET)
+            hard_stop = ShutdownBudget.of(self.config).hard_stop
+            self._arm_hard_stop(time.monotonic() + PARENT_DEATH_BUDGET + hard_stop)
             stop = functools.partial(
                 self.request_stop, "the master process exited", budget=PARENT_DEATH_BUDGET
             )

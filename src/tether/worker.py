@@ -15,7 +15,16 @@ sockets by ``LISTEN_FDS`` and these variables (env in):
 - ``WATCHDOG_USEC``: heartbeats go at half of it, from the event loop;
 - ``TETHER_METRICS_FINAL`` (:data:`tether.metrics.FINAL_ENV`): the file where
   it writes its final counts when it exits, so the master's ``/metrics`` keeps
-  them.
+  them;
+- ``TETHER_STOP_PLAN`` (:data:`STOP_PLAN_ENV`): the file where the master
+  writes its stop's deadline before its TERM. A signal carries no data, and the
+  same TERM means "drain with the whole budget" in a reload and "drain by the
+  master's deadline" in a final stop, whose drain delay has already used part
+  of the budget. The deadline is a ``time.monotonic()`` value: that clock is
+  one clock for every process on the host (see
+  :class:`tether.config.ShutdownPlan`), so the worker ends when the master's
+  plan says, not ``--graceful-timeout`` after the TERM. No file (a reload, an
+  older master): the plan begins at the TERM.
 
 What it sends back (env out, over the notify socket): ``READY=1`` once it
 serves; ``STATUS=failed: <one line>`` when it fails (to start or later), so
@@ -47,11 +56,14 @@ __all__ = [
     "PARENT_FD_ENV",
     "RECYCLE_FIELD",
     "RESUME_SIGNAL",
+    "STOP_PLAN_ENV",
     "WORKER_PROGRAM",
     "failure_line",
+    "read_stop_plan",
     "take_notify_address",
     "worker_argv",
     "worker_base_env",
+    "write_stop_plan",
 ]
 
 #: Where a worker started by a master sends its notifications (removed before the app imports).
@@ -66,6 +78,8 @@ RECYCLE_FIELD = "TETHER_RECYCLE"
 #: What the master sends a worker that stopped taking requests to be recycled when no
 #: successor can take over (it failed to start): take connections again. CONTinue.
 RESUME_SIGNAL = signal.SIGCONT
+#: The file where the master writes a final stop's deadline before it sends TERM.
+STOP_PLAN_ENV = "TETHER_STOP_PLAN"
 #: How a worker is started; the rest of the command line is ``worker_argv``.
 WORKER_PROGRAM: tuple[str, ...] = (sys.executable, "-m", "tether")
 
@@ -85,6 +99,7 @@ _PRIVATE_VARS = (
     "TETHER_SYSTEMD_NOTIFY_SOCKET",
     "TETHER_WORKER_ID",
     "TETHER_GENERATION",
+    STOP_PLAN_ENV,
 )
 
 
@@ -118,6 +133,29 @@ def take_notify_address() -> tuple[str | None, bool]:
         os.environ.pop("NOTIFY_SOCKET", None)
         return private, True
     return os.environ.pop("NOTIFY_SOCKET", None) or None, False
+
+
+def write_stop_plan(path: str, deadline: float) -> None:
+    """Leave a stop's absolute deadline (``time.monotonic()``) where the workers read it.
+
+    Written whole and renamed into place: a worker never reads half a number.
+    """
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(f"deadline={deadline!r}\n")
+    os.replace(tmp, path)
+
+
+def read_stop_plan(path: str | None) -> float | None:
+    """The deadline the master wrote at ``path`` for this stop, or None (no file: a reload)."""
+    if path is None:
+        return None
+    try:
+        with open(path) as f:
+            key, _, value = f.read().strip().partition("=")
+        return float(value) if key == "deadline" else None
+    except (OSError, ValueError):
+        return None
 
 
 def _leaves(exc: BaseException) -> Iterator[BaseException]:

@@ -19,12 +19,15 @@ requests: TERM/INT stop the group gracefully (a second one hurries the
 workers), QUIT stops fast, HUP/USR2/TTIN/TTOU go to the pool's queue, USR1
 asks every worker for its dumps.
 
-A stop, in order: ``/readyz`` answers 503 for ``--drain-delay``; a final stop
-closes the master's copies of the listening sockets (the kernel refuses new
+A stop, in order, by one plan made when it begins
+(:class:`~tether.config.ShutdownPlan`, the same a ``--workers 0`` process
+follows): ``/readyz`` answers 503 for ``--drain-delay``; a final stop closes
+the master's copies of the listening sockets (the kernel refuses new
 connections at once; a reload or upgrade keeps them, so queued connections go
-to the next generation); the workers drain within one budget
-(:class:`~tether.config.ShutdownBudget`); the debug listener stays up until
-they are gone.
+to the next generation); the workers drain by the plan's deadline, which the
+master writes for them before its TERM (``TETHER_STOP_PLAN``, see
+:mod:`tether.worker`), so the drain delay is counted inside
+``--graceful-timeout`` here too; the debug listener stays up until they are gone.
 
 Resource handling: every child is watched through a pidfd and reaped by the
 master; a pipe whose write end only the master holds lets workers see the
@@ -56,7 +59,7 @@ from tether._control import ControlServer, bind_control
 from tether._listeners import open_listeners
 from tether._pidfile import PidFile
 from tether._reaper import Reaper
-from tether.config import RunConfig, ShutdownBudget
+from tether.config import RunConfig, ShutdownBudget, ShutdownPlan
 from tether.group import Group, StopToken
 from tether.master.pool import Pool, PoolHooks
 from tether.master.status import StatusView, fetch_unix
@@ -72,7 +75,15 @@ from tether.master.workers import Worker
 from tether.metrics import FINAL_ENV, Aggregator, Lifecycle, final_path
 from tether.notify import Notifier, NotifyMessage, NotifyReceiver, watchdog_interval
 from tether.signals import handle_signals
-from tether.worker import NOTIFY_ENV, PARENT_FD_ENV, WORKER_PROGRAM, worker_argv, worker_base_env
+from tether.worker import (
+    NOTIFY_ENV,
+    PARENT_FD_ENV,
+    STOP_PLAN_ENV,
+    WORKER_PROGRAM,
+    worker_argv,
+    worker_base_env,
+    write_stop_plan,
+)
 
 if TYPE_CHECKING:
     from tether._hooks import ServerHooks
@@ -125,6 +136,8 @@ class Master:
         self._upstream: Notifier | None = None
         self.systemd = SystemdLink(None)
         self._stop_mode: StopMode = "graceful"
+        #: The stop's deadlines, made once when it begins (``request_stop`` or the final stop).
+        self._plan: ShutdownPlan | None = None
         self._stop_signals = 0
         self._first_ready = asyncio.Event()
         #: Set when the first worker has been started: what the master serves itself (the
@@ -135,9 +148,7 @@ class Master:
         self.group = Group(
             "master",
             # The pool bounds the workers' drain itself; the group only backs it up.
-            graceful_timeout=config.drain_delay
-            + self.budget.graceful
-            + 2 * self.budget.master_kill,
+            graceful_timeout=self.budget.graceful + 2 * self.budget.master_kill,
             cancel_timeout=self.budget.cancel,
         )
         self.pool = Pool(config, self._spawn_worker)
@@ -282,6 +293,7 @@ class Master:
         self._worker_env[NOTIFY_ENV] = self._rx.path
         self._worker_env["TETHER_PARENT_PID"] = str(self._pid)
         self._worker_env[PARENT_FD_ENV] = str(sockets_mod.LISTEN_FDS_START + len(self._app_socks))
+        self._worker_env[STOP_PLAN_ENV] = os.path.join(self._rundir, "stop-plan")
         self.upgrader = Upgrader(
             argv=upgrade_argv(),
             cwd=self._cwd,
@@ -367,23 +379,30 @@ class Master:
         self.pool.begin_stop()
         self.systemd.stopping()
         handover = self._handover.is_set()
-        delay = self.config.drain_delay
-        if (
-            self._stop_mode == "graceful"
-            and not handover
-            and delay > 0
-            and self.pool.live_workers()
-        ):
-            log.info("master %d: /readyz answers 503 for %gs before draining", self._pid, delay)
+        plan = self._plan_stop()
+        delay = plan.left(plan.drain_delay_end)
+        graceful = self._stop_mode == "graceful"
+        if graceful and not handover and delay > 0 and self.pool.live_workers():
+            log.info("master %d: /readyz answers 503 for %.1fs before draining", self._pid, delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.pool.hurry.wait(), delay)
+        if self._stop_mode == "graceful":
+            # Before the TERM: the workers drain by this plan's deadline, not one of their own.
+            with contextlib.suppress(OSError):  # unwritable: they take the whole budget, as before
+                write_stop_plan(self._worker_env[STOP_PLAN_ENV], plan.deadline)
         if not handover:
             # A final stop: no generation will accept on these again. Closing our copies
             # now (the workers close theirs as they begin to drain) makes the kernel
             # refuse new connections at once, instead of queueing them until we exit.
             for sock in self._app_socks:
                 sock.close()
-        await self.pool.stop_workers(fast=self._stop_mode == "fast")
+        await self.pool.stop_workers(fast=self._stop_mode == "fast", kill_at=plan.master_kill)
+
+    def _plan_stop(self) -> ShutdownPlan:
+        """This stop's plan, made once, when it begins."""
+        if self._plan is None:
+            self._plan = ShutdownPlan.begin(self.config)
+        return self._plan
 
     async def _servers_member(self, stop: StopToken) -> None:
         """The control socket and the debug listener; up until the workers are gone."""
@@ -541,6 +560,7 @@ class Master:
                 self.pool.escalate()
             return
         self._stop_mode = mode
+        self._plan_stop()
         if mode == "fast":
             self.pool.hurry.set()
         self.group.stop(f"{mode} stop requested")

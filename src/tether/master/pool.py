@@ -246,8 +246,11 @@ class Pool:
         stopping = {"ok": False, "error": "the master is stopping"}
         _resolve([f for _, f in self._take_all()], stopping)
 
-    async def stop_workers(self, *, fast: bool) -> None:
+    async def stop_workers(self, *, fast: bool, kill_at: float | None = None) -> None:
         """Ask every worker to stop (TERM, or QUIT when ``fast``) and wait within the budget.
+
+        ``kill_at`` (``time.monotonic()``): the stop plan's ``master_kill``, when
+        a plan made earlier bounds this stop; otherwise the budget starts now.
 
         Raises ShutdownAbandoned if a worker that served abandoned work or had
         to be killed, WorkersFailed if one exited with an error; a worker still
@@ -264,6 +267,8 @@ class Pool:
         deadline = now + self.budget.master_kill if fast else self.budget.deadline(now)
         if not fast:
             deadline += self.budget.master_kill
+            if kill_at is not None:
+                deadline = min(deadline, now + max(0.0, kill_at - time.monotonic()))
         served = [w for w in workers if w.ready_at is not None]
         # A worker still starting has nothing to drain: it gets the short bound.
         starting = [w for w in workers if w.ready_at is None]
