@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from tether.cli import run
+from tether.config import ShutdownBudget
 
 from proc import tether
 
@@ -85,12 +86,13 @@ def test_the_set_is_complete() -> None:
         assert selector.items() <= labels.items()
 
 
-def test_grace_period_covers_drain_delay_and_graceful_timeout() -> None:
-    """The kubelet's SIGKILL comes after tether's whole stop budget, drain delay included."""
+def test_grace_period_covers_the_graceful_timeout_and_the_last_resort() -> None:
+    """The kubelet's SIGKILL comes after tether's whole stop, which counts the drain delay."""
     options = run_options(container()["command"])
-    assert options["drain_delay"] > 0
+    assert 0 < options["drain_delay"] < options["graceful_timeout"]
     grace = resources()["Deployment"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert grace > options["drain_delay"] + options["graceful_timeout"]
+    last_resort = ShutdownBudget(options["graceful_timeout"]).master_kill
+    assert grace > options["graceful_timeout"] + last_resort
 
 
 def test_probes_and_scrape_point_at_the_debug_server() -> None:
