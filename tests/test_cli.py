@@ -201,6 +201,7 @@ def test_debug_endpoints_answer() -> None:
         (["plain:app", "--graceful-timeout", "-1"], 2, "--graceful-timeout must be a number"),
         (["plain:app", "--graceful-timeout", "soon"], 2, "'soon' is not a valid float"),
         (["plain:app", "--drain-delay", "-3"], 2, "--drain-delay must be a number"),
+        (["plain:app", "--drain-delay", "5", "--graceful-timeout", "5"], 2, "leaves no time"),
         (["plain:app", "--idle-grace", "-1"], 2, "--idle-grace must be a number"),
         (["plain:app", "--debug-bind", "0.0.0.0:0"], 2, "pass --debug-token"),
     ],

@@ -564,7 +564,8 @@ class ShutdownBudget:
     """Every bound of a shutdown, derived in one place from ``--graceful-timeout``.
 
     A stop gets one absolute deadline (``deadline(now)``: the end of the
-    graceful period); every other bound is an offset from it, in this order,
+    graceful period, which :class:`ShutdownPlan` holds with the others for one
+    stop); every other bound is an offset from it, in this order,
     each leaving the one before it room to finish and report:
 
     tracker report < http report grace < group abandon < hard stop < master kill

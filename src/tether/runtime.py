@@ -276,8 +276,8 @@ class Service:
     async def _arm_when_stopping(self) -> None:
         await self.group.wait_stopping()
         left = (self.group.deadline or 0.0) - asyncio.get_running_loop().time()
-        hard_stop = ShutdownBudget.of(self.config).hard_stop
-        self._arm_hard_stop(time.monotonic() + max(0.0, left) + hard_stop)
+        # A stop that began in the group (a member's exit): its deadline is the plan's.
+        self._arm_hard_stop(ShutdownPlan.until(self.config, time.monotonic() + left).hard_stop)
 
     def _on_signal_now(self, signum: int) -> None:
         """In the signal handler itself, even while the loop is stuck: a stop arms the timer."""
@@ -747,8 +747,8 @@ class Service:
             with contextlib.suppress(OSError):
                 while os.read(fd, 512):
                     pass
-            hard_stop = ShutdownBudget.of(self.config).hard_stop
-            self._arm_hard_stop(time.monotonic() + PARENT_DEATH_BUDGET + hard_stop)
+            orphaned = ShutdownPlan.until(self.config, time.monotonic() + PARENT_DEATH_BUDGET)
+            self._arm_hard_stop(orphaned.hard_stop)
             stop = functools.partial(
                 self.request_stop, "the master process exited", budget=PARENT_DEATH_BUDGET
             )
