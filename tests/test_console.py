@@ -259,7 +259,8 @@ class Traffic:
 def chart(browser: Browser, name: str) -> dict[str, Any]:
     """What the console's chart ``name`` shows: points, series, last values, max, reload marks."""
     got = browser.evaluate(
-        f"(() => {{ const d = document.querySelector('svg[data-chart=\"{name}\"]').dataset;"
+        f"(() => {{ const svg = document.querySelector('svg[data-chart=\"{name}\"]');"
+        " const d = svg ? svg.dataset : {};"  # null until the page has loaded
         " return {points: +(d.points || 0), series: +(d.series || 0), max: +(d.max || 0),"
         " marks: +(d.marks || 0), last: JSON.parse(d.last || '[]')}; })()"
     )
