@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tether.worker import WorkerContract
+
 from proc import APPS, free_port, get, run_cli, tether
 
 
@@ -325,11 +327,18 @@ def test_what_the_app_leaves_running_is_logged_at_exit() -> None:
     assert "/dev/null" not in err
 
 
-def test_parent_death_during_startup_stops_the_process() -> None:
+def test_parent_death_during_startup_stops_the_process(tmp_path: Path) -> None:
     """A worker whose master dies while the app is still starting exits within seconds."""
     read_end, write_end = os.pipe()
     try:
         port = free_port()
+        contract = WorkerContract(
+            notify_address=str(tmp_path / "notify.sock"),  # no one listens: the master is gone
+            parent_fd=read_end,
+            parent_pid=os.getpid(),
+            worker_id=1,
+            generation=1,
+        )
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -344,7 +353,7 @@ def test_parent_death_during_startup_stops_the_process() -> None:
                 f"127.0.0.1:{port}",
             ],
             cwd=APPS,
-            env={**os.environ, "TETHER_PARENT_FD": str(read_end)},
+            env={**os.environ, **contract.to_env()},
             pass_fds=(read_end,),
             stderr=subprocess.PIPE,
             text=True,

@@ -11,10 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tether._configsources import WORKER_MARK, resolve
+from tether._configsources import resolve
 from tether.cli import run
 from tether.config import HttpOptions, RunConfig, ShutdownBudget
 from tether.errors import ConfigError
+from tether.worker import PARENT_FD_ENV
 
 #: Parameters of `tether run` that are not a RunConfig field of the same name, and why.
 CLI_ONLY = {
@@ -112,7 +113,7 @@ def test_to_argv_carries_every_worker_option(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A worker started with to_argv() resolves exactly the config its master had."""
-    monkeypatch.setenv(WORKER_MARK, "99")
+    monkeypatch.setenv(PARENT_FD_ENV, "99")
     monkeypatch.setenv("TETHER_WORKERS", "7")  # never read by a worker
     monkeypatch.chdir(tmp_path)
     (tmp_path / "pyproject.toml").write_text('[tool.tether]\npidfile = "/run/x.pid"\n')

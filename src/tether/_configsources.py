@@ -8,7 +8,7 @@ the ecosystem's ``WEB_CONCURRENCY`` and ``FORWARDED_ALLOW_IPS`` below those).
 ``PORT`` serves on ``0.0.0.0:$PORT`` when no address was given anywhere.
 Each value's origin is kept, for ``--print-config`` and for error messages.
 
-Invariant: a worker started by a tether master (it has ``TETHER_PARENT_FD``)
+Invariant: a worker started by a tether master (:func:`tether.worker.started_by_master`)
 reads its command line alone. Its master resolved every source already and
 passed the result on (``RunConfig.to_argv``); a pidfile or a control socket
 from the environment or a file is the master's, never the worker's.
@@ -39,6 +39,7 @@ from tether.config import (
     read_token_file,
 )
 from tether.errors import ConfigError
+from tether.worker import started_by_master
 
 __all__ = [
     "Resolved",
@@ -50,8 +51,6 @@ __all__ = [
     "resolve",
 ]
 
-#: Set in every worker a master starts: the worker's command line is complete.
-WORKER_MARK = "TETHER_PARENT_FD"
 ENV_PREFIX = "TETHER_"
 #: The ecosystem's variables, below TETHER_<OPTION> (they are read by other servers too).
 FALLBACK_ENV = {"workers": "WEB_CONCURRENCY", "forwarded_allow_ips": "FORWARDED_ALLOW_IPS"}
@@ -150,7 +149,7 @@ def load_sources(ctx: click.Context, param: click.Parameter, value: str | None) 
     ctx.meta[_ORIGINS] = origins
     if value is not None and is_python_config(value):
         ctx.meta[_PYCONFIG] = value if value.startswith("python:") else os.path.abspath(value)
-    if os.environ.get(WORKER_MARK):
+    if started_by_master(os.environ):  # the worker's command line is complete
         return value
     names = _params(ctx.command)
     if value is not None and is_python_config(value):
@@ -263,7 +262,7 @@ def _binds(ctx: click.Context, opts: dict[str, Any]) -> tuple[tuple[str, ...], s
     given = [n for n in _BIND_PARAMS if ctx.get_parameter_source(n) is not ParameterSource.DEFAULT]
     if binds:
         return tuple(binds), ", ".join(f"--{n}: {_origin(ctx, n)}" for n in given)
-    port_text = "" if os.environ.get(WORKER_MARK) else os.environ.get("PORT", "")
+    port_text = "" if started_by_master(os.environ) else os.environ.get("PORT", "")
     if port_text:
         if not port_text.isdigit() or int(port_text) > 65535:
             msg = f"PORT={port_text!r} is not a port number; set PORT to 1-65535 or pass --bind"

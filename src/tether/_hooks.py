@@ -42,11 +42,14 @@ import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether._gunicorn import load as load_pyconfig
 from tether.config import RunConfig
 from tether.errors import StartupError
+
+if TYPE_CHECKING:
+    from tether.worker import WorkerContract
 
 __all__ = ["HookConfig", "HookRequest", "HookResponse", "HookServer", "HookWorker", "ServerHooks"]
 
@@ -200,6 +203,8 @@ class ServerHooks:
         self.cfg = HookConfig.of(config, list(config.binds))
         self.server = HookServer(os.getpid(), self.cfg, config.workers)
         self.worker: HookWorker | None = None
+        #: What this process's master told it (tether.worker); None: no master.
+        self.contract: WorkerContract | None = None
 
     @classmethod
     def of(cls, config: RunConfig) -> ServerHooks | None:
@@ -249,9 +254,9 @@ class ServerHooks:
     def this_worker(self) -> HookWorker:
         """This process as a ``worker`` (its master as ``server``); made once."""
         if self.worker is None:
-            env = os.environ
-            wid = int(env.get("TETHER_WORKER_ID", "0") or 0)
-            parent = int(env.get("TETHER_PARENT_PID", "0") or 0) or os.getpid()
+            contract = self.contract
+            wid = contract.worker_id if contract is not None else 0
+            parent = (contract.parent_pid if contract is not None else 0) or os.getpid()
             self.server.pid = parent
             self.worker = HookWorker(
                 os.getpid(),
@@ -259,7 +264,7 @@ class ServerHooks:
                 wid,
                 self.cfg,
                 id=wid,
-                generation=int(env.get("TETHER_GENERATION", "0") or 0),
+                generation=contract.generation if contract is not None else 0,
             )
         return self.worker
 

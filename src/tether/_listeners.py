@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from tether import sockets as sockets_mod
 from tether.config import RunConfig
-from tether.worker import PARENT_FD_ENV
+from tether.worker import started_by_master
 
 __all__ = ["Listeners", "open_listeners"]
 
@@ -67,7 +67,7 @@ def open_listeners(config: RunConfig) -> Listeners:
                     sock.close()
                 raise
         # A worker's sockets always come from its master, which said so already.
-        level = logging.DEBUG if PARENT_FD_ENV in os.environ else logging.INFO
+        level = logging.DEBUG if started_by_master(os.environ) else logging.INFO
         logger.log(level, "using %d inherited socket(s) (LISTEN_FDS)", len(inherited))
         return Listeners(app_socks, debug, control)
     bound: list[socket.socket] = []

@@ -35,7 +35,7 @@ from tether.config import (
 )
 from tether.errors import ShutdownAbandoned, TetherError
 from tether.logs import setup_logging
-from tether.worker import PARENT_FD_ENV
+from tether.worker import started_by_master
 
 __all__ = ["exit_code_for", "main"]
 
@@ -745,7 +745,7 @@ def _keeps_pid() -> bool:
     """
     if os.getpid() == 1:
         return True
-    return not os.environ.get("NOTIFY_SOCKET") and PARENT_FD_ENV not in os.environ
+    return not os.environ.get("NOTIFY_SOCKET") and not started_by_master(os.environ)
 
 
 def _importable(app_dir: str) -> None:

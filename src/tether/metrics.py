@@ -71,9 +71,6 @@ PHASE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 #: Methods kept as label values; anything else is counted as ``OTHER`` (labels stay bounded).
 _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
 
-#: Environment variable naming where a worker writes its final counts when it exits.
-FINAL_ENV = "TETHER_METRICS_FINAL"
-
 
 class Histogram:
     """Bucket counts and a sum; ``observe`` is one bisect and two additions."""

@@ -45,7 +45,6 @@ from tether.config import RunConfig, ShutdownBudget, ShutdownPlan
 from tether.errors import AbandonedWork, ShutdownAbandoned
 from tether.group import Group, StopToken
 from tether.metrics import (
-    FINAL_ENV,
     Families,
     ProcessMetrics,
     process_families,
@@ -57,14 +56,12 @@ from tether.serving import ASGIApp, DrainHooks, HttpServer, ServeOptions, host_w
 from tether.signals import handle_signals
 from tether.tracker import REQUESTS, Tracker, install_adoption, set_current_tracker
 from tether.worker import (
-    FAILED_STATUS,
-    PARENT_FD_ENV,
-    RECYCLE_FIELD,
     RESUME_SIGNAL,
-    STOP_PLAN_ENV,
-    failure_line,
+    WorkerContract,
+    failed_report,
     read_stop_plan,
-    take_notify_address,
+    recycle_report,
+    withdraw,
 )
 
 # The debug server (tether.debug, tether.console), --reload's watcher and prometheus_client
@@ -138,7 +135,11 @@ class Service:
         self._reload_again = False
         self._supervisor_notify: str | None = None
         self._handoff_notify: str | None = None
-        self._is_worker = False
+        #: What this process's master told it (None: not a master's worker). Read once,
+        #: here: ``run`` removes the private part from the environment before the app.
+        self.contract = WorkerContract.from_env(os.environ)
+        self._is_worker = self.contract is not None
+        self._generation = self.contract.generation if self.contract is not None else 0
         #: This process's sockets: given, or opened by ``run``.
         self._open: Listeners | None = listeners
         self._hard_stop = hard_stop
@@ -151,7 +152,7 @@ class Service:
         #: Background work of this process: ``tether.spawn`` and tasks requests start.
         self.tracker = Tracker(name="background")
         #: Requests, loop lag and drains of this process (``TETHER_REQUEST_METRICS=off``: none).
-        self.metrics = ProcessMetrics(worker=os.environ.get("TETHER_WORKER_ID", "0"))
+        self.metrics = ProcessMetrics(worker=str(self.contract.worker_id if self.contract else 0))
         recording = os.environ.get("TETHER_REQUEST_METRICS", "on") != "off"
         threshold = config.blocked_loop_threshold
         #: Logs a serving loop blocked past --blocked-loop-threshold (None: 0, off).
@@ -176,7 +177,7 @@ class Service:
         #: This stop's deadlines, made once when it begins (see ``_plan_stop``).
         self._plan: ShutdownPlan | None = None
         #: Where a master leaves its final stop's deadline for this worker (tether.worker).
-        self._stop_plan_path: str | None = None
+        self._stop_plan_path = self.contract.stop_plan if self.contract is not None else None
         #: OpenTelemetry, when the environment asks for it (tether._otel); made in ``run``.
         self.telemetry: Telemetry | None = None
         #: --max-requests or --max-worker-memory was reached (a successor is asked for once).
@@ -319,7 +320,9 @@ class Service:
         if self.config.app_metrics:
             check_user_dir(os.environ)  # a bad PROMETHEUS_MULTIPROC_DIR fails before binding
         hooks = self._server_hooks = _server_hooks(self.config)
-        in_master = PARENT_FD_ENV in os.environ  # a master's worker: the master runs its hooks
+        in_master = self._is_worker  # a master's worker: the master runs its hooks
+        if hooks is not None:
+            hooks.contract = self.contract
         if hooks is not None and not in_master:
             hooks.call("on_starting", hooks.server, fatal=True)
         listeners = self._open = self._open or open_listeners(self.config)
@@ -334,10 +337,13 @@ class Service:
         self._watch_parent(asyncio.get_running_loop())
         # Before the app is imported: app code that notifies at import must not reach
         # whoever waits for this process's READY (a master, systemd).
-        address, from_master = take_notify_address()
-        self._supervisor_notify = None if from_master else address
+        contract = self.contract
+        supervisor = os.environ.pop("NOTIFY_SOCKET", None) or None
+        withdraw(os.environ)
+        address = contract.notify_address if contract is not None else supervisor
+        self._supervisor_notify = None if contract is not None else supervisor
         self._handoff_notify = os.environ.pop(HANDOFF_ENV, None)
-        final = os.environ.pop(FINAL_ENV, None)
+        final = contract.final_metrics if contract is not None else None
         self.notifier = Notifier.from_env({"NOTIFY_SOCKET": address or ""})
         try:
             # Before the app is imported, so that its own instrumentation finds the providers.
@@ -426,7 +432,7 @@ class Service:
         self.telemetry = telemetry = Telemetry.start(
             {
                 "tether.worker.id": self.metrics.worker,
-                "tether.generation": int(os.environ.get("TETHER_GENERATION", "0") or 0),
+                "tether.generation": self._generation,
                 "process.pid": os.getpid(),
             }
         )
@@ -458,7 +464,7 @@ class Service:
             if rest is None:
                 return
             exc = rest
-        self.notifier.send(f"STATUS={FAILED_STATUS}{failure_line(exc)}")
+        self.notifier.send(*failed_report(exc))
 
     async def _report_leaks(self, since: leaks.Snapshot) -> None:
         """After the group stopped: log what the app started and left running."""
@@ -628,7 +634,7 @@ class Service:
             if self.http is not None:
                 self.http.stop_accepting()
             if self.notifier is not None:
-                self.notifier.send(f"{RECYCLE_FIELD}=1", f"STATUS=recycling: {why}")
+                self.notifier.send(*recycle_report(why))
         else:
             self._reload(why)
 
@@ -736,12 +742,9 @@ class Service:
         A thread, not a loop reader, so that it works from the first moment:
         while the app is still being imported or starting up, the loop is busy.
         """
-        self._stop_plan_path = os.environ.pop(STOP_PLAN_ENV, None)
-        fd_text = os.environ.pop(PARENT_FD_ENV, None)
-        if fd_text is None or not fd_text.isdigit():
+        if self.contract is None:
             return
-        self._is_worker = True
-        fd = int(fd_text)
+        fd = self.contract.parent_fd
 
         def watch() -> None:
             with contextlib.suppress(OSError):
@@ -859,7 +862,7 @@ class Service:
             "role": "worker" if self._is_worker else "process",
             "id": self.metrics.worker,
             "pid": os.getpid(),
-            "generation": int(os.environ.get("TETHER_GENERATION", "0") or 0),
+            "generation": self._generation,
             "state": self.status,
             "age": round(time.monotonic() - self._started, 3),
             "rss": process_rss(),

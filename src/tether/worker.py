@@ -1,7 +1,8 @@
-"""The worker's side of the master contract: what a worker receives, what it sends back.
+"""The master-worker contract, in one place: what a master tells a worker, what it reports.
 
 A master starts each worker as ``tether run APP --workers 0`` with its
-sockets by ``LISTEN_FDS`` and these variables (env in):
+sockets by ``LISTEN_FDS`` (:mod:`tether.sockets`, systemd's protocol) and one
+:class:`WorkerContract` in its environment (env in):
 
 - ``TETHER_NOTIFY_SOCKET``: where the worker reports ``READY=1``,
   ``WATCHDOG=1`` and ``STATUS=``. A tether-private name, removed from the
@@ -9,32 +10,45 @@ sockets by ``LISTEN_FDS`` and these variables (env in):
   (``sd_notify("READY=1")`` at import) sees no ``NOTIFY_SOCKET`` and cannot
   promote a generation whose startup has not run yet;
 - ``TETHER_PARENT_FD``: the read end of a pipe only the master writes to;
-  end-of-file means the master is gone and the worker stops;
+  end-of-file means the master is gone and the worker stops. Its presence is
+  what makes a process a master's worker (:func:`started_by_master`);
 - ``TETHER_PARENT_PID``, ``TETHER_WORKER_ID``, ``TETHER_GENERATION``: for logs
-  (the id is also the ``worker`` label of its per-process metrics);
-- ``WATCHDOG_USEC``: heartbeats go at half of it, from the event loop;
-- ``TETHER_METRICS_FINAL`` (:data:`tether.metrics.FINAL_ENV`): the file where
-  it writes its final counts when it exits, so the master's ``/metrics`` keeps
-  them;
-- ``TETHER_STOP_PLAN`` (:data:`STOP_PLAN_ENV`): the file where the master
-  writes its stop's deadline before its TERM. A signal carries no data, and the
-  same TERM means "drain with the whole budget" in a reload and "drain by the
-  master's deadline" in a final stop, whose drain delay has already used part
-  of the budget. The deadline is a ``time.monotonic()`` value: that clock is
-  one clock for every process on the host (see
-  :class:`tether.config.ShutdownPlan`), so the worker ends when the master's
-  plan says, not ``--graceful-timeout`` after the TERM. No file (a reload, an
-  older master): the plan begins at the TERM.
+  (the id is also the ``worker`` label of its per-process metrics); they stay
+  in the environment, where the app may read them;
+- ``TETHER_METRICS_FINAL``: the file where it writes its final counts when it
+  exits, so the master's ``/metrics`` keeps them;
+- ``TETHER_STOP_PLAN``: the file where the master writes its stop's deadline
+  before its TERM. A signal carries no data, and the same TERM means "drain
+  with the whole budget" in a reload and "drain by the master's deadline" in a
+  final stop, whose drain delay has already used part of the budget. The
+  deadline is a ``time.monotonic()`` value: that clock is one clock for every
+  process on the host (see :class:`tether.config.ShutdownPlan`), so the worker
+  ends when the master's plan says, not ``--graceful-timeout`` after the TERM.
+  No file (a reload, an older master): the plan begins at the TERM;
+- ``WATCHDOG_USEC`` (systemd's name, :func:`tether.notify.watchdog_interval`):
+  heartbeats go at half of it, from the event loop.
 
-What it sends back (env out, over the notify socket): ``READY=1`` once it
-serves; ``STATUS=failed: <one line>`` when it fails (to start or later), so
-the master can say why a reload failed without copying the worker's output;
-``TETHER_RECYCLE=1`` (:data:`RECYCLE_FIELD`) when it is due for recycling: it
-has stopped taking requests, and drains when the master sends TERM once its
-successor is READY, or takes requests again on :data:`RESUME_SIGNAL` when no
-successor could be started.
+What it sends back (env out, over the notify socket, :class:`WorkerReport`):
+``READY=1`` once it serves; ``STATUS=failed: <one line>``
+(:func:`failed_report`) when it fails (to start or later), so the master can
+say why a reload failed without copying the worker's output;
+``TETHER_RECYCLE=1`` (:func:`recycle_report`) when it is due for recycling:
+it has stopped taking requests, and drains when the master sends TERM once
+its successor is READY, or takes requests again on :data:`RESUME_SIGNAL` when
+no successor could be started.
 Its private debug socket (``--debug-bind unix:PATH``) answers the master's scrapes of
 ``/metrics`` and ``/debug/?format=json``.
+
+Invariant: no other module names these variables or fields. The master builds
+the environment with :meth:`WorkerContract.to_env`, the worker reads it once
+with :meth:`WorkerContract.from_env` and removes the private part with
+:func:`withdraw` before the app is imported; ``tests/test_worker.py`` checks
+the rest of the source for the names. The mapping is a parameter everywhere,
+the seam a test replaces with a plain dict.
+
+Error handling: a worker whose contract is incomplete or malformed (a variable
+missing, a fd that is not a number) raises :class:`~tether.errors.ConfigError`
+naming the variable, before anything is bound.
 
 A worker's stderr is the master's stderr, inherited: a stalled master never
 blocks a worker that logs, and a dead master does not swallow its workers'
@@ -46,21 +60,27 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from tether.config import RunConfig
+from tether.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tether.config import RunConfig
 
 __all__ = [
-    "FAILED_STATUS",
-    "NOTIFY_ENV",
-    "PARENT_FD_ENV",
-    "RECYCLE_FIELD",
     "RESUME_SIGNAL",
-    "STOP_PLAN_ENV",
     "WORKER_PROGRAM",
+    "WorkerContract",
+    "WorkerReport",
+    "failed_report",
+    "failure_cause",
     "failure_line",
     "read_stop_plan",
-    "take_notify_address",
+    "recycle_report",
+    "started_by_master",
+    "withdraw",
     "worker_argv",
     "worker_base_env",
     "write_stop_plan",
@@ -70,6 +90,13 @@ __all__ = [
 NOTIFY_ENV = "TETHER_NOTIFY_SOCKET"
 #: The fd of the pipe whose end-of-file means the master is gone.
 PARENT_FD_ENV = "TETHER_PARENT_FD"
+PARENT_PID_ENV = "TETHER_PARENT_PID"
+WORKER_ID_ENV = "TETHER_WORKER_ID"
+GENERATION_ENV = "TETHER_GENERATION"
+#: Where a worker writes its final counts when it exits (:func:`tether.metrics.write_final`).
+FINAL_ENV = "TETHER_METRICS_FINAL"
+#: The file where the master writes a final stop's deadline before it sends TERM.
+STOP_PLAN_ENV = "TETHER_STOP_PLAN"
 #: How a worker's last STATUS begins when it fails (to start, or while serving).
 FAILED_STATUS = "failed: "
 #: The notification field a worker sets when it is due for recycling (--max-requests,
@@ -78,10 +105,12 @@ RECYCLE_FIELD = "TETHER_RECYCLE"
 #: What the master sends a worker that stopped taking requests to be recycled when no
 #: successor can take over (it failed to start): take connections again. CONTinue.
 RESUME_SIGNAL = signal.SIGCONT
-#: The file where the master writes a final stop's deadline before it sends TERM.
-STOP_PLAN_ENV = "TETHER_STOP_PLAN"
 #: How a worker is started; the rest of the command line is ``worker_argv``.
 WORKER_PROGRAM: tuple[str, ...] = (sys.executable, "-m", "tether")
+
+#: What a worker removes from its environment before the app is imported: the
+#: app must not report in the worker's name, nor hold the master's pipe.
+_WITHDRAWN = (NOTIFY_ENV, "NOTIFY_SOCKET", PARENT_FD_ENV, STOP_PLAN_ENV, FINAL_ENV)
 
 #: Variables that describe *this* process's place in a tree of processes;
 #: a child gets its own values (or none), never ours.
@@ -94,13 +123,153 @@ _PRIVATE_VARS = (
     "LISTEN_PID",
     "LISTEN_FDNAMES",
     PARENT_FD_ENV,
-    "TETHER_PARENT_PID",
+    PARENT_PID_ENV,
     "TETHER_UPGRADE_FROM",
     "TETHER_SYSTEMD_NOTIFY_SOCKET",
-    "TETHER_WORKER_ID",
-    "TETHER_GENERATION",
+    WORKER_ID_ENV,
+    GENERATION_ENV,
     STOP_PLAN_ENV,
 )
+
+
+@dataclass(frozen=True)
+class WorkerContract:
+    """What a master tells one worker: its place, and where to report.
+
+    ``final_metrics`` and ``stop_plan`` may be None: a master of an older
+    version (a reload runs the code on disk) may not name them, and a worker
+    then keeps its counts to itself and begins its stop at the TERM.
+    """
+
+    #: ``TETHER_NOTIFY_SOCKET``: the master's notify receiver.
+    notify_address: str
+    #: ``TETHER_PARENT_FD``: the read end of the master's pipe, in the worker.
+    parent_fd: int
+    #: ``TETHER_PARENT_PID``: the master's pid.
+    parent_pid: int
+    #: ``TETHER_WORKER_ID``: the worker's id (its metrics' ``worker`` label).
+    worker_id: int
+    #: ``TETHER_GENERATION``: the generation it belongs to.
+    generation: int
+    #: ``TETHER_METRICS_FINAL``: where it leaves its final counts.
+    final_metrics: str | None = None
+    #: ``TETHER_STOP_PLAN``: where the master writes a stop's deadline.
+    stop_plan: str | None = None
+
+    def to_env(self) -> dict[str, str]:
+        """The variables that carry this contract (added to the worker's base environment)."""
+        env = {
+            NOTIFY_ENV: self.notify_address,
+            PARENT_FD_ENV: str(self.parent_fd),
+            PARENT_PID_ENV: str(self.parent_pid),
+            WORKER_ID_ENV: str(self.worker_id),
+            GENERATION_ENV: str(self.generation),
+        }
+        if self.final_metrics is not None:
+            env[FINAL_ENV] = self.final_metrics
+        if self.stop_plan is not None:
+            env[STOP_PLAN_ENV] = self.stop_plan
+        return env
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> WorkerContract | None:
+        """The contract in ``environ``; None when this process is not a master's worker.
+
+        Raises :class:`~tether.errors.ConfigError` naming the variable when one
+        is missing or malformed: a half-told worker must not start serving.
+        """
+        if not started_by_master(environ):
+            return None
+        return cls(
+            notify_address=_required(environ, NOTIFY_ENV),
+            parent_fd=_number(environ, PARENT_FD_ENV),
+            parent_pid=_number(environ, PARENT_PID_ENV),
+            worker_id=_number(environ, WORKER_ID_ENV),
+            generation=_number(environ, GENERATION_ENV),
+            final_metrics=environ.get(FINAL_ENV) or None,
+            stop_plan=environ.get(STOP_PLAN_ENV) or None,
+        )
+
+
+def _required(environ: Mapping[str, str], name: str) -> str:
+    value = environ.get(name, "")
+    if not value:
+        msg = (
+            f"${name} is not set, but ${PARENT_FD_ENV} says a tether master started this "
+            f"process; a master sets both: unset ${PARENT_FD_ENV} to run on its own"
+        )
+        raise ConfigError(msg)
+    return value
+
+
+def _number(environ: Mapping[str, str], name: str) -> int:
+    text = _required(environ, name)
+    if not text.isdigit():
+        msg = (
+            f"${name}={text!r} is not a number; it is set by a tether master for its "
+            f"workers: unset ${PARENT_FD_ENV} to run on its own"
+        )
+        raise ConfigError(msg)
+    return int(text)
+
+
+def started_by_master(environ: Mapping[str, str]) -> bool:
+    """Whether ``environ`` is a master's worker's (before :func:`withdraw` runs)."""
+    return bool(environ.get(PARENT_FD_ENV))
+
+
+def withdraw(environ: MutableMapping[str, str]) -> None:
+    """Remove what the app must not see before it is imported (the notify addresses, the pipe).
+
+    The worker's id, generation and master's pid stay: they are for the app's logs too.
+    """
+    for name in _WITHDRAWN:
+        environ.pop(name, None)
+
+
+# -- what a worker reports -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerReport:
+    """One notification from a worker, read by the master."""
+
+    #: ``READY=1``: it serves.
+    ready: bool = False
+    #: ``WATCHDOG=1``: a heartbeat from its event loop.
+    heartbeat: bool = False
+    #: ``TETHER_RECYCLE=1``: it stopped taking requests and asks for a successor.
+    recycle: bool = False
+    #: ``STATUS=``: its state in one line, None when the notification has none.
+    status: str | None = None
+
+    @classmethod
+    def parse(cls, fields: Mapping[str, str]) -> WorkerReport:
+        """The report in one notification's ``KEY=VALUE`` fields."""
+        return cls(
+            ready=fields.get("READY") == "1",
+            heartbeat=fields.get("WATCHDOG") == "1",
+            recycle=fields.get(RECYCLE_FIELD) == "1",
+            status=fields.get("STATUS"),
+        )
+
+
+def failed_report(exc: BaseException) -> tuple[str, ...]:
+    """The notification a worker sends when it fails: why, in one line."""
+    return (f"STATUS={FAILED_STATUS}{failure_line(exc)}",)
+
+
+def recycle_report(why: str) -> tuple[str, ...]:
+    """The notification a worker sends when it is due for recycling (it stopped accepting)."""
+    return (f"{RECYCLE_FIELD}=1", f"STATUS=recycling: {why}")
+
+
+def failure_cause(status: str) -> str | None:
+    """The reason in a ``STATUS`` a worker sent when it failed; None for any other status."""
+    return status.removeprefix(FAILED_STATUS) if status.startswith(FAILED_STATUS) else None
+
+
+# -- how a worker is started -----------------------------------------------------------
 
 
 def worker_argv(
@@ -115,24 +284,10 @@ def worker_argv(
 
 
 def worker_base_env(environ: Mapping[str, str], config: RunConfig) -> dict[str, str]:
-    """The environment every worker starts from (per-worker values are added at spawn)."""
+    """The environment every worker starts from (its :class:`WorkerContract` is added at spawn)."""
     env = {k: v for k, v in environ.items() if k not in _PRIVATE_VARS}
     env["WATCHDOG_USEC"] = str(int(config.watchdog_timeout * 1_000_000))
     return env
-
-
-def take_notify_address() -> tuple[str | None, bool]:
-    """Remove this process's notify address from the environment; (address, is_worker).
-
-    A worker's address is the tether-private one; any other process reports
-    to ``NOTIFY_SOCKET`` (systemd, or a ``--workers 0`` predecessor's
-    supervisor). Either way the variable is gone before the app is imported.
-    """
-    private = os.environ.pop(NOTIFY_ENV, None)
-    if private:
-        os.environ.pop("NOTIFY_SOCKET", None)
-        return private, True
-    return os.environ.pop("NOTIFY_SOCKET", None) or None, False
 
 
 def write_stop_plan(path: str, deadline: float) -> None:

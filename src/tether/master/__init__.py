@@ -25,7 +25,7 @@ follows): ``/readyz`` answers 503 for ``--drain-delay``; a final stop closes
 the master's copies of the listening sockets (the kernel refuses new
 connections at once; a reload or upgrade keeps them, so queued connections go
 to the next generation); the workers drain by the plan's deadline, which the
-master writes for them before its TERM (``TETHER_STOP_PLAN``, see
+master writes for them before its TERM (the stop plan of
 :mod:`tether.worker`), so the drain delay is counted inside
 ``--graceful-timeout`` here too; the debug listener stays up until they are gone.
 
@@ -72,14 +72,12 @@ from tether.master.support import (
 )
 from tether.master.upgrade import Upgrader, upgrade_env
 from tether.master.workers import Worker
-from tether.metrics import FINAL_ENV, Aggregator, Lifecycle, final_path
+from tether.metrics import Aggregator, Lifecycle, final_path
 from tether.notify import Notifier, NotifyMessage, NotifyReceiver, watchdog_interval
 from tether.signals import handle_signals
 from tether.worker import (
-    NOTIFY_ENV,
-    PARENT_FD_ENV,
-    STOP_PLAN_ENV,
     WORKER_PROGRAM,
+    WorkerContract,
     worker_argv,
     worker_base_env,
     write_stop_plan,
@@ -130,7 +128,9 @@ class Master:
         self._rundir = ""
         self._rx: NotifyReceiver | None = None
         self._parent_r = self._parent_w = -1
+        #: What every worker inherits; each gets its own WorkerContract on top (_spawn_worker).
         self._worker_env: dict[str, str] = {}
+        self._stop_plan_path = ""
         self._systemd_address: str | None = None
         self._upgraded_from: int | None = None
         self._upstream: Notifier | None = None
@@ -290,10 +290,7 @@ class Master:
         self._parent_r, self._parent_w = os.pipe()
         self._worker_env = worker_base_env(env, cfg)
         self._worker_env.update(self.app_metrics.worker_env())
-        self._worker_env[NOTIFY_ENV] = self._rx.path
-        self._worker_env["TETHER_PARENT_PID"] = str(self._pid)
-        self._worker_env[PARENT_FD_ENV] = str(sockets_mod.LISTEN_FDS_START + len(self._app_socks))
-        self._worker_env[STOP_PLAN_ENV] = os.path.join(self._rundir, "stop-plan")
+        self._stop_plan_path = os.path.join(self._rundir, "stop-plan")
         self.upgrader = Upgrader(
             argv=upgrade_argv(),
             cwd=self._cwd,
@@ -316,8 +313,18 @@ class Master:
     def _spawn_worker(self, wid: int, generation: int) -> tuple[Child, str | None]:
         """The pool's seam: start one worker on this master's sockets (OSError if refused)."""
         debug_path = os.path.join(self._rundir, f"w{wid}.sock")
-        env = dict(self._worker_env, TETHER_WORKER_ID=str(wid), TETHER_GENERATION=str(generation))
-        env[FINAL_ENV] = final_path(debug_path)  # where it leaves its final counts for /metrics
+        assert self._rx is not None
+        contract = WorkerContract(
+            notify_address=self._rx.path,
+            # The pipe's read end follows the app's sockets in the child (start_child).
+            parent_fd=sockets_mod.LISTEN_FDS_START + len(self._app_socks),
+            parent_pid=self._pid,
+            worker_id=wid,
+            generation=generation,
+            final_metrics=final_path(debug_path),  # its final counts, for /metrics
+            stop_plan=self._stop_plan_path,
+        )
+        env = {**self._worker_env, **contract.to_env()}
         if self.server_hooks is not None:
             self._hook("pre_fork", self.server_hooks.new_worker(wid, generation))
         child, fds = start_child(
@@ -330,7 +337,7 @@ class Master:
             cwd=self._cwd,
             new_process_group=True,  # terminal signals go to the master, which decides
         )
-        assert str(fds[0]) == env[PARENT_FD_ENV]
+        assert fds[0] == contract.parent_fd
         self._spawned.set()
         return child, debug_path
 
@@ -389,7 +396,7 @@ class Master:
         if self._stop_mode == "graceful":
             # Before the TERM: the workers drain by this plan's deadline, not one of their own.
             with contextlib.suppress(OSError):  # unwritable: they take the whole budget, as before
-                write_stop_plan(self._worker_env[STOP_PLAN_ENV], plan.deadline)
+                write_stop_plan(self._stop_plan_path, plan.deadline)
         if not handover:
             # A final stop: no generation will accept on these again. Closing our copies
             # now (the workers close theirs as they begin to drain) makes the kernel

@@ -52,7 +52,7 @@ from tether.master.support import SystemdLink
 from tether.master.watchdog import Watchdog
 from tether.master.workers import Generation, Worker, WorkerFailed, WorkersFailed
 from tether.notify import NotifyMessage
-from tether.worker import RECYCLE_FIELD, RESUME_SIGNAL
+from tether.worker import RESUME_SIGNAL, WorkerReport
 
 __all__ = ["Pool", "PoolHooks", "Spawn"]
 
@@ -800,14 +800,14 @@ class Pool:
 
     def on_notification(self, message: NotifyMessage) -> None:
         """A worker said something (READY, WATCHDOG, STATUS)."""
-        fields = message.fields
         w = self.by_pid.get(message.pid)
         if w is None:
-            log.debug("notification from unknown pid %d ignored: %r", message.pid, fields)
+            log.debug("notification from unknown pid %d ignored: %r", message.pid, message.fields)
             return
-        if "STATUS" in fields:
-            w.status = fields["STATUS"]
-        if fields.get("READY") == "1" and not w.ready.is_set():
+        report = WorkerReport.parse(message.fields)
+        if report.status is not None:
+            w.status = report.status
+        if report.ready and not w.ready.is_set():
             self._restore_priority(w)
             w.mark_ready()
             took = time.monotonic() - w.started_at
@@ -820,9 +820,9 @@ class Pool:
                 log.info("master %d: %s ready in %.2fs", self._pid, w.label, took)
                 self.hooks.systemd.status(self.status_line())
             self.watchdog.beat(w)
-        if fields.get(RECYCLE_FIELD) == "1":
+        if report.recycle:
             self._on_recycle(w)
-        if fields.get("WATCHDOG") == "1" and w.state == "ready":
+        if report.heartbeat and w.state == "ready":
             w.last_heartbeat = time.monotonic()
             self.watchdog.beat(w)
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from tether._children import Child
 from tether.errors import TetherError
-from tether.worker import FAILED_STATUS
+from tether.worker import failure_cause
 
 __all__ = ["Generation", "Worker", "WorkerFailed", "WorkersFailed"]
 
@@ -42,7 +42,7 @@ class WorkerFailed(Exception):
         self.worker = worker
         self.why = why
         if not cause and worker is not None:
-            cause = worker.status.removeprefix(FAILED_STATUS) if worker.failed else ""
+            cause = failure_cause(worker.status) or ""
         self.cause = cause
 
     def with_cause(self) -> str:
@@ -91,7 +91,7 @@ class Worker:
     @property
     def failed(self) -> bool:
         """The worker said why it fails."""
-        return self.status.startswith(FAILED_STATUS)
+        return failure_cause(self.status) is not None
 
     @property
     def pid(self) -> int:
