@@ -13,12 +13,16 @@ from tether.worker import (
     FAILED_STATUS,
     PARENT_FD_ENV,
     RECYCLE_FIELD,
+    UpgradeContract,
     WorkerContract,
     WorkerReport,
     failed_report,
     failure_cause,
+    handoff_env,
+    is_successor,
     recycle_report,
     started_by_master,
+    take_handoff,
     withdraw,
 )
 
@@ -147,6 +151,68 @@ def test_reports_round_trip_through_their_fields() -> None:
     assert RECYCLE_FIELD == "TETHER_RECYCLE"
 
 
+UPGRADE = {"TETHER_UPGRADE_FROM": "41", "NOTIFY_SOCKET": "/run/m/notify.sock"}
+
+
+@pytest.mark.parametrize(
+    ("contract", "expected"),
+    [
+        (
+            UpgradeContract(41, "/run/m/notify.sock", "/run/systemd/notify"),
+            {**UPGRADE, "TETHER_SYSTEMD_NOTIFY_SOCKET": "/run/systemd/notify"},
+        ),
+        (UpgradeContract(41, "/run/m/notify.sock"), UPGRADE),
+    ],
+    ids=["under-systemd", "alone"],
+)
+def test_an_upgrade_contract_round_trips_and_leaves_the_environment(
+    contract: UpgradeContract, expected: dict[str, str]
+) -> None:
+    """A new master reads who it replaces and where to report, and removes them."""
+    old = {"HOME": "/h", "WATCHDOG_PID": "9", "TETHER_SYSTEMD_NOTIFY_SOCKET": "/stale"}
+    env = contract.environ(old)
+    assert env == {"HOME": "/h", **expected}
+    assert is_successor(env)
+    assert UpgradeContract.take(env) == contract
+    assert env == {"HOME": "/h"}
+    assert UpgradeContract.take(env) is None
+    assert not is_successor(env)
+
+
+def test_a_malformed_upgrade_contract_is_a_clear_error() -> None:
+    """A predecessor that is not a pid, or no address to report to, raises ConfigError."""
+    with pytest.raises(ConfigError) as caught:
+        UpgradeContract.take({"TETHER_UPGRADE_FROM": "x", "NOTIFY_SOCKET": "/n"})
+    assert str(caught.value) == (
+        "$TETHER_UPGRADE_FROM='x' is not a pid; it is set by a tether master for the master "
+        "that replaces it: unset it to start on its own"
+    )
+    with pytest.raises(ConfigError) as caught:
+        UpgradeContract.take({"TETHER_UPGRADE_FROM": "41"})
+    assert str(caught.value) == (
+        "$NOTIFY_SOCKET is not set, but $TETHER_UPGRADE_FROM says a tether master started this "
+        "one to replace it; unset $TETHER_UPGRADE_FROM to start on its own"
+    )
+
+
+def test_a_handoff_keeps_the_supervisor_and_names_the_predecessor() -> None:
+    """A --workers 0 copy reports to its predecessor and still to systemd, never to ours."""
+    base = {"HOME": "/h", "NOTIFY_SOCKET": "/ours", "TETHER_HANDOFF_NOTIFY": "/our-predecessor"}
+    env = handoff_env(base, notify_address="/rx", supervisor_address="/run/systemd/notify")
+    assert env == {
+        "HOME": "/h",
+        "TETHER_HANDOFF_NOTIFY": "/rx",
+        "NOTIFY_SOCKET": "/run/systemd/notify",
+    }
+    assert is_successor(env)
+    assert take_handoff(env) == "/rx"
+    assert take_handoff(env) is None
+    assert handoff_env(base, notify_address="/rx", supervisor_address=None) == {
+        "HOME": "/h",
+        "TETHER_HANDOFF_NOTIFY": "/rx",
+    }
+
+
 #: Every name the contract carries; only its module may spell them.
 CONTRACT_NAMES = (
     "TETHER_NOTIFY_SOCKET",
@@ -157,6 +223,9 @@ CONTRACT_NAMES = (
     "TETHER_METRICS_FINAL",
     "TETHER_STOP_PLAN",
     RECYCLE_FIELD,
+    "TETHER_UPGRADE_FROM",
+    "TETHER_SYSTEMD_NOTIFY_SOCKET",
+    "TETHER_HANDOFF_NOTIFY",
 )
 
 

@@ -12,7 +12,7 @@ close in between — the kernel queues connections for whichever process
 accepts next.
 
 The copy reports readiness to a private receiver named in
-``TETHER_HANDOFF_NOTIFY``; ``NOTIFY_SOCKET`` keeps pointing at the
+:func:`tether.worker.handoff_env`; ``NOTIFY_SOCKET`` keeps pointing at the
 supervisor (systemd) if there is one, so the copy announces itself there as
 the new ``MAINPID``.
 """
@@ -30,13 +30,11 @@ from typing import Any
 from tether._children import describe_exit, start_child
 from tether.errors import RuntimeDirError
 from tether.notify import NotifyReceiver
+from tether.worker import handoff_env
 
-__all__ = ["HANDOFF_ENV", "hand_over"]
+__all__ = ["hand_over"]
 
 logger = logging.getLogger("tether.runtime")
-
-#: Where a copy started by :func:`hand_over` reports READY.
-HANDOFF_ENV = "TETHER_HANDOFF_NOTIFY"
 
 
 async def hand_over(
@@ -60,11 +58,11 @@ async def hand_over(
         logger.error("reload failed: %s; still serving with this one", exc)  # noqa: TRY400
         return None
     async with receiver:
-        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", HANDOFF_ENV)}
-        env.update(extra_env or {})
-        env[HANDOFF_ENV] = receiver.path
-        if supervisor_notify:
-            env["NOTIFY_SOCKET"] = supervisor_notify
+        env = handoff_env(
+            {**os.environ, **(extra_env or {})},
+            notify_address=receiver.path,
+            supervisor_address=supervisor_notify,
+        )
         try:
             child, _ = start_child(
                 argv, name="successor", env=env, sockets=sockets, capture_stderr=False, cwd=cwd

@@ -25,13 +25,11 @@ import os
 import tempfile
 
 from tether.errors import ConfigError
+from tether.worker import is_successor
 
-__all__ = ["SUCCESSOR_VARS", "PidFile"]
+__all__ = ["PidFile"]
 
 log = logging.getLogger("tether")
-
-#: Variables that say this process was started to succeed its parent.
-SUCCESSOR_VARS = ("TETHER_HANDOFF_NOTIFY", "TETHER_UPGRADE_FROM")
 
 
 def _read_owner(path: str) -> int | None:
@@ -75,7 +73,7 @@ class PidFile:
         """Check that ``path`` can be ours; write it now unless we succeed our parent."""
         env = os.environ if environ is None else environ
         pidfile = cls(path)
-        successor = any(name in env for name in SUCCESSOR_VARS)
+        successor = is_successor(env)  # started to succeed its parent
         owner = _read_owner(pidfile.path)
         me, parent = os.getpid(), os.getppid()
         ours = owner is None or owner == me or (successor and owner == parent)

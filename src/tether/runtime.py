@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, cast
 from tether import leaks
 from tether import sockets as sockets_mod
 from tether._appmetrics import AppFamilies, check_user_dir, forget_process, single_process_families
-from tether._handoff import HANDOFF_ENV, hand_over
+from tether._handoff import hand_over
 from tether._listeners import Listeners, open_listeners
 from tether._loopwatch import LoopWatch
 from tether._pidfile import PidFile
@@ -61,6 +61,7 @@ from tether.worker import (
     failed_report,
     read_stop_plan,
     recycle_report,
+    take_handoff,
     withdraw,
 )
 
@@ -342,7 +343,7 @@ class Service:
         withdraw(os.environ)
         address = contract.notify_address if contract is not None else supervisor
         self._supervisor_notify = None if contract is not None else supervisor
-        self._handoff_notify = os.environ.pop(HANDOFF_ENV, None)
+        self._handoff_notify = take_handoff(os.environ)
         final = contract.final_metrics if contract is not None else None
         self.notifier = Notifier.from_env({"NOTIFY_SOCKET": address or ""})
         try:

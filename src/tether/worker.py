@@ -1,4 +1,4 @@
-"""The master-worker contract, in one place: what a master tells a worker, what it reports.
+"""The process contract, in one place: what a master tells a worker, what a worker reports.
 
 A master starts each worker as ``tether run APP --workers 0`` with its
 sockets by ``LISTEN_FDS`` (:mod:`tether.sockets`, systemd's protocol) and one
@@ -39,6 +39,12 @@ no successor could be started.
 Its private debug socket (``--debug-bind unix:PATH``) answers the master's scrapes of
 ``/metrics`` and ``/debug/?format=json``.
 
+A process that hands its sockets to a successor tells it who it replaces and
+where to say ``READY=1``, here too: a master to the new master of an upgrade
+(:class:`UpgradeContract`: ``TETHER_UPGRADE_FROM``, ``NOTIFY_SOCKET``,
+``TETHER_SYSTEMD_NOTIFY_SOCKET``), a ``--workers 0`` process to its copy
+(:func:`handoff_env`: ``TETHER_HANDOFF_NOTIFY``).
+
 Invariant: no other module names these variables or fields. The master builds
 the environment with :meth:`WorkerContract.to_env`, the worker reads it once
 with :meth:`WorkerContract.from_env` and removes the private part with
@@ -72,14 +78,18 @@ if TYPE_CHECKING:
 __all__ = [
     "RESUME_SIGNAL",
     "WORKER_PROGRAM",
+    "UpgradeContract",
     "WorkerContract",
     "WorkerReport",
     "failed_report",
     "failure_cause",
     "failure_line",
+    "handoff_env",
+    "is_successor",
     "read_stop_plan",
     "recycle_report",
     "started_by_master",
+    "take_handoff",
     "withdraw",
     "worker_argv",
     "worker_base_env",
@@ -97,6 +107,12 @@ GENERATION_ENV = "TETHER_GENERATION"
 FINAL_ENV = "TETHER_METRICS_FINAL"
 #: The file where the master writes a final stop's deadline before it sends TERM.
 STOP_PLAN_ENV = "TETHER_STOP_PLAN"
+#: A new master's predecessor (USR2): :class:`UpgradeContract`.
+UPGRADE_FROM_ENV = "TETHER_UPGRADE_FROM"
+#: systemd's notify socket, passed to a new master under a name of its own.
+SYSTEMD_NOTIFY_ENV = "TETHER_SYSTEMD_NOTIFY_SOCKET"
+#: Where a ``--workers 0`` process's copy reports READY (tether._handoff).
+HANDOFF_ENV = "TETHER_HANDOFF_NOTIFY"
 #: How a worker's last STATUS begins when it fails (to start, or while serving).
 FAILED_STATUS = "failed: "
 #: The notification field a worker sets when it is due for recycling (--max-requests,
@@ -124,8 +140,8 @@ _PRIVATE_VARS = (
     "LISTEN_FDNAMES",
     PARENT_FD_ENV,
     PARENT_PID_ENV,
-    "TETHER_UPGRADE_FROM",
-    "TETHER_SYSTEMD_NOTIFY_SOCKET",
+    UPGRADE_FROM_ENV,
+    SYSTEMD_NOTIFY_ENV,
     WORKER_ID_ENV,
     GENERATION_ENV,
     STOP_PLAN_ENV,
@@ -267,6 +283,87 @@ def recycle_report(why: str) -> tuple[str, ...]:
 def failure_cause(status: str) -> str | None:
     """The reason in a ``STATUS`` a worker sent when it failed; None for any other status."""
     return status.removeprefix(FAILED_STATUS) if status.startswith(FAILED_STATUS) else None
+
+
+# -- a successor: the process that takes over this one's sockets --------------------
+
+
+@dataclass(frozen=True)
+class UpgradeContract:
+    """What a master tells the new master it starts with every socket (USR2, tether.master.upgrade).
+
+    The new master reports ``READY=1`` (and its ``MAINPID``) to the old one's
+    receiver, in ``NOTIFY_SOCKET``, and takes systemd's address over from
+    ``TETHER_SYSTEMD_NOTIFY_SOCKET`` once it has.
+    """
+
+    #: ``TETHER_UPGRADE_FROM``: the old master's pid.
+    predecessor_pid: int
+    #: ``NOTIFY_SOCKET``: the old master's notify receiver.
+    notify_address: str
+    #: ``TETHER_SYSTEMD_NOTIFY_SOCKET``: systemd's notify socket, if the old master had one.
+    systemd_address: str | None = None
+
+    def environ(self, base: Mapping[str, str]) -> dict[str, str]:
+        """The new master's whole environment: ``base`` (the old one's) with this contract."""
+        env = {k: v for k, v in base.items() if k not in ("WATCHDOG_PID", SYSTEMD_NOTIFY_ENV)}
+        env[UPGRADE_FROM_ENV] = str(self.predecessor_pid)
+        env["NOTIFY_SOCKET"] = self.notify_address
+        if self.systemd_address:
+            env[SYSTEMD_NOTIFY_ENV] = self.systemd_address
+        return env
+
+    @classmethod
+    def take(cls, environ: MutableMapping[str, str]) -> UpgradeContract | None:
+        """The contract in ``environ``, removed from it; None (nothing removed): not an upgrade.
+
+        Raises :class:`~tether.errors.ConfigError` naming the variable when one
+        is malformed or missing.
+        """
+        if not environ.get(UPGRADE_FROM_ENV):
+            return None
+        pid_text = environ.pop(UPGRADE_FROM_ENV)
+        if not pid_text.isdigit():
+            msg = (
+                f"${UPGRADE_FROM_ENV}={pid_text!r} is not a pid; it is set by a tether master "
+                f"for the master that replaces it: unset it to start on its own"
+            )
+            raise ConfigError(msg)
+        notify = environ.pop("NOTIFY_SOCKET", "")
+        systemd = environ.pop(SYSTEMD_NOTIFY_ENV, "") or None
+        if not notify:
+            msg = (
+                f"$NOTIFY_SOCKET is not set, but ${UPGRADE_FROM_ENV} says a tether master "
+                f"started this one to replace it; unset ${UPGRADE_FROM_ENV} to start on its own"
+            )
+            raise ConfigError(msg)
+        return cls(int(pid_text), notify, systemd)
+
+
+def handoff_env(
+    base: Mapping[str, str], *, notify_address: str, supervisor_address: str | None
+) -> dict[str, str]:
+    """The environment of a ``--workers 0`` process's copy (a reload, tether._handoff).
+
+    ``base`` and where to report ``READY=1`` to its predecessor
+    (``TETHER_HANDOFF_NOTIFY``); ``NOTIFY_SOCKET`` stays the supervisor's, so
+    the copy announces itself there as the new ``MAINPID``.
+    """
+    env = {k: v for k, v in base.items() if k not in ("NOTIFY_SOCKET", HANDOFF_ENV)}
+    env[HANDOFF_ENV] = notify_address
+    if supervisor_address:
+        env["NOTIFY_SOCKET"] = supervisor_address
+    return env
+
+
+def take_handoff(environ: MutableMapping[str, str]) -> str | None:
+    """Remove the predecessor's address (a ``--workers 0`` copy) from ``environ``; it or None."""
+    return environ.pop(HANDOFF_ENV, None)
+
+
+def is_successor(environ: Mapping[str, str]) -> bool:
+    """Whether ``environ`` is a successor's (an upgrade's new master, a reload's copy)."""
+    return HANDOFF_ENV in environ or UPGRADE_FROM_ENV in environ
 
 
 # -- how a worker is started -----------------------------------------------------------

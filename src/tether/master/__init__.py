@@ -77,6 +77,7 @@ from tether.notify import Notifier, NotifyMessage, NotifyReceiver, watchdog_inte
 from tether.signals import handle_signals
 from tether.worker import (
     WORKER_PROGRAM,
+    UpgradeContract,
     WorkerContract,
     worker_argv,
     worker_base_env,
@@ -251,14 +252,11 @@ class Master:
     def _open(self) -> None:
         """Sockets, private directory, notify receiver, parent pipe. Raises ConfigError."""
         env = os.environ
-        upgraded_from = env.pop("TETHER_UPGRADE_FROM", None)
-        self._upgraded_from = (
-            int(upgraded_from) if upgraded_from and upgraded_from.isdigit() else None
-        )
-        if self._upgraded_from is not None:
-            self._upstream = Notifier.from_env()
-            self._systemd_address = env.pop("TETHER_SYSTEMD_NOTIFY_SOCKET", None)
-            env.pop("NOTIFY_SOCKET", None)
+        upgrade = UpgradeContract.take(env)  # a USR2: the old master started this one
+        if upgrade is not None:
+            self._upgraded_from = upgrade.predecessor_pid
+            self._upstream = Notifier.from_env({"NOTIFY_SOCKET": upgrade.notify_address})
+            self._systemd_address = upgrade.systemd_address
         else:
             self._systemd_address = env.pop("NOTIFY_SOCKET", None)
         if self._systemd_address:

@@ -26,6 +26,7 @@ from typing import Any
 
 from tether._children import Child, describe_exit, start_child
 from tether.notify import NotifyMessage
+from tether.worker import UpgradeContract
 
 __all__ = ["Upgrader", "upgrade_env"]
 
@@ -113,11 +114,4 @@ def upgrade_env(
     environ: dict[str, str], *, pid: int, notify_path: str, systemd_address: str | None
 ) -> dict[str, str]:
     """The new master's environment: ours, plus where to report and who it replaces."""
-    env = {k: v for k, v in environ.items() if k != "WATCHDOG_PID"}
-    env["TETHER_UPGRADE_FROM"] = str(pid)
-    env["NOTIFY_SOCKET"] = notify_path
-    if systemd_address:
-        env["TETHER_SYSTEMD_NOTIFY_SOCKET"] = systemd_address
-    else:
-        env.pop("TETHER_SYSTEMD_NOTIFY_SOCKET", None)
-    return env
+    return UpgradeContract(pid, notify_path, systemd_address).environ(environ)
