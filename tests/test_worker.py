@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,8 @@ from tether.worker import (
     take_handoff,
     withdraw,
 )
+
+from proc import APPS, free_port
 
 SRC = Path(tether.__file__).parent
 CONTRACT_MODULE = SRC / "worker.py"
@@ -118,6 +123,35 @@ def test_a_missing_or_malformed_variable_is_a_clear_error(
     with pytest.raises(ConfigError) as caught:
         WorkerContract.from_env(env)
     assert str(caught.value) == message
+
+
+def test_a_process_with_a_broken_contract_exits_2_before_it_serves() -> None:
+    """``tether run`` told it is a worker, with a parent fd that is no number: exit 2, one line."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tether",
+            "run",
+            "plain:app",
+            "--workers",
+            "0",
+            "--no-debug",
+            "--bind",
+            f"127.0.0.1:{free_port()}",
+        ],
+        cwd=APPS,
+        env={**os.environ, **FULL.to_env(), "TETHER_PARENT_FD": "five"},
+        capture_output=True,
+        text=True,
+        timeout=30,  # the old code ran as a process of its own here, serving until killed
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "tether: error: $TETHER_PARENT_FD='five' is not a number; it is set by a tether master "
+        "for its workers: unset $TETHER_PARENT_FD to run on its own"
+    )
 
 
 def test_withdraw_removes_what_the_app_must_not_see() -> None:
