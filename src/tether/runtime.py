@@ -323,9 +323,9 @@ class Service:
         hooks = self._server_hooks = _server_hooks(self.config)
         in_master = self._is_worker  # a master's worker: the master runs its hooks
         if hooks is not None:
-            hooks.contract = self.contract
-        if hooks is not None and not in_master:
-            hooks.call("on_starting", hooks.server, fatal=True)
+            hooks.contract = self.contract  # the hooks' worker: its id, generation, master
+            if not in_master:
+                hooks.call("on_starting", hooks.server, fatal=True)
         listeners = self._open = self._open or open_listeners(self.config)
         if hooks is not None:
             hooks.set_bind([str(sockets_mod.bound_address(s)) for s in listeners.app])

@@ -125,7 +125,7 @@ RESUME_SIGNAL = signal.SIGCONT
 WORKER_PROGRAM: tuple[str, ...] = (sys.executable, "-m", "tether")
 
 #: What a worker removes from its environment before the app is imported: the
-#: app must not report in the worker's name, nor hold the master's pipe.
+#: app must not report in the worker's name, nor find the master's pipe and files.
 _WITHDRAWN = (NOTIFY_ENV, "NOTIFY_SOCKET", PARENT_FD_ENV, STOP_PLAN_ENV, FINAL_ENV)
 
 #: Variables that describe *this* process's place in a tree of processes;
