@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +13,8 @@ from pathlib import Path
 import pytest
 
 import tether
+from masterproc import MasterProc
+from test_master_faults import http_get
 from tether.errors import ConfigError
 from tether.worker import (
     FAILED_STATUS,
@@ -152,6 +156,65 @@ def test_a_process_with_a_broken_contract_exits_2_before_it_serves() -> None:
         "tether: error: $TETHER_PARENT_FD='five' is not a number; it is set by a tether master "
         "for its workers: unset $TETHER_PARENT_FD to run on its own"
     )
+
+
+#: hello.py: what the app sees of its worker's contract, at import and while serving.
+SEEN_APP = """\
+import json
+import os
+
+NAMES = %r
+AT_IMPORT = {name: os.environ.get(name) for name in NAMES}
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    now = {name: os.environ.get(name) for name in NAMES}
+    body = json.dumps({"import": AT_IMPORT, "serving": now}).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+SEEN_NAMES = (
+    "TETHER_NOTIFY_SOCKET",
+    "NOTIFY_SOCKET",
+    "TETHER_PARENT_FD",
+    "TETHER_PARENT_PID",
+    "TETHER_WORKER_ID",
+    "TETHER_GENERATION",
+    "TETHER_METRICS_FINAL",
+    "TETHER_STOP_PLAN",
+    "TETHER_UPGRADE_FROM",
+    "TETHER_SYSTEMD_NOTIFY_SOCKET",
+    "TETHER_HANDOFF_NOTIFY",
+)
+
+
+def test_a_masters_worker_shows_its_app_what_it_always_did(tmp_path: Path) -> None:
+    """A real worker's app sees its id, generation and master; never the addresses, pipe, files."""
+    (tmp_path / "hello.py").write_text(SEEN_APP % (SEEN_NAMES,))
+
+    async def scenario() -> None:
+        async with MasterProc(tmp_path, workers=1) as master:
+            await master.wait_for("READY")
+            status, body = await asyncio.to_thread(http_get, master.port)
+            assert status == 200, body
+            seen: dict[str, dict[str, str | None]] = json.loads(body)
+            expected = dict.fromkeys(SEEN_NAMES)
+            expected.update(
+                TETHER_PARENT_PID=str(master.pid), TETHER_WORKER_ID="1", TETHER_GENERATION="1"
+            )
+            assert seen == {"import": expected, "serving": expected}
+            assert await master.stop() == 0
+
+    asyncio.run(scenario())
 
 
 def test_withdraw_removes_what_the_app_must_not_see() -> None:
