@@ -40,6 +40,7 @@ from contextvars import Context, ContextVar, copy_context
 from typing import TYPE_CHECKING, Any
 
 from tether._logsafe import printable_path
+from tether._trackertypes import CANCELLING
 
 if TYPE_CHECKING:
     from tether.tracker import Tracker
@@ -206,9 +207,7 @@ def install_adoption(tracker: Tracker, loop: asyncio.AbstractEventLoop | None = 
 def _make_factory(
     tracker: Tracker, previous: TaskFactory | None
 ) -> tuple[TaskFactory, Callable[[], None]]:
-    # Imported here, not at the top: tether.tracker imports this module to re-export it.
-    from tether.tracker import _CANCELLING as cancelling
-
+    cancelling = CANCELLING
     scope = REQUEST_SCOPE
     current_scope = scope.get
     adopting = _ADOPTING.get

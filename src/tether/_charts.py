@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 from tether.metrics import LAG_BUCKETS, LATENCY_BUCKETS
 
 if TYPE_CHECKING:
-    from tether.console import Fetch, Page
-    from tether.metrics import ProcessMetrics, WorkerTarget
+    from tether.console import Page
+    from tether.metrics import ProcessMetrics
 
-__all__ = ["CHARTS_HTML", "CHARTS_STYLE", "master_stats", "process_sample", "stats_page"]
+__all__ = ["CHARTS_HTML", "CHARTS_STYLE", "process_sample", "stats_page"]
 
 
 def process_sample(metrics: ProcessMetrics, in_flight: int) -> dict[str, Any]:
@@ -69,16 +69,6 @@ def stats_page(
         return 200, "application/json", json.dumps(body).encode()
 
     return page
-
-
-async def master_stats(
-    workers: list[WorkerTarget], fetch: Fetch, limit: float = 0.5
-) -> list[dict[str, Any]]:
-    """Each live worker's sample, from its private debug socket; a silent one is left out."""
-    from tether.console import gather_console
-
-    entries = await gather_console(workers, fetch, limit, target="/debug/stats")
-    return [e for e in entries if "sample" in e]
 
 
 # The page's part: four charts, and the script that fills them. Values and labels it

@@ -19,12 +19,15 @@ from collections.abc import Iterable, Iterator
 from types import CodeType, CoroutineType, FrameType, GeneratorType
 from typing import Any
 
+from tether._adoption import task_scope
+
 __all__ = [
     "app_frame",
     "await_frames",
     "format_frames",
     "is_library_file",
     "task_frames",
+    "task_label",
     "task_stack",
     "thread_stacks",
 ]
@@ -111,3 +114,32 @@ def app_frame(frames: Iterable[FrameType]) -> FrameType | None:
         if not is_library_file(frame.f_code.co_filename):
             return frame
     return None
+
+
+def _own_roots() -> tuple[str, ...]:
+    # Read when asked, not at import: this module loads before the HTTP engine in some
+    # processes, and the engine's files count as tether's own once it is there.
+    engines = (sys.modules[n] for n in ("uvicorn",) if n in sys.modules)
+    return tuple(
+        os.path.join(os.path.dirname(os.path.abspath(m.__file__ or "")), "")
+        for m in (sys.modules["tether"], *engines)
+    )
+
+
+def task_label(task: asyncio.Task[Any]) -> tuple[str, bool]:
+    """What ``task`` runs, for a reader, and whether it is one of tether's own.
+
+    The name is the outermost coroutine of the application's own code on the
+    await chain (``checkout (shop.py:41)``), else the task's coroutine. A task
+    is tether's own when its coroutine is tether's or its engine's, nothing of
+    the application is on its stack, and it is not a request.
+    """
+    frames = list(await_frames(task))
+    app = app_frame(frames)
+    if app is not None:
+        code = app.f_code
+        return f"{code.co_qualname} ({os.path.basename(code.co_filename)}:{app.f_lineno})", False
+    coro: Any = task.get_coro()
+    name = getattr(getattr(coro, "cr_code", None), "co_qualname", None) or task.get_name()
+    own = bool(frames) and frames[0].f_code.co_filename.startswith(_own_roots())
+    return str(name), own and task_scope(task) is None

@@ -4,6 +4,10 @@ Kept apart from :mod:`tether.tracker` so that the tracker module is the
 tracker's machinery alone; everything here is re-exported from there (and the
 public names from :mod:`tether`). The invariant the types carry:
 ``TrackerStats.spawned`` is always the sum of the five outcome counters.
+
+The tracker's phases live here too, not in :mod:`tether.tracker`: the adoption
+factory (:mod:`tether._adoption`) reads them, and the tracker imports the
+factory, so this is the one place both can import without a cycle.
 """
 
 from __future__ import annotations
@@ -13,6 +17,11 @@ from dataclasses import dataclass
 from tether.errors import AbandonedWork, TetherError
 
 __all__ = [
+    "CANCELLING",
+    "DONE",
+    "DRAINING",
+    "OPEN",
+    "PHASE_NAMES",
     "AbandonedTask",
     "BaseExceptionInWork",
     "NoCurrentTracker",
@@ -21,6 +30,13 @@ __all__ = [
     "TrackerReport",
     "TrackerStats",
 ]
+
+
+#: The phases of a tracker's life, in order. Plain ints, not an enum: the adoption
+#: factory compares one on every ``create_task`` inside a request.
+OPEN, DRAINING, CANCELLING, DONE = range(4)
+#: Each phase as the tracker's repr names it.
+PHASE_NAMES = ("open", "draining", "cancelling", "closed")
 
 
 class TrackerClosed(TetherError, RuntimeError):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import math
 import os
 import re
 import stat
@@ -18,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tether._checks import check_timeout
 from tether.errors import ConfigError
 
 __all__ = [
@@ -54,18 +54,6 @@ _HOST_NAME = re.compile(
 
 DEFAULT_BIND = "127.0.0.1:8080"
 DEFAULT_DEBUG_BIND = "127.0.0.1:8001"
-
-
-def check_timeout(flag: str, value: float, *, allow_zero: bool = True) -> float:
-    """Return ``value`` if it is a usable number of seconds, else raise a ConfigError."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        msg = f"{flag} must be a number of seconds, got {value!r}"
-        raise ConfigError(msg)
-    if math.isnan(value) or math.isinf(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        msg = f"{flag} must be a number of seconds {bound}, got {value!r}"
-        raise ConfigError(msg)
-    return float(value)
 
 
 def _check_count(flag: str, value: object, *, minimum: int = 0) -> None:

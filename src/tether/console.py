@@ -38,7 +38,7 @@ from tether._charts import CHARTS_HTML, CHARTS_STYLE
 if TYPE_CHECKING:
     from tether.metrics import WorkerTarget
 
-__all__ = ["console_page", "gather_console", "master_console", "render"]
+__all__ = ["console_page", "gather_console", "master_console", "master_stats", "render"]
 
 #: GET ``target`` from the unix socket ``path`` within ``timeout``: status and body.
 Fetch = Callable[[str, str, float], Awaitable[tuple[int, bytes]]]
@@ -147,6 +147,14 @@ async def master_console(
         "reloads": reloads,
         "extra": ["workers"],
     }
+
+
+async def master_stats(
+    workers: list[WorkerTarget], fetch: Fetch, limit: float = 0.5
+) -> list[dict[str, Any]]:
+    """Each live worker's ``/debug/stats`` sample; a worker that is silent is left out."""
+    entries = await gather_console(workers, fetch, limit, target="/debug/stats")
+    return [e for e in entries if "sample" in e]
 
 
 def _e(value: object) -> str:

@@ -32,17 +32,14 @@ import asyncio
 import html
 import ipaddress
 import json
-import os
 import socket
-import sys
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from tether._adoption import task_scope
-from tether._stacks import app_frame, await_frames, format_frames, task_frames, thread_stacks
+from tether._stacks import format_frames, task_frames, task_label, thread_stacks
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import GaugeMetricFamily
@@ -134,32 +131,6 @@ def task_dump(loop: asyncio.AbstractEventLoop | None = None) -> list[dict[str, A
         }
         for stack, tasks in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
     ]
-
-
-#: Files whose tasks are tether's own when nothing of the application is on their stack.
-_OWN_ROOTS = tuple(
-    os.path.join(os.path.dirname(os.path.abspath(m.__file__ or "")), "")
-    for m in (sys.modules["tether"], *(sys.modules[n] for n in ("uvicorn",) if n in sys.modules))
-)
-
-
-def task_label(task: asyncio.Task[Any]) -> tuple[str, bool]:
-    """What ``task`` runs, for a reader, and whether it is one of tether's own.
-
-    The name is the outermost coroutine of the application's own code on the
-    await chain (``checkout (shop.py:41)``), else the task's coroutine. A task
-    is tether's own when its coroutine is tether's or its engine's, nothing of
-    the application is on its stack, and it is not a request.
-    """
-    frames = list(await_frames(task))
-    app = app_frame(frames)
-    if app is not None:
-        code = app.f_code
-        return f"{code.co_qualname} ({os.path.basename(code.co_filename)}:{app.f_lineno})", False
-    coro: Any = task.get_coro()
-    name = getattr(getattr(coro, "cr_code", None), "co_qualname", None) or task.get_name()
-    own = bool(frames) and frames[0].f_code.co_filename.startswith(_OWN_ROOTS)
-    return str(name), own and task_scope(task) is None
 
 
 def thread_dump() -> list[dict[str, Any]]:

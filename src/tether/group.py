@@ -30,8 +30,8 @@ from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+from tether._checks import check_timeout
 from tether._stacks import format_frames, task_frames
-from tether.config import check_timeout
 from tether.errors import AbandonedWork, ShutdownAbandoned, TetherError
 
 __all__ = ["Group", "GroupReport", "Member", "MemberExitedEarly", "StopToken"]

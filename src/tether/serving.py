@@ -51,7 +51,7 @@ from tether._adoption import task_owner, task_scope
 from tether._drain import DrainSignal, app_shutdown_reserve, current_drain_signal, drain_signal
 from tether._guard import capped, guarded
 from tether._http1 import adapt, last_received, requests_waiting
-from tether._stacks import task_stack
+from tether._stacks import task_label, task_stack
 from tether.config import HttpOptions
 from tether.errors import AbandonedWork, StartupError
 from tether.group import StopToken
@@ -774,8 +774,6 @@ class HttpServer:
         Each: ``name`` (what runs, e.g. the background function), ``started_by``
         (the request), ``adopted`` False, ``age`` (seconds since the request).
         """
-        from tether.debug import task_label
-
         return [
             {
                 "name": task_label(task)[0],

@@ -54,9 +54,15 @@ from tether._adoption import (
     origin_label,
     request_scope,
 )
+from tether._checks import check_timeout
 from tether._creation import task_site
 from tether._stacks import format_frames, task_frames
 from tether._trackertypes import (
+    CANCELLING,
+    DONE,
+    DRAINING,
+    OPEN,
+    PHASE_NAMES,
     AbandonedTask,
     BaseExceptionInWork,
     NoCurrentTracker,
@@ -65,7 +71,6 @@ from tether._trackertypes import (
     TrackerReport,
     TrackerStats,
 )
-from tether.config import check_timeout
 from tether.errors import ConfigError
 
 __all__ = [
@@ -108,9 +113,6 @@ DEFAULT_CANCEL_TIMEOUT = 2.0
 #: and ``asyncio.wait`` followed by ``task.result()`` (Django's request handler) all
 #: retrieve it within two.
 RETRIEVE_ITERATIONS = 4
-
-# The phases of a tracker's life; the adoption factory reads them too.
-_OPEN, _DRAINING, _CANCELLING, _DONE = range(4)
 
 
 class Tracker:
@@ -158,7 +160,7 @@ class Tracker:
         self._fresh_origins: list[object] = []
         self._fresh_spawned = 0  # how many of _fresh were spawned (the rest were adopted)
         self._batches: deque[tuple[list[asyncio.Task[Any]], list[object]]] = deque()
-        self._phase = _OPEN
+        self._phase = OPEN
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop it runs work on
         self._used = 0  # slots held by explicitly spawned tasks
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -179,13 +181,13 @@ class Tracker:
         self.observer: TaskObserver | None = None
 
     def __repr__(self) -> str:
-        phase = ("open", "draining", "cancelling", "closed")[self._phase]
+        phase = PHASE_NAMES[self._phase]
         return f"<Tracker {self.name!r} {phase} running={self._running()} limit={self.limit}>"
 
     @property
     def closed(self) -> bool:
         """True once :meth:`shutdown` has begun."""
-        return self._phase != _OPEN
+        return self._phase != OPEN
 
     def stats(self) -> TrackerStats:
         """A snapshot of the counters."""
@@ -262,7 +264,7 @@ class Tracker:
         waiting), unless the tracker runs late work inline.
         """
         _check_coro(coro)
-        if self._phase == _OPEN and (
+        if self._phase == OPEN and (
             self.limit is None or (self._used < self.limit and not self._waiters)
         ):
             if self.limit is not None:
@@ -275,7 +277,7 @@ class Tracker:
     ) -> asyncio.Task[T]:
         """Start ``coro`` as a tracked task now, or raise TrackerFull or TrackerClosed."""
         _check_coro(coro)
-        if self._phase != _OPEN:
+        if self._phase != OPEN:
             coro.close()
             raise TrackerClosed(self.name, _work_name(coro, name))
         if self.limit is not None:
@@ -286,7 +288,7 @@ class Tracker:
         return self._start(coro, name)
 
     async def _spawn_slow(self, coro: Coroutine[Any, Any, T], name: str | None) -> asyncio.Task[T]:
-        if self._phase == _OPEN:
+        if self._phase == OPEN:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
@@ -296,10 +298,10 @@ class Tracker:
                 coro.close()
                 if waiter.cancelled():
                     self._waiters.remove(waiter)
-                elif self._phase == _OPEN:
+                elif self._phase == OPEN:
                     self._release_slot()  # handed a slot, then cancelled before using it
                 raise
-            if self._phase == _OPEN:
+            if self._phase == OPEN:
                 return self._start(coro, name)
         if self.when_closed == "refuse":
             coro.close()
@@ -329,7 +331,7 @@ class Tracker:
                 task = loop.create_task(wrapped, name=name, context=context)
                 task.add_done_callback(done)
         except BaseException:
-            if self.limit is not None and self._phase == _OPEN:
+            if self.limit is not None and self._phase == OPEN:
                 self._release_slot()
             wrapped.close()
             coro.close()
@@ -399,7 +401,7 @@ class Tracker:
     def _settle(self, batch: list[asyncio.Task[Any]], origins: list[object]) -> None:
         tasks = self._tasks
         on_done = self._on_done_cb
-        no_slots = self.limit is None or self._phase != _OPEN
+        no_slots = self.limit is None or self._phase != OPEN
         completed = 0
         now = -1.0
         for task, origin in zip(batch, origins, strict=True):
@@ -441,7 +443,7 @@ class Tracker:
     def _on_done(self, task: asyncio.Task[Any]) -> None:
         origin = self._tasks.pop(task)
         self._since.pop(task, None)
-        if origin is None and self.limit is not None and self._phase == _OPEN:
+        if origin is None and self.limit is not None and self._phase == OPEN:
             self._release_slot()
         if task.cancelled():
             self._cancelled += 1
@@ -524,7 +526,7 @@ class Tracker:
 
         started = time.monotonic()
         self._shutdown_done = done = loop.create_future()
-        self._phase = _DRAINING
+        self._phase = DRAINING
         while self._waiters:  # spawners waiting for a slot wake up closed: refused, or inline
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -538,7 +540,7 @@ class Tracker:
             done.cancel()
             raise
         finally:
-            self._phase = _DONE
+            self._phase = DONE
         report = TrackerReport(
             completed=self._completed,
             failed=self._failed,
@@ -572,7 +574,7 @@ class Tracker:
             self._deadline = None
 
     async def _cancel_rest(self, cancel_timeout: float) -> list[AbandonedTask]:
-        self._phase = _CANCELLING
+        self._phase = CANCELLING
         self._settle_all()
         for task in list(self._unjudged):
             self._judge(task)

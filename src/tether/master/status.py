@@ -219,8 +219,8 @@ class StatusView:
 
     def debug_source(self) -> DebugSource:
         """What the master's DebugApp shows."""
-        from tether._charts import master_stats, stats_page
-        from tether.console import console_page
+        from tether._charts import stats_page
+        from tether.console import console_page, master_stats
         from tether.debug import DebugSource, format_thread_dump, thread_dump
 
         async def tasks(query: dict[str, list[str]]) -> tuple[int, str, bytes]:
