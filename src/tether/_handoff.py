@@ -25,9 +25,9 @@ import os
 import signal
 import socket
 from collections.abc import Sequence
-from typing import Any
 
 from tether._children import describe_exit, start_child
+from tether._waits import first
 from tether.errors import RuntimeDirError
 from tether.notify import NotifyReceiver
 from tether.worker import handoff_env
@@ -76,11 +76,8 @@ async def hand_over(
         try:
             async with asyncio.timeout(ready_within):
                 while True:
-                    message = asyncio.ensure_future(receiver.get())
-                    pending: set[asyncio.Future[Any]] = {message, child.exited}
-                    await asyncio.wait(pending, return_when="FIRST_COMPLETED")
-                    if not message.done():
-                        message.cancel()
+                    got = await first(receiver.get(), child.exited)
+                    if got[0] == 1:
                         logger.error(
                             "reload failed: the new process %d %s before it was ready; "
                             "still serving with this one",
@@ -88,8 +85,8 @@ async def hand_over(
                             describe_exit(child.exited.result()),
                         )
                         return None
-                    got = message.result()
-                    if got.pid == child.pid and got.fields.get("READY") == "1":
+                    message = got[1]
+                    if message.pid == child.pid and message.fields.get("READY") == "1":
                         child.close()  # it lives on without us
                         return child.pid
         except TimeoutError:

@@ -59,6 +59,7 @@ from tether._control import ControlServer, bind_control
 from tether._listeners import open_listeners
 from tether._pidfile import PidFile
 from tether._reaper import Reaper
+from tether._waits import first
 from tether.config import RunConfig, ShutdownBudget, ShutdownPlan
 from tether.group import Group, StopToken
 from tether.master.pool import Pool, PoolHooks
@@ -371,11 +372,10 @@ class Master:
     async def _pool_member(self, stop: StopToken) -> None:
         """The first generation, then queued operations until a stop; then the drain."""
         try:
-            start = asyncio.ensure_future(self.pool.start())
-            if await _first(start, stop):
+            started, _ = await first(self.pool.start(), stop.wait())
+            if started == 0:
                 self._on_first_ready()
-                serve = asyncio.ensure_future(self.pool.serve())
-                await _first(serve, stop)
+                await first(self.pool.serve(), stop.wait())
             await self._final_stop()
         finally:
             self._pool_done.set()
@@ -414,7 +414,8 @@ class Master:
         # The workers start first: the HTTP engine this imports would delay them. After
         # an upgrade the old master serves these until we are ready: then we take over.
         begin = self._spawned if self._upgraded_from is None else self._first_ready
-        if not await _first(asyncio.ensure_future(begin.wait()), stop):
+        began, _ = await first(begin.wait(), stop.wait())
+        if began != 0:
             return
         self._start_telemetry()
         inner = Group("master-servers", graceful_timeout=0.5, cancel_timeout=0.5)
@@ -438,13 +439,7 @@ class Master:
                     debug_serve_options(),
                 )
                 await inner.start(debug.run, name="debug")
-            handover = asyncio.ensure_future(self._handover.wait())
-            pool_done = asyncio.ensure_future(self._pool_done.wait())
-            try:
-                await asyncio.wait({handover, pool_done}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                handover.cancel()
-                pool_done.cancel()
+            await first(self._handover.wait(), self._pool_done.wait())
         finally:
             inner.stop("the master is stopping")
             with contextlib.suppress(Exception):
@@ -587,25 +582,6 @@ class Master:
         self.view.progress(f"new master {pid} is ready; this master ({self._pid}) drains and exits")
         self.request_stop("graceful")
         return {"ok": True, "new_master": pid}
-
-
-async def _first(work: asyncio.Future[Any], stop: StopToken) -> bool:
-    """Wait for ``work`` or the stop token; True if ``work`` finished first (its error raised).
-
-    When the stop comes first, ``work`` is cancelled and awaited.
-    """
-    stopping = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
-    if work.done():
-        work.result()
-        return True
-    work.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await work
-    return False
 
 
 def _control_member(server: ControlServer) -> Callable[[StopToken], Awaitable[None]]:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from tether._appmetrics import AppFamilies
 from tether._control import Reply
+from tether._waits import first
 from tether.master.pool import Pool
 from tether.master.workers import Worker
 from tether.metrics import (
@@ -124,13 +125,9 @@ class StatusView:
             try:
                 fut = self.pool.request("reload" if cmd == "reload" else "upgrade")
                 while not fut.done():
-                    getter = asyncio.ensure_future(queue.get())
-                    waiting: set[asyncio.Future[Any]] = {getter, fut}
-                    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                    if getter.done():
-                        await reply({"progress": getter.result()})
-                    else:
-                        getter.cancel()
+                    got = await first(queue.get(), fut)  # the outcome is the pool's: left alone
+                    if got[0] == 0:
+                        await reply({"progress": got[1]})
                 while not queue.empty():
                     await reply({"progress": queue.get_nowait()})
                 return dict(fut.result())

@@ -19,12 +19,13 @@ READY or gone; once handed over, it lives on without us.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from tether._children import Child, describe_exit, start_child
+from tether._waits import first
 from tether.notify import NotifyMessage
 from tether.worker import UpgradeContract
 
@@ -81,12 +82,9 @@ class Upgrader:
         except OSError as exc:
             return None, f"cannot start a new master: {exc}"
         self.successor = child
-        ready = asyncio.ensure_future(self._ready.wait())
-        waiting: set[asyncio.Future[Any]] = {ready, child.exited}
-        try:
-            await asyncio.wait(waiting, timeout=self._timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            ready.cancel()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._timeout):
+                await first(self._ready.wait(), child.exited)
         if self._ready.is_set():
             child.close()  # it lives on without us
             return child.pid, ""

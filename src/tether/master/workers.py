@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tether._children import Child
+from tether._waits import first
 from tether.errors import TetherError
 from tether.worker import failure_cause
 
@@ -110,12 +111,7 @@ class Worker:
 
     async def until_ready(self) -> None:
         """Return once READY=1 arrived; raise WorkerFailed if the worker exits first."""
-        ready = asyncio.ensure_future(self.ready.wait())
-        waiting: set[asyncio.Future[Any]] = {ready, self.child.exited}
-        try:
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            ready.cancel()
+        await first(self.ready.wait(), self.child.exited)  # the exit future is shared: left alone
         if self.child.exited.done() and not self.ready.is_set():
             raise WorkerFailed(self, self.child.describe_exit() + " before READY")
 
