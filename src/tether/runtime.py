@@ -276,10 +276,12 @@ class Service:
             timer.join()  # returns at once; the thread must be gone before the leak check
 
     async def _arm_when_stopping(self) -> None:
-        await self.group.wait_stopping()
+        reason = await self.group.wait_stopping()
         left = (self.group.deadline or 0.0) - asyncio.get_running_loop().time()
         # A stop that began in the group (a member's exit): its deadline is the plan's.
         self._arm_hard_stop(ShutdownPlan.until(self.config, time.monotonic() + left).hard_stop)
+        # ...and it is a stop like a requested one: not ready, STOPPING=1 (a no-op if requested).
+        self._begin(reason)
 
     def _on_signal_now(self, signum: int) -> None:
         """In the signal handler itself, even while the loop is stuck: a stop arms the timer."""
