@@ -1,4 +1,4 @@
-"""The source tree shows the architecture: its import graph, read from the source, has no cycle.
+"""The source tree shows the architecture: no import cycle, and a long module says why it is long.
 
 The graph is built from the text of ``src/tether`` (nothing is imported): an
 edge for every ``import`` statement that names a tether module, at module level
@@ -6,6 +6,10 @@ or inside a function (a deferred import is still a dependency, only a later
 one), except those under ``if TYPE_CHECKING:``, which never run. ``from
 tether.x import y`` is an edge to ``tether.x.y`` when that is a module, else
 to ``tether.x``.
+
+A module over :data:`LONG` lines (as ``wc -l`` counts them) carries a line
+``Why this module is long: ...`` in its docstring; a module that is no longer
+long drops it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ from collections import deque
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "tether"
+#: Lines past which a module must say why it is long (STYLE.md: aim under ~500).
+LONG = 500
+#: How a module docstring states that reason.
+REASON = "Why this module is long:"
 
 
 def _module_name(path: Path, root: Path) -> str:
@@ -146,3 +154,27 @@ def test_the_graph_sees_every_kind_of_import_but_type_checking(tmp_path: Path) -
     assert graph["pkg.d"] == set()
     assert graph["pkg.e"] == {"pkg.d"}
     assert cycles(graph) == [["pkg.a", "pkg.b", "pkg.sub.c", "pkg.a"]]
+
+
+def _reason(path: Path) -> str | None:
+    """The text after :data:`REASON` in the module docstring of ``path``, if any."""
+    doc = ast.get_docstring(ast.parse(path.read_text(), str(path))) or ""
+    _, found, rest = doc.partition(REASON)
+    return rest.strip() if found else None
+
+
+def test_every_long_module_says_why_in_its_docstring() -> None:
+    """A module over 500 lines has a 'Why this module is long:' line; a shorter one has none."""
+    unexplained, stale = [], []
+    for path in sorted(SRC.rglob("*.py")):
+        lines = path.read_text().count("\n")
+        reason = _reason(path)
+        name = str(path.relative_to(SRC))
+        if lines > LONG and not reason:
+            unexplained.append(f"{name} ({lines} lines)")
+        elif lines <= LONG and reason is not None:
+            stale.append(f"{name} ({lines} lines)")
+    assert not unexplained, f"over {LONG} lines without '{REASON} ...' in the docstring: " + (
+        ", ".join(unexplained)
+    )
+    assert not stale, f"'{REASON}' in a module of {LONG} lines or fewer: " + ", ".join(stale)

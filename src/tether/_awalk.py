@@ -12,6 +12,10 @@ no task; only one thread touches its open directories at a time; when the
 consumer stops (``break``, an exception, cancellation, ``aclose``) the reader
 stops within one chunk of reads and closes its directories, and after
 ``aclose()`` returns nothing of the walk is running.
+
+Why this module is long: the reader thread and the async iterator are the two halves of
+one hand-off (batches, runs, a stop within one chunk of reads); each half is unreadable
+without the other, and together they are a few lines over the mark.
 """
 
 from __future__ import annotations

@@ -23,6 +23,10 @@ config file takes (``ast``, ``inspect``, ``traceback``) loads with one.
 Error handling: a file that does not run, a setting tether cannot take or a
 hook with the wrong arguments is a :class:`~tether.errors.ConfigError` that
 names the file and line (exit 2).
+
+Why this module is long: most of it is the table of gunicorn's settings with what tether
+does for each, read top to bottom; the config-file loader beside it applies exactly
+those rows.
 """
 
 from __future__ import annotations

@@ -26,6 +26,10 @@ provider (their export threads end), bounded by the seconds it is given.
 Error handling: the SDK's own failures (an unreachable receiver) are logged by
 the SDK and never reach a request; a span that cannot be exported is lost, a
 request is not.
+
+Why this module is long: the whole OpenTelemetry integration sits behind one lazy
+import, so that off costs nothing per request. It could become a package (spans,
+metrics) behind the same import; it has not been split yet.
 """
 
 from __future__ import annotations

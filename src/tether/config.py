@@ -4,6 +4,11 @@ Both process modes read the same object: the single-process runtime
 (``--workers 0``, and every worker a master starts) and the master. Values are
 checked once, here, so that a bad flag fails before anything is bound or
 started, with one line that names the flag and the fix.
+
+Why this module is long: every option of ``tether run`` is declared here once, with its
+flag, default and check (RunConfig, HttpOptions), which is most of it. ShutdownBudget
+and ShutdownPlan, the budget derived from those options, could move to a module of their
+own; they have not yet.
 """
 
 from __future__ import annotations

@@ -16,6 +16,11 @@ This module is the API, the report types and the retrying check. The scan
 of what is alive lives in :mod:`tether._leakscan`; recording where things
 were created (:func:`install_creation_tracking`, re-exported here) in
 :mod:`tether._creation`.
+
+Why this module is long: it is the whole public leak API users read in one place
+(snapshot, find, verify_none, their async twins, no_leaks, the options and report
+types); the scan of what is alive and the recording of creation sites are already
+elsewhere (tether._leakscan, tether._creation).
 """
 
 from __future__ import annotations

@@ -15,6 +15,12 @@ Order of work, and why:
    lifespan startup and listening), then the app's other members;
 5. serve until a signal, a member's exit, or the parent's death; then drain
    in phases within one budget, and report whatever was abandoned.
+
+Why this module is long: Service is the process's one lifecycle object: the startup
+order, the stop plan, signals, the reload by handoff, recycling and the final report all
+read and write the same state (ready, status, the plan, the hard-stop timer). The views
+it serves (console, charts, metrics families) and the reload and recycle path are the
+candidates to move out; they have not been split yet.
 """
 
 from __future__ import annotations

@@ -28,6 +28,12 @@ libraries that end long-lived streams on shutdown (sse-starlette) do so here.
 
 Nothing here polls: waits are on events that the connection and task sets
 fire when they become empty.
+
+Why this module is long: HttpServer and its drain are written against uvicorn's protocol
+classes and their internals (connections, cycles, transports); keeping every touch of
+those internals in one module makes an uvicorn upgrade one file to check. What does not
+touch them is already apart (tether._drain, tether._http1, tether._guard,
+tether._accesslog).
 """
 
 from __future__ import annotations

@@ -29,6 +29,11 @@ a drain with a deadline, a report and adoption.
 This module is the tracker's machinery and the process's tracker; the errors
 and report types live in :mod:`tether._trackertypes`, the adoption factory in
 :mod:`tether._adoption`. Every name is importable from here.
+
+Why this module is long: Tracker is one state machine (open, draining, cancelling, done)
+whose spawn paths, slot accounting and drain keep one invariant together (``spawned`` is
+the sum of the outcomes); its types and phases (tether._trackertypes) and the adoption
+factory (tether._adoption) already live apart.
 """
 
 from __future__ import annotations

@@ -38,6 +38,10 @@ Error handling: configuration problems raise :class:`~tether.errors.ConfigError`
 before anything starts; a first generation in which no worker became ready
 raises :class:`~tether.errors.StartupError`; work abandoned by a worker raises
 :class:`~tether.errors.ShutdownAbandoned`. The CLI turns them into exit codes.
+
+Why this module is long: it tells the master's one story in order (its members, its
+stop, the upgrade handover, the routing of notifications); every part that owns state is
+already a module of its own (.pool, .upgrade, .status, .workers, .watchdog, .support).
 """
 
 from __future__ import annotations

@@ -30,6 +30,11 @@ Everything that touches the OS to start a worker goes through one seam, the
 happens to workers is told through :class:`PoolHooks`: every exit, each
 restart with its cause (crash, watchdog), each reload's outcome (the master's
 ``/metrics`` counts them and keeps the final counts of workers that exit).
+
+Why this module is long: Pool is one state machine of generations and slots, and its
+invariants hold across start, reload, replacement, recycling and drain, which all move
+workers between the same slots; split, one invariant would be spread over files. The
+recycling path is the candidate to move out.
 """
 
 from __future__ import annotations
