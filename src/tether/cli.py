@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import click
 
+from tether import signals
 from tether._configsources import (
     apply_env,
     check_env,
@@ -94,16 +95,6 @@ def _hard_stop() -> None:
     os._exit(EXIT_ABANDONED)
 
 
-#: Signals whose default action would end (or suspend) a process that is still starting.
-_STARTUP_SIGNALS = (
-    signal.SIGHUP,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGTTIN,
-    signal.SIGTTOU,
-)
-
-
 def _hold_signals_while_starting() -> None:
     """Until the runtime installs its own handlers, these signals do nothing.
 
@@ -111,7 +102,7 @@ def _hold_signals_while_starting() -> None:
     operator or a TTIN meant for a master must not kill the process meanwhile.
     The runtime's handlers replace these (and put them back when it returns).
     """
-    for signum in _STARTUP_SIGNALS:
+    for signum in signals.HELD_WHILE_STARTING:
         signal.signal(signum, _ignore_while_starting)
 
 

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from tether import leaks
+from tether import leaks, signals
 from tether import sockets as sockets_mod
 from tether._appmetrics import AppFamilies, check_user_dir, forget_process, single_process_families
 from tether._handoff import hand_over
@@ -59,10 +59,8 @@ from tether.metrics import (
 )
 from tether.notify import Notifier, watchdog_interval
 from tether.serving import ASGIApp, DrainHooks, HttpServer, ServeOptions, host_wsgi
-from tether.signals import handle_signals
 from tether.tracker import REQUESTS, Tracker, install_adoption, set_current_tracker
 from tether.worker import (
-    RESUME_SIGNAL,
     WorkerContract,
     failed_report,
     read_stop_plan,
@@ -96,8 +94,6 @@ _HOSTING_THREADS = (
 )
 #: Bytes in a MiB (--max-worker-memory).
 MIB = 1024 * 1024
-#: Signals that begin a stop; only these arm the last-resort timer from the handler.
-_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 
 
 def as_asgi(
@@ -291,36 +287,53 @@ class Service:
 
     def _on_signal_now(self, signum: int) -> None:
         """In the signal handler itself, even while the loop is stuck: a stop arms the timer."""
-        if signum in _STOP_SIGNALS:
+        if signum in signals.STOPPING:
             self._arm_hard_stop(self._plan_stop().hard_stop)
 
-    def _on_signal(self, signum: int) -> None:
-        name = signal.Signals(signum).name
-        if self._server_hooks is not None and signum in (signal.SIGQUIT, signal.SIGINT):
-            self._server_hooks.call("worker_int", self._server_hooks.this_worker())
-        if signum == signal.SIGQUIT:
-            self.request_stop(f"{name} received (fast stop)", force=True)
-        elif signum in (signal.SIGTERM, signal.SIGINT):
-            self._stop_signals += 1
-            if self._stop_signals > 1:
-                self.request_stop(f"second {name} received", force=True)
-            elif self._stop_requested:
-                logger.info(
-                    "%s received: already stopping (%s); a second one cancels what is left",
-                    name,
-                    self.status,
-                )
-            else:
-                self.request_stop(f"{name} received")
-        elif signum in (signal.SIGHUP, signal.SIGUSR2):
-            self._reload(f"{signal.Signals(signum).name} received")
-        elif signum == RESUME_SIGNAL and self._is_worker:
-            self._resume_accepting()
-        elif signum == signal.SIGUSR1:
-            # Thread stacks were written by faulthandler already, even if the loop was stuck.
-            from tether.debug import format_task_dump, task_dump
+    # -- signals (tether.signals.SIGNALS says which signal asks for which) -------------
 
-            logger.warning("task dump (SIGUSR1):\n%s", format_task_dump(task_dump()))
+    def _worker_int(self) -> None:
+        """gunicorn's ``worker_int`` hook: this process was interrupted (INT or QUIT)."""
+        if self._server_hooks is not None:
+            self._server_hooks.call("worker_int", self._server_hooks.this_worker())
+
+    def handle_stop(self, signum: int) -> None:
+        """Stop gracefully; the second one cancels what is left."""
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT:  # the hook is gunicorn's, defined by its signals
+            self._worker_int()
+        self._stop_signals += 1
+        if self._stop_signals > 1:
+            self.request_stop(f"second {name} received", force=True)
+        elif self._stop_requested:
+            logger.info(
+                "%s received: already stopping (%s); a second one cancels what is left",
+                name,
+                self.status,
+            )
+        else:
+            self.request_stop(f"{name} received")
+
+    def handle_fast_stop(self, signum: int) -> None:
+        """Stop at once: cancel what is left."""
+        self._worker_int()
+        self.request_stop(f"{signal.Signals(signum).name} received (fast stop)", force=True)
+
+    def handle_reload(self, signum: int) -> None:
+        """Hand the sockets to a fresh copy of this process (a worker's master does it)."""
+        self._reload(f"{signal.Signals(signum).name} received")
+
+    def handle_resume(self, _signum: int) -> None:
+        """The master could start no successor for this recycling worker: serve on."""
+        self._resume_accepting()
+
+    def handle_dump(self, signum: int) -> None:
+        """Every task's stack to the log."""
+        # Thread stacks were written by faulthandler already, even if the loop was stuck.
+        from tether.debug import format_task_dump, task_dump
+
+        name = signal.Signals(signum).name
+        logger.warning("task dump (%s):\n%s", name, format_task_dump(task_dump()))
 
     # -- running ------------------------------------------------------------------
 
@@ -380,39 +393,29 @@ class Service:
         # behind is reported at the end.
         since = leaks.snapshot()
         loop = asyncio.get_running_loop()
-        handled = {
-            signal.SIGTERM,
-            signal.SIGINT,
-            signal.SIGQUIT,
-            signal.SIGUSR1,
-            signal.SIGHUP,
-            signal.SIGUSR2,
-        }
-        if self._is_worker:
-            # Ctrl-C reaches the whole process group; the master turns it into one TERM
-            # for us. Taking the INT too would make that TERM a "second signal".
-            handled.discard(signal.SIGINT)
-            handled.add(RESUME_SIGNAL)
-        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN) if self._is_worker else None
+        mode: signals.Mode = "worker" if self._is_worker else "single"
+        dumps = signals.signums(mode, "dump")
         try:
-            with handle_signals(
+            with signals.install(
                 loop,
-                dict.fromkeys(handled, self._on_signal),
+                self,
+                mode,
                 immediate=self._on_signal_now,
                 owner=self.hooks.drain,  # where libraries written for uvicorn look
             ):
-                # USR1 also writes every thread's stack from C, which works while the loop is stuck.
-                faulthandler.register(signal.SIGUSR1, all_threads=True, chain=True)
+                # A dump also writes every thread's stack from C, which works while the loop
+                # is stuck.
+                for signum in dumps:
+                    faulthandler.register(signum, all_threads=True, chain=True)
                 try:
                     await self._run(app, kind, listeners)
                 except BaseException as exc:
                     self._failed(exc)
                     raise
                 finally:
-                    faulthandler.unregister(signal.SIGUSR1)
+                    for signum in dumps:
+                        faulthandler.unregister(signum)
         finally:
-            if previous_int is not None:
-                signal.signal(signal.SIGINT, previous_int)
             listeners.close()
             if self.telemetry is not None:
                 self.telemetry.shutdown(self._flush_budget())
@@ -427,7 +430,7 @@ class Service:
                 forget_process()  # (a worker's master does it, even after a kill -9)
             # The service has stopped: a TERM now (a master stopping while this worker
             # leaves on its own) must not kill the process in the middle of its report.
-            with _holding(_STOP_SIGNALS):
+            with _holding(signals.STOPPING):
                 await self._report_leaks(since)
             if hooks is not None and not self._is_worker:
                 hooks.call("on_exit", hooks.server)

@@ -14,10 +14,11 @@ It is a :class:`~tether.group.Group` of parts, each the one owner of its state:
 - ``notifications``: every worker's READY/WATCHDOG/STATUS, routed to the pool
   (or to the upgrader, from a new master).
 
-Signals arrive through :func:`tether.signals.handle_signals` and become
-requests: TERM/INT stop the group gracefully (a second one hurries the
-workers), QUIT stops fast, HUP/USR2/TTIN/TTOU go to the pool's queue, USR1
-asks every worker for its dumps.
+Signals arrive through :func:`tether.signals.install`, whose table says which
+``handle_<action>`` method each one calls, and become requests: TERM/INT stop
+the group gracefully (a second one hurries the workers), QUIT stops fast,
+HUP/USR2/TTIN/TTOU go to the pool's queue, USR1 asks every worker for its
+dumps.
 
 A stop, in order, by one plan made when it begins
 (:class:`~tether.config.ShutdownPlan`, the same a ``--workers 0`` process
@@ -56,6 +57,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+from tether import signals
 from tether import sockets as sockets_mod
 from tether._appmetrics import MultiprocDir
 from tether._children import Child, start_child
@@ -79,7 +81,6 @@ from tether.master.upgrade import Upgrader, upgrade_env
 from tether.master.workers import Worker
 from tether.metrics import Aggregator, Lifecycle, final_path
 from tether.notify import Notifier, NotifyMessage, NotifyReceiver, watchdog_interval
-from tether.signals import handle_signals
 from tether.worker import (
     WORKER_PROGRAM,
     UpgradeContract,
@@ -98,17 +99,6 @@ __all__ = ["Master", "run_master"]
 log = logging.getLogger("tether.master")
 
 StopMode = Literal["graceful", "fast"]
-
-_SIGNALS = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGQUIT,
-    signal.SIGHUP,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGTTIN,
-    signal.SIGTTOU,
-)
 
 
 def run_master(config: RunConfig) -> None:
@@ -224,7 +214,7 @@ class Master:
                     [str(sockets_mod.bound_address(s)) for s in self._app_socks]
                 )
             self._hook("when_ready", fatal=True)
-            with handle_signals(loop, dict.fromkeys(_SIGNALS, self._on_signal)):
+            with signals.install(loop, self, "master"):
                 self.group.add(self._pool_member, name="pool")
                 self.group.add(self._servers_member, name="servers")
                 self.group.add(self._notifications_member, name="notifications")
@@ -522,39 +512,59 @@ class Master:
 
     # -- requests ----------------------------------------------------------------------
 
-    def _on_signal(self, signum: int) -> None:
+    # -- signals (tether.signals.SIGNALS says which signal asks for which) -------------
+
+    def handle_stop(self, signum: int) -> None:
+        """Stop gracefully; a second stop signal tells the workers to stop now."""
+        self._stop_signal(signum, fast=False)
+
+    def handle_fast_stop(self, signum: int) -> None:
+        """Stop fast: the workers skip their drain."""
+        self._stop_signal(signum, fast=True)
+
+    def _stop_signal(self, signum: int, *, fast: bool) -> None:
         name = signal.Signals(signum).name
-        if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-            self._stop_signals += 1
-            fast = signum == signal.SIGQUIT
-            if self._stop_signals == 1:
-                how = "fast" if fast else "gracefully"
-                log.info("master %d: %s received; stopping %s", self._pid, name, how)
-                self.request_stop("fast" if fast else "graceful")
-            else:
-                log.warning("master %d: %s received again; workers stop now", self._pid, name)
-                self._stop_mode = "fast"
-                self.pool.escalate()
-        elif signum == signal.SIGHUP:
-            self.pool.request("reload")
-        elif signum == signal.SIGUSR2:
-            self.pool.request("upgrade")
-        elif signum == signal.SIGTTIN:
-            self.pool.scale(self.pool.size + 1)
-        elif signum == signal.SIGTTOU:
-            if self.pool.size <= 1:
-                log.warning("master %d: TTOU ignored: already at 1 worker", self._pid)
-            else:
-                self.pool.scale(self.pool.size - 1)
-        elif signum == signal.SIGUSR1:
-            workers = self.pool.live_workers()
-            for w in workers:
-                w.child.signal(signal.SIGUSR1)
-            log.info(
-                "master %d: asked %d worker(s) to log their task and thread dumps",
-                self._pid,
-                len(workers),
-            )
+        self._stop_signals += 1
+        if self._stop_signals == 1:
+            how = "fast" if fast else "gracefully"
+            log.info("master %d: %s received; stopping %s", self._pid, name, how)
+            self.request_stop("fast" if fast else "graceful")
+        else:
+            log.warning("master %d: %s received again; workers stop now", self._pid, name)
+            self._stop_mode = "fast"
+            self.pool.escalate()
+
+    def handle_reload(self, _signum: int) -> None:
+        """A new generation; the old one drains once every new worker is ready."""
+        self.pool.request("reload")
+
+    def handle_upgrade(self, _signum: int) -> None:
+        """A new master takes every socket (see :mod:`.upgrade`)."""
+        self.pool.request("upgrade")
+
+    def handle_add_worker(self, _signum: int) -> None:
+        """One worker more."""
+        self.pool.scale(self.pool.size + 1)
+
+    def handle_remove_worker(self, signum: int) -> None:
+        """One worker fewer, never none."""
+        if self.pool.size <= 1:
+            name = signal.Signals(signum).name.removeprefix("SIG")
+            log.warning("master %d: %s ignored: already at 1 worker", self._pid, name)
+        else:
+            self.pool.scale(self.pool.size - 1)
+
+    def handle_dump(self, _signum: int) -> None:
+        """Every worker logs its task and thread dumps."""
+        workers = self.pool.live_workers()
+        ask = signals.signum_for("worker", "dump")
+        for w in workers:
+            w.child.signal(ask)
+        log.info(
+            "master %d: asked %d worker(s) to log their task and thread dumps",
+            self._pid,
+            len(workers),
+        )
 
     def request_stop(self, mode: StopMode = "graceful") -> None:
         """Begin stopping (idempotent); ``fast`` skips the drain."""
