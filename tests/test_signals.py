@@ -182,7 +182,14 @@ def test_what_the_rest_of_tether_reads_from_the_table() -> None:
     }
     assert not [row.name for row in SIGNALS if row.signum not in FORWARDED]
     assert signum_for("worker", "resume") == RESUME_SIGNAL
+    # What a master sends its workers, and a --workers 0 process its successor.
+    assert signum_for("worker", "stop") == signal.SIGTERM
+    assert signum_for("worker", "fast_stop") == signal.SIGQUIT
     assert signum_for("worker", "dump") == signal.SIGUSR1
+    assert signum_for("single", "stop") == signal.SIGTERM
+    assert signum_for("single", "reload") == signal.SIGHUP
+    with pytest.raises(LookupError, match="no signal asks 'upgrade' of a worker process"):
+        signum_for("worker", "upgrade")
 
 
 def _table_signals(text: str, heading: str) -> set[str]:

@@ -714,11 +714,11 @@ class Service:
                 # It announced itself as the main process (MAINPID=): a supervisor now
                 # waits for it, so the stop that came during the reload is its too.
                 logger.info("pid %d became ready while stopping: passing the stop on", pid)
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signals.signum_for("single", "stop"))
                 return
             self.request_stop(f"reloaded: pid {pid} now serves", drain_delay=False)
             if again:  # HUPs that came during this reload: the new process owns them now
-                os.kill(pid, signal.SIGHUP)
+                os.kill(pid, signals.signum_for("single", "reload"))
             return
         if self.notifier is not None and not self._stop_requested:
             self.notifier.send("READY=1", "STATUS=reload failed; still serving the previous code")

@@ -44,12 +44,12 @@ import collections
 import contextlib
 import logging
 import os
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tether import signals
 from tether._children import Child
 from tether.config import RunConfig, ShutdownBudget
 from tether.errors import AbandonedWork, ShutdownAbandoned, StartupError
@@ -62,6 +62,11 @@ from tether.worker import RESUME_SIGNAL, WorkerReport
 __all__ = ["Pool", "PoolHooks", "Spawn"]
 
 log = logging.getLogger("tether.master")
+
+#: What the master sends a worker to drain, to skip to cancelling, to log its stacks.
+_STOP = signals.signum_for("worker", "stop")
+_FAST_STOP = signals.signum_for("worker", "fast_stop")
+_DUMP = signals.signum_for("worker", "dump")
 
 #: Seconds a worker asked for its stacks (USR1) gets to write them before it is killed.
 STACKS_GRACE = 2.0
@@ -266,7 +271,7 @@ class Pool:
         self._read_pending()  # a READY already sent: that worker serves, and drains
         workers = self.live_workers()
         for w in workers:
-            self._ask_to_stop(w, signal.SIGQUIT if fast else signal.SIGTERM)
+            self._ask_to_stop(w, _FAST_STOP if fast else _STOP)
         loop = asyncio.get_running_loop()
         now = loop.time()
         deadline = now + self.budget.master_kill if fast else self.budget.deadline(now)
@@ -308,7 +313,7 @@ class Pool:
         self.hurry.set()
         for w in self.live_workers():
             if w.asked_to_stop:
-                w.child.signal(signal.SIGQUIT)
+                w.child.signal(_FAST_STOP)
 
     async def close(self) -> None:
         """Kill every worker still alive (bounded), and stop watching them."""
@@ -362,7 +367,7 @@ class Pool:
             # Its task dump is written from its event loop: a worker still at a starting
             # priority on a busy host would not get the CPU to write it before it is killed.
             self._restore_priority(laggard)
-            laggard.child.signal(signal.SIGUSR1)  # ask for its stacks before it goes
+            laggard.child.signal(_DUMP)  # ask for its stacks before it goes
             # Give it a moment (the reload has failed already; the old code serves).
             await laggard.child.wait(STACKS_GRACE)
             failure = WorkerFailed(laggard, f"was not READY within --reload-timeout {timeout:g}s")
@@ -470,7 +475,7 @@ class Pool:
             task.cancel()
         workers = gen.workers()
         for w in workers:
-            self._ask_to_stop(w, signal.SIGTERM)
+            self._ask_to_stop(w, _STOP)
         log.info("master %d: generation %d draining (%s)", self._pid, gen.number, why)
         now = asyncio.get_running_loop().time()
         await self._wait_or_kill(workers, self.budget.deadline(now) + self.budget.master_kill)
@@ -607,11 +612,11 @@ class Pool:
                 gen.successors.pop(old.slot, None)
             if not self._holds(gen, old):
                 gen.retired.append(new)  # the slot moved on meanwhile (a crash, a reload)
-                self._ask_to_stop(new, signal.SIGTERM)
+                self._ask_to_stop(new, _STOP)
                 return
             gen.slots[old.slot] = new
             gen.retired.append(old)
-            self._ask_to_stop(old, signal.SIGTERM)
+            self._ask_to_stop(old, _STOP)
             self.recycles += 1
             self.hooks.restarted("recycling")
             log.info("master %d: %s took over from %s", self._pid, new.label, old.label)
@@ -799,7 +804,7 @@ class Pool:
                 task = gen.replacing.pop(slot, None)
                 if task is not None:
                     task.cancel()
-                self._ask_to_stop(w, signal.SIGTERM)
+                self._ask_to_stop(w, _STOP)
 
     # -- notifications and the watchdog --------------------------------------------
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 from collections.abc import Callable
 
+from tether import signals
 from tether.master.workers import Worker
 
 __all__ = ["MASTER_STALL", "Watchdog"]
@@ -76,5 +76,5 @@ class Watchdog:
             self.timeout,
         )
         w.watchdog_killed = True
-        w.child.signal(signal.SIGUSR1)
+        w.child.signal(signals.signum_for("worker", "dump"))
         asyncio.get_running_loop().call_later(1.0, w.child.kill)
