@@ -18,9 +18,9 @@ Order of work, and why:
 
 Why this module is long: Service is the process's one lifecycle object: the startup
 order, the stop plan, signals, the reload by handoff, recycling and the final report all
-read and write the same state (ready, status, the plan, the hard-stop timer). The views
-it serves (console, charts, metrics families) and the reload and recycle path are the
-candidates to move out; they have not been split yet.
+read and write the same state (ready, status, the plan, the hard-stop timer). What it
+shows about itself lives in tether._views; the reload by handoff (``_reload``,
+``_hand_over``, ``_reload_outcome``) and the recycling path are the next to move out.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from tether import leaks, signals
 from tether import sockets as sockets_mod
-from tether._appmetrics import AppFamilies, check_user_dir, forget_process, single_process_families
+from tether._appmetrics import check_user_dir, forget_process
 from tether._handoff import hand_over
 from tether._listeners import Listeners, open_listeners
 from tether._loopwatch import LoopWatch
@@ -50,13 +50,7 @@ from tether.app import App, load_app
 from tether.config import RunConfig, ShutdownBudget, ShutdownPlan
 from tether.errors import AbandonedWork, ShutdownAbandoned
 from tether.group import Group, StopToken
-from tether.metrics import (
-    Families,
-    ProcessMetrics,
-    process_families,
-    process_rss,
-    write_final,
-)
+from tether.metrics import ProcessMetrics, process_rss, write_final
 from tether.notify import Notifier, watchdog_interval
 from tether.serving import ASGIApp, DrainHooks, HttpServer, ServeOptions, host_wsgi
 from tether.tracker import REQUESTS, Tracker, install_adoption, set_current_tracker
@@ -72,11 +66,9 @@ from tether.worker import (
 # The debug server (tether.debug, tether.console), --reload's watcher and prometheus_client
 # are imported where they are used: a process that runs without them never loads them.
 if TYPE_CHECKING:
-    from prometheus_client.metrics_core import Metric
-
     from tether._hooks import ServerHooks
     from tether._otel import Telemetry
-    from tether.debug import DebugSource
+    from tether._views import ProcessView
 
 __all__ = ["Service"]
 
@@ -425,7 +417,7 @@ class Service:
             if self.notifier is not None:
                 self.notifier.close()
             if final:  # the master keeps these counts once this process is gone
-                write_final(final, self._families)
+                write_final(final, self.view.families)
             elif self.config.app_metrics and not self._is_worker:
                 forget_process()  # (a worker's master does it, even after a kill -9)
             # The service has stopped: a TERM now (a master stopping while this worker
@@ -453,7 +445,7 @@ class Service:
         self.hooks.wrap = telemetry.server_spans
         self.hooks.phase_done = telemetry.phase_done
         self.tracker.observer = telemetry.task_spans()
-        telemetry.observe(self._families)
+        telemetry.observe(self.view.families)
 
     def _flush_budget(self) -> float:
         """Seconds the telemetry's last export may take: to the group's deadline, and its grace."""
@@ -514,7 +506,7 @@ class Service:
 
                 debug = HttpServer(
                     DebugApp(
-                        self._debug_source(),
+                        self.view.debug_source(),
                         token=self.config.debug_token,
                         allowed_hosts=hosts_for(listeners.debug, self.config.debug_allowed_hosts),
                     ),
@@ -793,103 +785,23 @@ class Service:
 
         return member
 
-    def _debug_source(self) -> DebugSource:
-        from tether._charts import stats_page
-        from tether.console import console_page
-        from tether.debug import DebugSource
+    @functools.cached_property
+    def view(self) -> ProcessView:
+        """This process seen from outside (tether._views), made when first asked for."""
+        from tether._views import ProcessView
 
-        return DebugSource(
-            is_ready=lambda: self.ready,
+        return ProcessView(
+            self.config,
+            metrics=self.metrics,
+            tracker=self.tracker,
+            group=self.group,
+            ready=lambda: self.ready,
             status=lambda: self.status,
-            collectors=[Families(AppFamilies(self._families, self._app_families))],
-            pages={"": console_page(self._console), "stats": stats_page(self._stats)},
+            http=lambda: self.http,
+            is_worker=self._is_worker,
+            generation=self._generation,
+            started=self._started,
         )
-
-    async def _stats(self) -> list[dict[str, Any]]:
-        """This process's sample for the console's charts (``/debug/stats``)."""
-        from tether._charts import process_sample
-
-        in_flight = len(self.http.in_flight()) if self.http is not None else 0
-        return [
-            {
-                "role": "worker" if self._is_worker else "process",
-                "id": self.metrics.worker,
-                "pid": os.getpid(),
-                "sample": process_sample(self.metrics, in_flight),
-            }
-        ]
-
-    def _app_families(self) -> list[Metric]:
-        """The app's prometheus_client metrics; a worker's reach its master another way."""
-        if self._is_worker or not self.config.app_metrics:
-            return []
-        return single_process_families()
-
-    def _families(self) -> Iterator[Metric]:
-        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
-
-        yield GaugeMetricFamily(
-            "tether_ready", "1 while the service accepts traffic", value=float(self.ready)
-        )
-        http = self.http
-        yield GaugeMetricFamily(
-            "tether_http_connections",
-            "open client connections",
-            value=http.connections if http is not None else 0,
-        )
-        yield GaugeMetricFamily(
-            "tether_http_requests_in_flight",
-            "requests whose handler is running",
-            value=http.requests_in_flight if http is not None else 0,
-        )
-        yield from self.metrics.families()
-        stats = self.tracker.stats()
-        for name in ("spawned", "completed", "failed", "abandoned"):
-            yield CounterMetricFamily(
-                f"tether_background_{name}",
-                f"background tasks {name} (tether.spawn and adopted)",
-                value=getattr(stats, name),
-            )
-        yield GaugeMetricFamily(
-            "tether_background_running",
-            "background tasks running (tether.spawn and adopted)",
-            value=stats.running,
-        )
-        worker = self.metrics.worker
-        tasks = GaugeMetricFamily(
-            "tether_asyncio_tasks", "asyncio tasks in this process", labels=["worker"]
-        )
-        tasks.add_metric([worker], len(asyncio.all_tasks()))
-        yield tasks
-        threads = GaugeMetricFamily("tether_threads", "threads in this process", labels=["worker"])
-        threads.add_metric([worker], threading.active_count())
-        yield threads
-        yield from process_families(worker)
-
-    async def _console(self) -> dict[str, Any]:
-        """What ``/debug/`` shows about this process (a master asks each worker for it)."""
-        from tether.debug import task_dump
-
-        process = {
-            "role": "worker" if self._is_worker else "process",
-            "id": self.metrics.worker,
-            "pid": os.getpid(),
-            "generation": self._generation,
-            "state": self.status,
-            "age": round(time.monotonic() - self._started, 3),
-            "rss": process_rss(),
-            "members": sorted(self.group.tasks()),
-            "requests": self.http.in_flight() if self.http is not None else [],
-            "background": self.tracker.running()
-            + (self.http.after_response() if self.http is not None else []),
-            "tasks": task_dump(),
-        }
-        return {
-            "title": f"tether: {self.config.app}",
-            "summary": f"pid {os.getpid()}, {self.status}",
-            "processes": [process],
-            "reloads": [],
-        }
 
     def _raise_problems(self, problems: list[Exception]) -> None:
         """One ExceptionGroup: members' errors, and everything abandoned in one report."""
