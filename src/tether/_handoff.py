@@ -15,24 +15,32 @@ The copy reports readiness to a private receiver named in
 :func:`tether.worker.handoff_env`; ``NOTIFY_SOCKET`` keeps pointing at the
 supervisor (systemd) if there is one, so the copy announces itself there as
 the new ``MAINPID``.
+
+:class:`Reloads` is the one process's side of it (``--workers 0``): at most
+one handoff in progress, the reload requests that come during it folded into
+one that follows, and a stop during it waited for, so that a copy which
+became ready hears the stop too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
+from tether import signals
 from tether._children import describe_exit, start_child
 from tether._waits import first
 from tether.errors import RuntimeDirError
 from tether.notify import NotifyReceiver
 from tether.worker import handoff_env
 
-__all__ = ["hand_over"]
+__all__ = ["Reloads", "hand_over"]
 
 logger = logging.getLogger("tether.runtime")
 
@@ -103,3 +111,108 @@ async def hand_over(
             # We are being cancelled or failing ourselves: never leave a half-started copy.
             child.signal(signal.SIGKILL)
             raise
+
+
+class Reloads:
+    """One process's reloads by handoff: at most one at a time, the rest folded into the next.
+
+    The service decides whether a reload may begin (it serves, it was started
+    by ``tether run``) and says how it learns the outcome: ``stopping`` (a
+    stop has begun), ``notify`` (to its supervisor), ``took_over(pid)`` (the
+    copy is ready: drain) and ``retry(why)`` (a reload asked for during a
+    failed one).
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str] | None,
+        *,
+        ready_within: float,
+        extra_env: dict[str, str],
+        stopping: Callable[[], bool],
+        notify: Callable[..., None],
+        took_over: Callable[[int], None],
+        retry: Callable[[str], None],
+    ) -> None:
+        #: How to start a fresh copy of this process; None: reloads are not supported.
+        self.argv = list(argv) if argv is not None else None
+        self.cwd = os.getcwd()
+        self.ready_within = ready_within
+        self.extra_env = extra_env
+        #: The supervisor's notify socket (systemd), which the copy tells its MAINPID.
+        self.supervisor_notify: str | None = None
+        #: The copy that took the sockets over: ours, never a leak of the app's.
+        self.successor: int | None = None
+        self._stopping = stopping
+        self._notify = notify
+        self._took_over = took_over
+        self._retry = retry
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def busy(self) -> bool:
+        """A handoff is in progress (a request now is folded into one that follows it)."""
+        return self._task is not None and not self._task.done()
+
+    def follow_up(self) -> None:
+        """One more reload once the one in progress ends."""
+        self._again = True
+
+    def start(self, why: str, sockets: Sequence[tuple[str, socket.socket]]) -> None:
+        """Hand ``sockets`` to a fresh copy (the caller checked that none is in progress)."""
+        self._task = asyncio.get_running_loop().create_task(
+            self._hand_over(why, sockets), name="tether-reload"
+        )
+
+    def cancel_starting(self) -> None:
+        """A forced stop: kill the copy that is starting (one that took over is left alone)."""
+        if self._task is not None and self.successor is None:
+            self._task.cancel()
+
+    async def settle(self, deadline: float | None) -> None:
+        """A stop during a reload waits for it: a copy that became ready must hear the stop.
+
+        Until ``deadline`` (the loop's clock; None: now): past it, the copy still
+        starting is killed.
+        """
+        task = self._task
+        if task is None or task.done():
+            return
+        logger.info("stopped; waiting for the reload in progress to end")
+        loop = asyncio.get_running_loop()
+        left = max(0.0, (deadline or loop.time()) - loop.time())
+        await asyncio.wait({task}, timeout=left)
+        if not task.done():
+            task.cancel()  # hand_over kills the copy it started
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _hand_over(self, why: str, sockets: Sequence[tuple[str, socket.socket]]) -> None:
+        assert self.argv is not None
+        logger.info("%s: handing the sockets to a fresh copy of this process", why)
+        self._notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        pid = await hand_over(
+            sockets,
+            argv=self.argv,
+            cwd=self.cwd,
+            supervisor_notify=self.supervisor_notify,
+            ready_within=self.ready_within,
+            extra_env=self.extra_env,
+        )
+        again, self._again = self._again, False
+        if pid is not None:
+            self.successor = pid
+            if self._stopping():
+                # It announced itself as the main process (MAINPID=): a supervisor now
+                # waits for it, so the stop that came during the reload is its too.
+                logger.info("pid %d became ready while stopping: passing the stop on", pid)
+                os.kill(pid, signals.signum_for("single", "stop"))
+                return
+            self._took_over(pid)
+            if again:  # HUPs that came during this reload: the new process owns them now
+                os.kill(pid, signals.signum_for("single", "reload"))
+            return
+        if not self._stopping():
+            self._notify("READY=1", "STATUS=reload failed; still serving the previous code")
+        if again:
+            self._retry("a HUP received during the failed reload")

@@ -17,10 +17,11 @@ Order of work, and why:
    in phases within one budget, and report whatever was abandoned.
 
 Why this module is long: Service is the process's one lifecycle object: the startup
-order, the stop plan, signals, the reload by handoff, recycling and the final report all
-read and write the same state (ready, status, the plan, the hard-stop timer). What it
-shows about itself lives in tether._views; the reload by handoff (``_reload``,
-``_hand_over``, ``_reload_outcome``) and the recycling path are the next to move out.
+order, the stop plan, signals, the guards of a reload, recycling and the final report
+all read and write the same state (ready, status, the plan, the hard-stop timer). What
+it shows about itself lives in tether._views and the reload by handoff in
+tether._handoff; the recycling path (``_recycle``, ``_resume_accepting``,
+``_check_memory``) and the startup sequence of ``run`` are the next to move out.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING, Any, cast
 from tether import leaks, signals
 from tether import sockets as sockets_mod
 from tether._appmetrics import check_user_dir, forget_process
-from tether._handoff import hand_over
+from tether._handoff import Reloads
 from tether._listeners import Listeners, open_listeners
 from tether._loopwatch import LoopWatch
 from tether._pidfile import PidFile
@@ -123,12 +124,18 @@ class Service:
         argv: Sequence[str] | None = None,
     ) -> None:
         self.config = config
-        #: How to start a fresh copy of this process (for HUP); None: HUP is not supported.
-        self._argv = list(argv) if argv is not None else None
-        self._cwd = os.getcwd()
-        self._handoff: asyncio.Task[None] | None = None
-        self._reload_again = False
-        self._supervisor_notify: str | None = None
+        #: Reloads by handoff (HUP); ``argv`` None: not supported.
+        self.reloads = Reloads(
+            argv,
+            ready_within=config.reload_timeout,
+            extra_env=config.successor_env(),
+            stopping=lambda: self._stop_requested,
+            notify=self._notify,
+            took_over=lambda pid: self.request_stop(
+                f"reloaded: pid {pid} now serves", drain_delay=False
+            ),
+            retry=self._reload,
+        )
         self._handoff_notify: str | None = None
         #: What this process's master told it (None: not a master's worker). Read once,
         #: here: ``run`` removes the private part from the environment before the app.
@@ -166,8 +173,6 @@ class Service:
         self._stop_requested = False
         #: TERM/INT received so far; the second one forces (a reload's drain is not a signal).
         self._stop_signals = 0
-        #: The successor a reload handed the sockets to: ours, never a leak of the app's.
-        self._successor: int | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
         #: This stop's deadlines, made once when it begins (see ``_plan_stop``).
         self._plan: ShutdownPlan | None = None
@@ -197,8 +202,7 @@ class Service:
             logger.warning("%s: cancelling everything now", reason)
             if self._drain_timer is not None:
                 self._drain_timer.cancel()  # the drain delay is over too
-            if self._handoff is not None and self._successor is None:
-                self._handoff.cancel()  # the copy that is starting is killed
+            self.reloads.cancel_starting()
             self._begin(reason)
             self.group.stop(reason, force=True)
             return
@@ -355,7 +359,7 @@ class Service:
         supervisor = os.environ.pop("NOTIFY_SOCKET", None) or None
         withdraw(os.environ)
         address = contract.notify_address if contract is not None else supervisor
-        self._supervisor_notify = None if contract is not None else supervisor
+        self.reloads.supervisor_notify = None if contract is not None else supervisor
         self._handoff_notify = take_handoff(os.environ)
         final = contract.final_metrics if contract is not None else None
         self.notifier = Notifier.from_env({"NOTIFY_SOCKET": address or ""})
@@ -482,7 +486,7 @@ class Service:
             logger.warning("%s", leaks.format_leaks(found, "the app"))
 
     def _is_successor(self, leak: leaks.Leak) -> bool:
-        return leak.kind == "process" and leak.name == str(self._successor)
+        return leak.kind == "process" and leak.name == str(self.reloads.successor)
 
     async def _drain_background(self, budget: float) -> list[AbandonedWork]:
         """Phase 5: wait for tracked and adopted work, then cancel and report the rest."""
@@ -544,7 +548,7 @@ class Service:
             problems: list[Exception] = []
         except ExceptionGroup as exc:
             problems = list(exc.exceptions)
-        await self._reload_outcome()
+        await self.reloads.settle(group.deadline)
         try:
             if self.http is None:
                 # No HTTP server ran phase 5: drain background work here, in what is left.
@@ -670,69 +674,23 @@ class Service:
         if self._is_worker:
             logger.info("%s; ignored: reloads of a worker are its master's job", why)
             return
-        if self._argv is None or self._open is None:
+        if self.reloads.argv is None or self._open is None:
             logger.warning("%s; ignored: this service was not started by `tether run`", why)
             return
         if self._stop_requested or not self.ready:
             logger.info("%s; ignored: not serving (%s)", why, self.status)
             return
-        if self._handoff is not None and not self._handoff.done():
+        if self.reloads.busy():
             logger.info("%s: a reload is in progress; one more will follow it", why)
-            self._reload_again = True
+            self.reloads.follow_up()
             return
         if self._server_hooks is not None:
             self._server_hooks.call("on_reload", self._server_hooks.server)
-        self._handoff = asyncio.get_running_loop().create_task(
-            self._hand_over(why), name="tether-reload"
-        )
+        self.reloads.start(why, self._open.named())
 
-    async def _hand_over(self, why: str) -> None:
-        assert self._argv is not None and self._open is not None
-        logger.info("%s: handing the sockets to a fresh copy of this process", why)
+    def _notify(self, *fields: str) -> None:
         if self.notifier is not None:
-            self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
-        pid = await hand_over(
-            self._open.named(),
-            argv=self._argv,
-            cwd=self._cwd,
-            supervisor_notify=self._supervisor_notify,
-            ready_within=self.config.reload_timeout,
-            extra_env=self.config.successor_env(),
-        )
-        again, self._reload_again = self._reload_again, False
-        if pid is not None:
-            self._successor = pid
-            if self._stop_requested:
-                # It announced itself as the main process (MAINPID=): a supervisor now
-                # waits for it, so the stop that came during the reload is its too.
-                logger.info("pid %d became ready while stopping: passing the stop on", pid)
-                os.kill(pid, signals.signum_for("single", "stop"))
-                return
-            self.request_stop(f"reloaded: pid {pid} now serves", drain_delay=False)
-            if again:  # HUPs that came during this reload: the new process owns them now
-                os.kill(pid, signals.signum_for("single", "reload"))
-            return
-        if self.notifier is not None and not self._stop_requested:
-            self.notifier.send("READY=1", "STATUS=reload failed; still serving the previous code")
-        if again:
-            self._reload("a HUP received during the failed reload")
-
-    async def _reload_outcome(self) -> None:
-        """A stop during a reload waits for it: a copy that became ready must hear the stop.
-
-        Within what is left of the stop's budget: past it, the copy still starting is killed.
-        """
-        handoff = self._handoff
-        if handoff is None or handoff.done():
-            return
-        logger.info("stopped; waiting for the reload in progress to end")
-        loop = asyncio.get_running_loop()
-        left = max(0.0, (self.group.deadline or loop.time()) - loop.time())
-        await asyncio.wait({handoff}, timeout=left)
-        if not handoff.done():
-            handoff.cancel()  # hand_over kills the copy it started
-        with contextlib.suppress(asyncio.CancelledError):
-            await handoff
+            self.notifier.send(*fields)
 
     def _heartbeat(self, late: float = 0.0) -> None:
         self.metrics.loop_lag(late)
