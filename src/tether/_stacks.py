@@ -116,10 +116,21 @@ def app_frame(frames: Iterable[FrameType]) -> FrameType | None:
     return None
 
 
+#: Top-level packages whose files count as tether's own: the HTTP engine's, named by its
+#: implementation when it loads (:func:`count_as_own`), so this module knows no engine.
+_engine_packages: list[str] = []
+
+
+def count_as_own(package: str) -> None:
+    """Frames in ``package`` (the HTTP engine's) are tether's, not the app's, in labels."""
+    if package not in _engine_packages:
+        _engine_packages.append(package)
+
+
 def _own_roots() -> tuple[str, ...]:
     # Read when asked, not at import: this module loads before the HTTP engine in some
     # processes, and the engine's files count as tether's own once it is there.
-    engines = (sys.modules[n] for n in ("uvicorn",) if n in sys.modules)
+    engines = (sys.modules[n] for n in _engine_packages if n in sys.modules)
     return tuple(
         os.path.join(os.path.dirname(os.path.abspath(m.__file__ or "")), "")
         for m in (sys.modules["tether"], *engines)

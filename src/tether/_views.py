@@ -29,9 +29,9 @@ if TYPE_CHECKING:
 
     from tether.config import RunConfig
     from tether.debug import DebugSource
+    from tether.engine import Engine
     from tether.group import Group
     from tether.metrics import ProcessMetrics
-    from tether.serving import HttpServer
     from tether.tracker import Tracker
 
 __all__ = ["ProcessView"]
@@ -53,7 +53,7 @@ class ProcessView:
         group: Group,
         ready: Callable[[], bool],
         status: Callable[[], str],
-        http: Callable[[], HttpServer | None],
+        http: Callable[[], Engine | None],
         is_worker: bool,
         generation: int,
         started: float,

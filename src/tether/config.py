@@ -214,17 +214,6 @@ class HttpOptions:
     def tls(self) -> bool:
         return self.ssl_certfile is not None
 
-    def engine_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for uvicorn's ``Config``; tether sends its own server header."""
-        kwargs = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        headers = list(kwargs.pop("headers"))
-        if kwargs.pop("server_header") and not any(n.lower() == "server" for n, _ in headers):
-            headers.insert(0, ("server", "tether"))
-        kwargs["headers"] = headers
-        kwargs["server_header"] = False
-        kwargs["ws"] = _WebSocketProtocol.of(kwargs["ws"])
-        return kwargs
-
 
 #: The package each --ws implementation needs.
 _WS_PACKAGES = {"websockets": "websockets", "websockets-sansio": "websockets", "wsproto": "wsproto"}
@@ -243,42 +232,6 @@ def check_ws_available(name: str) -> None:
             "or use --ws auto (whichever is installed) or --ws none"
         )
         raise ConfigError(msg)
-
-
-class _WebSocketProtocol:
-    """uvicorn's websocket protocol for ``--ws NAME``, imported at the first websocket upgrade.
-
-    uvicorn's ``Config`` takes a protocol class or anything called like one; given
-    a name, it imports the library when it loads (websockets: about 8 ms and
-    1.5 MiB in every process). A service that serves no websocket never pays.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._protocol: Any = None
-
-    @classmethod
-    def of(cls, name: str) -> _WebSocketProtocol | None:
-        """The protocol for ``--ws NAME``; None when websockets are refused.
-
-        As uvicorn's ``auto``: refused when neither websockets nor wsproto is installed.
-        """
-        if name == "none":
-            return None
-        if name == "auto":
-            from importlib.util import find_spec
-
-            if find_spec("websockets") is None and find_spec("wsproto") is None:
-                return None
-        return cls(name)
-
-    def __call__(self, **kwargs: Any) -> Any:
-        if self._protocol is None:
-            from uvicorn.config import WS_PROTOCOLS
-            from uvicorn.importer import import_from_string
-
-            self._protocol = import_from_string(WS_PROTOCOLS[self.name])
-        return self._protocol(**kwargs)
 
 
 @dataclass(frozen=True)

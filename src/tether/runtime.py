@@ -38,7 +38,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from tether import leaks, signals
 from tether import sockets as sockets_mod
@@ -49,11 +49,12 @@ from tether._loopwatch import LoopWatch
 from tether._pidfile import PidFile
 from tether.app import App, load_app
 from tether.config import RunConfig, ShutdownBudget, ShutdownPlan
+from tether.engine import Engine, EngineFactory, http_engine
 from tether.errors import AbandonedWork, ShutdownAbandoned
 from tether.group import Group, StopToken
 from tether.metrics import ProcessMetrics, process_rss, write_final
 from tether.notify import Notifier, watchdog_interval
-from tether.serving import ASGIApp, DrainHooks, HttpServer, ServeOptions, host_wsgi
+from tether.serving import ASGIApp, DrainHooks, ServeOptions, host_asgi2, host_wsgi
 from tether.tracker import REQUESTS, Tracker, install_adoption, set_current_tracker
 from tether.worker import (
     WorkerContract,
@@ -98,9 +99,7 @@ def as_asgi(
     if kind == "wsgi":
         return host_wsgi(app.http, threads)
     if interface == "asgi2":
-        from uvicorn.middleware.asgi2 import ASGI2Middleware
-
-        return cast(ASGIApp, ASGI2Middleware(app.http))
+        return host_asgi2(app.http)
     asgi: ASGIApp = app.http
     return asgi
 
@@ -122,8 +121,11 @@ class Service:
         listeners: Listeners | None = None,
         hard_stop: Callable[[], None] | None = None,
         argv: Sequence[str] | None = None,
+        engine: EngineFactory | None = None,
     ) -> None:
         self.config = config
+        #: What serves the app and the debug listener (tether.engine; None: uvicorn's).
+        self._engine = engine if engine is not None else http_engine()
         #: Reloads by handoff (HUP); ``argv`` None: not supported.
         self.reloads = Reloads(
             argv,
@@ -166,7 +168,7 @@ class Service:
             traffic=self.loop_watch.traffic if self.loop_watch is not None else None,
         )
         self._started = time.monotonic()
-        self.http: HttpServer | None = None
+        self.http: Engine | None = None
         self.ready = False
         self.status = "starting"
         self.notifier: Notifier | None = None
@@ -508,7 +510,7 @@ class Service:
             if listeners.debug is not None:
                 from tether.debug import DebugApp, debug_serve_options, hosts_for
 
-                debug = HttpServer(
+                debug = self._engine(
                     DebugApp(
                         self.view.debug_source(),
                         token=self.config.debug_token,
@@ -522,7 +524,7 @@ class Service:
             if asgi is not None and self._server_hooks is not None:
                 asgi = self._server_hooks.wrap(asgi)
             if asgi is not None:
-                self.http = HttpServer(asgi, listeners.app, self._serve_options(kind), self.hooks)
+                self.http = self._engine(asgi, listeners.app, self._serve_options(kind), self.hooks)
                 await group.start(self.http.run, name="http")
             for name, member in app.members.items():
                 group.add(member, name=name)
@@ -722,7 +724,7 @@ class Service:
 
         threading.Thread(target=watch, name="tether-parent-watch", daemon=True).start()
 
-    def _debug_member(self, debug: HttpServer) -> Callable[[StopToken], Any]:
+    def _debug_member(self, debug: Engine) -> Callable[[StopToken], Any]:
         """The debug server stays up while the rest drains, so a stuck drain can be inspected."""
 
         async def member(stop: StopToken) -> None:

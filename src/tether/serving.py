@@ -39,6 +39,7 @@ tether._accesslog).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import time
@@ -57,7 +58,7 @@ from tether._adoption import task_owner, task_scope
 from tether._drain import DrainSignal, app_shutdown_reserve, current_drain_signal, drain_signal
 from tether._guard import capped, guarded
 from tether._http1 import adapt, last_received, requests_waiting
-from tether._stacks import task_label, task_stack
+from tether._stacks import count_as_own, task_label, task_stack
 from tether.config import HttpOptions
 from tether.errors import AbandonedWork, StartupError
 from tether.group import StopToken
@@ -72,10 +73,13 @@ __all__ = [
     "ServeOptions",
     "app_shutdown_reserve",
     "drain_signal",
+    "host_asgi2",
     "host_wsgi",
 ]
 
 logger = logging.getLogger("tether.serving")
+
+count_as_own("uvicorn")  # a request's task reads as the app's, not as uvicorn's
 
 _now = time.perf_counter  # per request: one global lookup, not two
 
@@ -364,6 +368,13 @@ def host_wsgi(app: Any, threads: int) -> ASGIApp:
     return cast(ASGIApp, WSGIMiddleware(terminated, workers=threads))
 
 
+def host_asgi2(app: Any) -> ASGIApp:
+    """An ASGI2 app (``app(scope)`` returns the coroutine function) as ASGI3: uvicorn's adapter."""
+    from uvicorn.middleware.asgi2 import ASGI2Middleware
+
+    return cast(ASGIApp, ASGI2Middleware(app))
+
+
 class _RequestLimit:
     """Counts finished HTTP requests; at the limit, asks once for a graceful stop."""
 
@@ -434,7 +445,7 @@ class HttpServer:
             log_config=None,
             access_log=False,  # tether's own (AccessLog), written after each response
             interface="asgi3",
-            **options.http.engine_kwargs(),
+            **_config_kwargs(options.http),
         )
         self.config.load()
         metrics = self.hooks.metrics
@@ -808,6 +819,54 @@ class HttpServer:
             }
             out.append((task, request))
         return sorted(out, key=lambda tr: -(tr[1]["age"] or 0.0))
+
+
+def _config_kwargs(http: HttpOptions) -> dict[str, Any]:
+    """Keyword arguments for uvicorn's ``Config``; tether sends its own server header."""
+    kwargs = {f.name: getattr(http, f.name) for f in dataclasses.fields(http)}
+    headers = list(kwargs.pop("headers"))
+    if kwargs.pop("server_header") and not any(n.lower() == "server" for n, _ in headers):
+        headers.insert(0, ("server", "tether"))
+    kwargs["headers"] = headers
+    kwargs["server_header"] = False
+    kwargs["ws"] = _WebSocketProtocol.of(kwargs["ws"])
+    return kwargs
+
+
+class _WebSocketProtocol:
+    """uvicorn's websocket protocol for ``--ws NAME``, imported at the first websocket upgrade.
+
+    uvicorn's ``Config`` takes a protocol class or anything called like one; given
+    a name, it imports the library when it loads (websockets: about 8 ms and
+    1.5 MiB in every process). A service that serves no websocket never pays.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._protocol: Any = None
+
+    @classmethod
+    def of(cls, name: str) -> _WebSocketProtocol | None:
+        """The protocol for ``--ws NAME``; None when websockets are refused.
+
+        As uvicorn's ``auto``: refused when neither websockets nor wsproto is installed.
+        """
+        if name == "none":
+            return None
+        if name == "auto":
+            from importlib.util import find_spec
+
+            if find_spec("websockets") is None and find_spec("wsproto") is None:
+                return None
+        return cls(name)
+
+    def __call__(self, **kwargs: Any) -> Any:
+        if self._protocol is None:
+            from uvicorn.config import WS_PROTOCOLS
+            from uvicorn.importer import import_from_string
+
+            self._protocol = import_from_string(WS_PROTOCOLS[self.name])
+        return self._protocol(**kwargs)
 
 
 def _coalescing(factory: Any) -> Any:
