@@ -17,14 +17,17 @@ import contextlib
 import os
 import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+from tether._engines import http_engine
 from tether._listeners import Listeners
 from tether._stacks import _engine_packages
 from tether._waits import first
 from tether.config import RunConfig
-from tether.engine import Engine, EngineFactory, http_engine
+from tether.engine import Engine, EngineFactory
 from tether.group import StopToken
 from tether.notify import NotifyMessage, NotifyReceiver
 from tether.runtime import Service
@@ -82,7 +85,7 @@ def test_uvicorn_named_only_where_listed() -> None:
 
 
 def test_the_engine_is_built_only_through_the_seam() -> None:
-    """Outside the implementation, HttpServer is imported only by the seam and the package."""
+    """Outside the implementation, HttpServer is imported only by _engines and the package."""
     users = set()
     for name, tree in _modules().items():
         for node in ast.walk(tree):
@@ -93,7 +96,14 @@ def test_the_engine_is_built_only_through_the_seam() -> None:
             ):
                 users.add(name)
     # tether/__init__.py: HttpServer stays public API (a lazy attribute) for embedding.
-    assert users == {"engine.py", "__init__.py"}
+    assert users == {"_engines.py", "__init__.py"}
+
+
+def test_the_seam_loads_no_engine() -> None:
+    """`import tether.engine` (the contract another engine implements) loads no uvicorn."""
+    code = "import sys, tether.engine\nprint(sorted(m for m in sys.modules if 'uvicorn' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_uvicorn_is_the_engine() -> None:

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import GaugeMetricFamily
     from prometheus_client.registry import CollectorRegistry
 
-    from tether.serving import Receive, Scope, Send, ServeOptions
+    from tether.engine import Receive, Scope, Send, ServeOptions
 
 __all__ = [
     "DEBUG_CONNECTIONS",
@@ -181,7 +181,7 @@ def debug_serve_options() -> ServeOptions:
     import resource
 
     from tether.config import HttpOptions
-    from tether.serving import ServeOptions
+    from tether.engine import ServeOptions
 
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     cap = max(4, min(DEBUG_CONNECTIONS, soft // 8))

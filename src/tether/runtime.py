@@ -43,18 +43,19 @@ from typing import TYPE_CHECKING, Any
 from tether import leaks, signals
 from tether import sockets as sockets_mod
 from tether._appmetrics import check_user_dir, forget_process
+from tether._engines import http_engine
 from tether._handoff import Reloads
 from tether._listeners import Listeners, open_listeners
 from tether._loopwatch import LoopWatch
 from tether._pidfile import PidFile
 from tether.app import App, load_app
 from tether.config import RunConfig, ShutdownBudget, ShutdownPlan
-from tether.engine import Engine, EngineFactory, http_engine
+from tether.engine import ASGIApp, DrainHooks, Engine, EngineFactory, ServeOptions
 from tether.errors import AbandonedWork, ShutdownAbandoned
 from tether.group import Group, StopToken
 from tether.metrics import ProcessMetrics, process_rss, write_final
 from tether.notify import Notifier, watchdog_interval
-from tether.serving import ASGIApp, DrainHooks, ServeOptions, host_asgi2, host_wsgi
+from tether.serving import host_asgi2, host_wsgi
 from tether.tracker import REQUESTS, Tracker, install_adoption, set_current_tracker
 from tether.worker import (
     WorkerContract,

@@ -43,11 +43,10 @@ import dataclasses
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, cast
 
 from uvicorn.config import Config
 from uvicorn.lifespan.on import LifespanOn
@@ -60,13 +59,12 @@ from tether._guard import capped, guarded
 from tether._http1 import adapt, last_received, requests_waiting
 from tether._stacks import count_as_own, task_label, task_stack
 from tether.config import HttpOptions
+from tether.engine import ASGIApp, DrainHooks, Message, Receive, Scope, Send, ServeOptions
 from tether.errors import AbandonedWork, StartupError
 from tether.group import StopToken
 
-if TYPE_CHECKING:
-    from tether.metrics import ProcessMetrics
-
 __all__ = [
+    "ASGIApp",
     "DrainHooks",
     "DrainSignal",
     "HttpServer",
@@ -82,75 +80,6 @@ logger = logging.getLogger("tether.serving")
 count_as_own("uvicorn")  # a request's task reads as the app's, not as uvicorn's
 
 _now = time.perf_counter  # per request: one global lookup, not two
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class ServeOptions:
-    """How the HTTP member behaves; defaults match uvicorn's where uvicorn has one."""
-
-    #: Seconds an idle keep-alive connection may still send a request once draining begins.
-    idle_grace: float = 0.5
-    #: "auto" runs the ASGI lifespan protocol if the app supports it; "on" requires it; "off".
-    lifespan: Literal["auto", "on", "off"] = "auto"
-    #: tether's access log (logger ``tether.access``), one record after each response.
-    access_log: bool = False
-    #: Its line, in gunicorn's atoms; None for the default.
-    access_logformat: str | None = None
-    #: After this many responses, ``DrainHooks.request_limit`` is called once.
-    limit_max_requests: int | None = None
-    #: The HTTP engine's options (keep-alive, TLS, proxy headers, websockets...).
-    http: HttpOptions = field(default_factory=HttpOptions)
-    #: Name for logs and reports.
-    name: str = "http"
-    #: When cancelled at the deadline: seconds to wait for phase 5's report of what it abandoned.
-    report_grace: float = 1.0
-    #: Seconds a connection has to send a whole request head, from its accept or from the
-    #: first byte of a later head (None: no limit, as in uvicorn); see ``tether._guard``.
-    head_timeout: float | None = 10.0
-    #: Open connections at most (None: no cap). At it, a new connection takes the place of
-    #: the one idle the longest, or is closed at once when every one has a request in
-    #: progress: a port that strangers can reach cannot exhaust the process's fds, and
-    #: idle or half-sent connections cannot lock out a probe.
-    max_connections: int | None = None
-    #: With ``max_connections``: a request head larger than this is answered 431.
-    max_head: int = 64 * 1024
-
-
-@dataclass
-class DrainHooks:
-    """What the runtime plugs into the shutdown phases."""
-
-    #: Phase 5: drain background work within the given seconds; returns what was abandoned.
-    background: Callable[[float], Awaitable[list[AbandonedWork]]] | None = None
-    #: The set uvicorn keeps the tasks running requests in (http and websocket), so
-    #: that tasks a handler starts can be recognised by their creator at no cost
-    #: per request (tether's adoption: ``tether.tracker.REQUESTS``).
-    requests: set[asyncio.Future[Any]] | None = None
-    #: Where abandoned requests and the lifespan are reported.
-    abandoned: list[AbandonedWork] = field(default_factory=list)
-    #: Set when the drain begins; :func:`drain_signal` returns it while the server runs.
-    drain: DrainSignal = field(default_factory=DrainSignal)
-    #: Called once when ``ServeOptions.limit_max_requests`` responses have been sent.
-    request_limit: Callable[[], None] | None = None
-    #: Where every response, drain phase and loop-lag sample is counted; None: not counted.
-    metrics: ProcessMetrics | None = None
-    #: Wraps the app (inside tether's own layer, around the access log) once, when the
-    #: server is built: OpenTelemetry's server spans. None: nothing, and no cost per request.
-    wrap: Callable[[ASGIApp], ASGIApp] | None = None
-    #: Told the seconds each shutdown phase took (OpenTelemetry's drain events).
-    phase_done: Callable[[str, float], None] | None = None
-    #: Called about once a second while connections are open (with the date clock), for
-    #: cheap checks that only traffic makes necessary (``--max-worker-memory``).
-    tick: Callable[[], None] | None = None
-    #: Called with True when the first connection opens, False when the last one closes
-    #: (what runs only while there is traffic: the blocked-loop watch).
-    traffic: Callable[[bool], None] | None = None
 
 
 class _Connections(set[Any]):

@@ -7,7 +7,7 @@ It is a :class:`~tether.group.Group` of parts, each the one owner of its state:
 - ``upgrade`` (:mod:`.upgrade`): USR2, a new master taking every socket;
 - ``servers``: the control socket (:mod:`tether._control`) and the debug
   listener, the same :class:`~tether.debug.DebugApp` on the same
-  engine (:func:`tether.engine.http_engine`) a worker uses, over the status
+  engine (``tether._engines.http_engine``) a worker uses, over the status
   view (:mod:`.status`). They start once the first workers are spawned: the
   master imports nothing before that which it does not need to bind its
   sockets and start them (no HTTP engine, no ``prometheus_client``);
@@ -420,8 +420,8 @@ class Master:
                     name="control",
                 )
             if self._debug_sock is not None:
+                from tether._engines import http_engine
                 from tether.debug import DebugApp, debug_serve_options, hosts_for
-                from tether.engine import http_engine
 
                 debug = http_engine()(
                     DebugApp(
