@@ -244,7 +244,7 @@ def test_the_app_port_cuts_a_head_that_never_ends_but_not_a_slow_body(tmp_path: 
         with socket.create_connection(("127.0.0.1", t.port)) as slow:
             slow.sendall(b"POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 50\r\n\r\n")
             for _ in range(5):
-                time.sleep(0.5)
+                time.sleep(0.5)  # the slow client's own pace: the scenario, not a wait
                 slow.sendall(b"x" * 10)
             said, _ = read_until_closed(slow, 0.5)
             assert said.startswith(b"HTTP/1.1 200 OK\r\n") and said.endswith(b"\r\n\r\n50"), said
