@@ -7,14 +7,17 @@ after lifespan startup and listening), never from sleeping and hoping.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import http.client
 import json
 import os
+import pty
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -215,3 +218,41 @@ def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[st
 
 
 __all__ = ["APPS", "Tether", "fetch", "free_port", "get", "run_cli", "running", "signal", "tether"]
+
+
+@contextlib.contextmanager
+def on_a_terminal(
+    argv: list[str], env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """``argv`` as a terminal's job (its own session, a pty as its controlling terminal).
+
+    Yields the process, its stderr readable as text, and the pty's controller end, where a
+    test writes what a person types (``\\x03`` is Ctrl-C, ``\\x1a`` Ctrl-Z). Whatever is
+    left is killed, and the pty closed, when the block ends.
+    """
+    controller, terminal = pty.openpty()
+
+    def take_terminal() -> None:  # in the child, after setsid: the pty becomes its terminal
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(
+        argv,
+        cwd=APPS,
+        env=env,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=take_terminal,
+    )
+    os.close(terminal)
+    try:
+        yield proc, controller
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+        os.close(controller)

@@ -10,16 +10,12 @@ child of its own.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import pty
 import shutil
 import signal
 import socket
-import subprocess
 import sys
-import termios
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +24,7 @@ import pytest
 
 from waiting import eventually
 
-from proc import APPS, Tether, free_port, get
+from proc import Tether, free_port, get, on_a_terminal
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("unshare") is None,
@@ -206,26 +202,10 @@ def test_pid1_exits_with_the_service_exit_code() -> None:
 
 def test_ctrl_c_in_a_terminal_reaches_the_service_once() -> None:
     """`docker run -it`, then Ctrl-C: one SIGINT reaches the service (a graceful stop), not two."""
-    controller, terminal = pty.openpty()
-
-    def take_terminal() -> None:  # in the child, after setsid: the pty becomes its terminal
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
     port = free_port()
     argv = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "tether", "run"]
     argv += ["family:app", "--workers", "0", "--bind", f"127.0.0.1:{port}", "--no-debug"]
-    proc = subprocess.Popen(
-        argv,
-        cwd=APPS,
-        stdin=terminal,
-        stdout=terminal,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=take_terminal,
-    )
-    os.close(terminal)
-    try:
+    with on_a_terminal(argv) as (proc, controller):
         assert proc.stderr is not None
         for line in proc.stderr:  # until it serves
             if "serving family:app" in line:
@@ -235,13 +215,6 @@ def test_ctrl_c_in_a_terminal_reaches_the_service_once() -> None:
         assert proc.wait(30) == 0, rest
         assert rest.count("SIGINT received") == 1, rest
         assert "second SIGINT" not in rest
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        if proc.stderr is not None:
-            proc.stderr.close()
-        os.close(controller)
 
 
 @pytest.mark.skipif(

@@ -16,15 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
-import pty
 import re
 import shutil
 import signal
-import subprocess
 import sys
-import termios
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -33,7 +29,7 @@ import pytest
 from loadclient import Load
 from waiting import eventually
 
-from proc import APPS, Tether, free_port, get
+from proc import Tether, free_port, get, on_a_terminal
 
 INITS = {"tini": ("tini", "--"), "dumb-init": ("dumb-init",)}
 
@@ -247,28 +243,11 @@ def test_a_stop_during_a_reload_ends_the_container_cleanly() -> None:
 
 def test_ctrl_z_in_a_shell_stops_the_keeper_with_the_service() -> None:
     """A job in a terminal: Ctrl-Z stops the pid the shell waits for; SIGCONT resumes serving."""
-    controller, terminal = pty.openpty()
-
-    def take_terminal() -> None:  # in the child, after setsid: the pty becomes its terminal
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
     port = free_port()
     argv = [sys.executable, "-m", "tether", "run", "family:app", "--workers", "0"]
     argv += ["--bind", f"127.0.0.1:{port}", "--no-debug", "--no-access-log"]
     env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
-    proc = subprocess.Popen(
-        argv,
-        cwd=APPS,
-        env=env,
-        stdin=terminal,
-        stdout=terminal,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=take_terminal,
-    )
-    os.close(terminal)
-    try:
+    with on_a_terminal(argv, env) as (proc, controller):
         assert proc.stderr is not None
         for line in proc.stderr:  # until it serves
             if "serving family:app" in line:
@@ -282,10 +261,3 @@ def test_ctrl_z_in_a_shell_stops_the_keeper_with_the_service() -> None:
         rest = proc.stderr.read()
         assert proc.wait(30) == 0, rest
         assert rest.count("SIGINT received") == 1, rest
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        if proc.stderr is not None:
-            proc.stderr.close()
-        os.close(controller)
