@@ -120,6 +120,17 @@ class Tether:
         """What the service has written to stderr so far (it may still be running)."""
         return "".join(self._err)
 
+    def wait_for_log(self, text: str, timeout: float = 20.0) -> None:
+        """Wait until the service has written ``text`` to stderr; fail if it exits first."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while text not in self.output():
+            if self.proc.poll() is not None and text not in self.stderr():
+                raise AssertionError(f"exited with {self.proc.returncode}: {self.stderr()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} within {timeout}s: {self.output()[-3000:]}")
+            time.sleep(0.01)
+
     def stderr(self) -> str:
         assert self.proc is not None
         if self.proc.poll() is None:

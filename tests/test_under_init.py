@@ -23,6 +23,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -106,9 +107,9 @@ def _child_of(parent: int) -> int:
 
 
 @contextlib.contextmanager
-def under_init(init: str, *extra: str) -> Iterator[UnderInit]:
+def under_init(init: str, *extra: str, **env: str) -> Iterator[UnderInit]:
     """A serving `tether run family:app EXTRA` under ``init`` as PID 1, without NOTIFY_SOCKET."""
-    t = Tether([])
+    t = Tether([], env=env)
     # `env -u` execs tether itself: the init's child is tether, as in an image's ENTRYPOINT.
     t.prefix = ["unshare", "--pid", "--fork", "--mount-proc", *INITS[init]]
     t.prefix += ["env", "-u", "NOTIFY_SOCKET"]
@@ -230,11 +231,16 @@ def test_master_reload_keeps_the_container_up(init: str) -> None:
         stops_cleanly(u)
 
 
-def test_a_stop_during_a_reload_ends_the_container_cleanly() -> None:
-    """HUP then TERM to the init at once: the copy that was starting stops too; exit 0."""
-    with under_init("tini", "--workers", "0") as u:
+def test_a_stop_during_a_reload_ends_the_container_cleanly(tmp_path: Path) -> None:
+    """TERM to the init while a HUP's copy is starting: that copy stops too; exit 0."""
+    hold = tmp_path / "hold"  # while it exists, a process that starts holds its startup
+    with under_init("tini", "--workers", "0", FAMILY_HOLD=str(hold)) as u:
+        hold.touch()
         u.kill_init(signal.SIGHUP)
+        u.t.wait_for_log("reload: started pid")
         u.kill_init(signal.SIGTERM)
+        u.t.wait_for_log("stopped; waiting for the reload in progress to end")
+        hold.unlink()  # the copy finishes starting after the stop
         assert u.t.wait() == 0, u.t.stderr()
         err = u.t.stderr()
     assert "became ready while stopping: passing the stop on" in err

@@ -11,6 +11,10 @@ Routes (plain text or JSON):
   reaper has run since the child exited), then collects the child's exit
   status itself and answers it;
 - ``/exit?code=N``: this process exits at once with code N.
+
+With ``FAMILY_HOLD`` naming a file, a process that starts while that file
+exists holds its lifespan startup until the file is removed: a test can keep a
+successor "starting" for exactly as long as it needs.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ def state(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # reaped before the open, or the read
         return "gone"
     return stat[stat.rfind(b")") + 2 :].split()[0].decode()
 
@@ -62,6 +66,9 @@ def waited() -> dict[str, Any]:
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         await receive()
+        hold = os.environ.get("FAMILY_HOLD")
+        while hold and os.path.exists(hold):
+            await asyncio.sleep(0.01)
         await send({"type": "lifespan.startup.complete"})
         await receive()
         await send({"type": "lifespan.shutdown.complete"})
