@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -286,7 +287,12 @@ def _priority(pid: int, tid: int | None = None) -> tuple[int, int]:
 
 
 def _threads_priorities(pid: int) -> set[tuple[int, int]]:
-    return {_priority(pid, int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
+    """Every live thread's (policy, niceness); a thread that ends while listed is skipped."""
+    found = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            found.add(_priority(pid, int(tid)))
+    return found
 
 
 NORMAL = (os.SCHED_OTHER, 0)
