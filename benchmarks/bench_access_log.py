@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from peers import ensure_wrk, free_port, wait_listening
+from peers import ensure_wrk, free_port, tree_cpu_seconds, wait_listening
 
 HERE = Path(__file__).parent
 BIN = Path(sys.executable).parent
@@ -47,11 +47,6 @@ def server_argv(name: str, port: int) -> list[str]:
             "--debug-bind", f"127.0.0.1:{free_port()}", *extra]  # fmt: skip
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
-
 def load(pin: list[str], wrk: str, seconds: str, url: str) -> str:
     cmd = [*pin, wrk, "-t1", "-c64", f"-d{seconds}s", url]
     return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -71,9 +66,9 @@ def measure(wrk: str, name: str, duration: int, logdir: Path) -> tuple[float, fl
             wait_listening(port, proc)
             url = f"http://127.0.0.1:{port}/"
             warm = load(pin, wrk, "2", url)
-            before = cpu_seconds(proc.pid)
+            before = tree_cpu_seconds(proc.pid)
             out = load(pin, wrk, str(duration), url)
-            cpu = cpu_seconds(proc.pid) - before
+            cpu = tree_cpu_seconds(proc.pid) - before
         finally:
             proc.terminate()
             proc.wait(30)

@@ -22,9 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench_hello import cpu_seconds
-
-from peers import ensure_wrk, free_port, wait_listening
+from peers import ensure_wrk, free_port, tree_cpu_seconds, wait_listening
 
 HERE = Path(__file__).parent
 BIN = Path(sys.executable).parent
@@ -60,10 +58,10 @@ def measure(wrk: str, name: str, path: str, duration: int) -> tuple[float, float
         pin = ["taskset", "-c", "1"] if taskset else []
         subprocess.run([*pin, wrk, "-t1", "-c64", "-d2s", url], capture_output=True, check=True)
         gc_counts(port, reset=True)
-        before = cpu_seconds(proc.pid)
+        before = tree_cpu_seconds(proc.pid)
         out = subprocess.run([*pin, wrk, "-t1", "-c64", f"-d{duration}s", "--latency", url],
                              capture_output=True, text=True, check=True).stdout  # fmt: skip
-        cpu = cpu_seconds(proc.pid) - before
+        cpu = tree_cpu_seconds(proc.pid) - before
         collected = gc_counts(port)
         rps = float(out.split("Requests/sec:")[1].split()[0])
         total = int(out.split(" requests in ")[0].split()[-1])

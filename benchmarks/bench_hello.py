@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from peers import ensure_wrk, free_port, wait_listening
+from peers import ensure_wrk, free_port, tree_cpu_seconds, wait_listening
 
 HERE = Path(__file__).parent
 BIN = Path(sys.executable).parent
@@ -68,12 +68,6 @@ def server_argv(name: str, port: int) -> list[str]:
     ]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its children so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(wrk: str, name: str, duration: int) -> tuple[float, float]:
     port = free_port()
     taskset = ["taskset", "-c", "0"] if shutil.which("taskset") else []
@@ -83,7 +77,7 @@ def measure(wrk: str, name: str, duration: int) -> tuple[float, float]:
         url = f"http://127.0.0.1:{port}/"
         pin = ["taskset", "-c", "1"] if taskset else []
         subprocess.run([*pin, wrk, "-t1", "-c64", "-d2s", url], capture_output=True, check=True)
-        cpu_before = cpu_seconds(proc.pid)
+        cpu_before = tree_cpu_seconds(proc.pid)
         out = subprocess.run(
             [*pin, wrk, "-t1", "-c64", f"-d{duration}s", url],
             capture_output=True,
@@ -93,7 +87,7 @@ def measure(wrk: str, name: str, duration: int) -> tuple[float, float]:
         errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
         if errors:
             print(f"  {name}: {errors.group(0)}")
-        cpu = cpu_seconds(proc.pid) - cpu_before
+        cpu = tree_cpu_seconds(proc.pid) - cpu_before
         match = re.search(r"Requests/sec:\s+([\d.]+)", out)
         total = re.search(r"(\d+) requests in", out)
         assert match and total, out

@@ -7,6 +7,8 @@ Debian's packages. Both are installed on first use.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -70,3 +72,23 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], limit: float = 30.0
         except OSError:
             time.sleep(0.05)  # a benchmark harness polling a port it does not own
     raise SystemExit("server did not start listening")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of ``pid`` and every live process below it.
+
+    A server's CPU is its whole tree's: `tether run` keeps its pid as a small
+    keeper and serves from a child (with workers, from grandchildren).
+    """
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+            for task in os.listdir(f"/proc/{current}/task"):
+                todo += [
+                    int(c)
+                    for c in Path(f"/proc/{current}/task/{task}/children").read_text().split()
+                ]
+    return total / os.sysconf("SC_CLK_TCK")
