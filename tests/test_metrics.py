@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from masterproc import MasterProc
+from tether._metricdefs import METRICS
 from tether.metrics import (
     LATENCY_BUCKETS,
     Aggregator,
@@ -122,42 +123,45 @@ def send_plan(port: int, times: int = 1) -> dict[str, float]:
     return expected
 
 
-DOCUMENTED_TYPES = {
-    "tether_http_requests": "counter",
-    "tether_http_request_duration_seconds": "histogram",
-    "tether_http_requests_in_flight": "gauge",
-    "tether_http_connections": "gauge",
-    "tether_websocket_connections": "gauge",
-    "tether_http_responses_bytes": "counter",
-    "tether_background_spawned": "counter",
-    "tether_background_completed": "counter",
-    "tether_background_failed": "counter",
-    "tether_background_abandoned": "counter",
-    "tether_background_running": "gauge",
-    "tether_event_loop_lag_seconds": "histogram",
-    "tether_drains": "counter",
-    "tether_drain_phase_seconds": "histogram",
-    "tether_drain_requests_cut": "counter",
-    "tether_process_resident_memory_bytes": "gauge",
-    "tether_process_cpu_seconds": "counter",
-}
-
-
 DOCS = (Path(__file__).parent.parent / "docs" / "observability.md").read_text()
 DASHBOARD = (Path(__file__).parent.parent / "deploy" / "grafana-dashboard.json").read_text()
 
 
 def check_types(families: dict[str, Any], master: bool) -> None:
-    """Types as documented, and every family exposed is in docs/observability.md."""
-    for name, kind in DOCUMENTED_TYPES.items():
-        assert families[name].type == kind, (name, families[name].type)
+    """Every family tether exposes is a defined metric, with its type and labels."""
     for name, family in families.items():
-        shown = name + "_total" if family.type == "counter" else name
-        assert f"`{shown}`" in DOCS or f"`{shown}`," in DOCS, f"{shown} is not documented"
-    if master:
-        assert families["tether_reloads"].type == "counter"
-        assert families["tether_worker_restarts"].type == "counter"
-        assert families["tether_master_generation"].type == "gauge"
+        definition = METRICS[name]
+        assert family.type == definition.kind, (name, family.type)
+        for sample in family.samples:
+            assert set(sample.labels) - {"le"} == set(definition.labels), (name, sample)
+    expected = {d.name for d in METRICS.values() if master or d.where == "process"}
+    assert set(families) == expected, set(families) ^ expected
+
+
+def documented() -> dict[str, set[tuple[str, str, tuple[str, ...]]]]:
+    """The rows of docs/observability.md's metric tables: (name, type, labels) per table."""
+    section = DOCS.split("## The metrics", 1)[1].split("\n## ", 1)[0]
+    where = "process"
+    out: dict[str, set[tuple[str, str, tuple[str, ...]]]] = {"process": set(), "master": set()}
+    for line in section.splitlines():
+        if line.startswith("Master mode adds"):
+            where = "master"
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("| `") or len(cells) != 4:
+            continue
+        # Label values in parentheses (`outcome` (`ok`, `failed`)) are not labels.
+        labels = tuple(re.findall(r"`([a-z_]+)`", re.sub(r"\([^)]*\)", "", cells[2])))
+        for name in re.findall(r"`(tether_[a-z_]+)`", cells[0]):
+            out[where].add((name, cells[1], labels))
+    return out
+
+
+def test_the_docs_list_exactly_the_defined_metrics() -> None:
+    """docs/observability.md's tables list every defined metric once: name, type, labels."""
+    rows = documented()
+    for where in ("process", "master"):
+        defined = {(d.exposed, d.kind, d.labels) for d in METRICS.values() if d.where == where}
+        assert rows[where] == defined, (where, rows[where] ^ defined)
 
 
 def test_the_dashboard_uses_only_documented_metrics() -> None:
