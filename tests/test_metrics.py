@@ -54,6 +54,13 @@ async def app(scope, receive, send):
         time.sleep(1.2)  # blocks the event loop, as careless code does
     if path == "/boom":
         raise RuntimeError("boom")
+    if path == "/stream":
+        pid = [(b"x-pid", str(os.getpid()).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": pid})
+        await send({"type": "http.response.body", "body": b"abc", "more_body": True})
+        await send({"type": "http.response.body", "body": b"defg", "more_body": True})
+        await send({"type": "http.response.body"})  # the end, without a body key at all
+        return
     body = b"x" * 10
     headers = [(b"content-length", b"10"), (b"x-pid", str(os.getpid()).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -281,16 +288,19 @@ def test_aggregator_marks_a_slow_worker_and_answers_with_its_last_figures(tmp_pa
 
 
 def test_single_process_counts_every_request_exactly(tmp_path: Path) -> None:
-    """--workers 0: after known requests, /metrics shows exactly their counts and _count."""
+    """--workers 0: after known requests, /metrics shows exactly their counts, _count and bytes."""
     (tmp_path / "statusapp.py").write_text(STATUS_APP)
     with tether("statusapp:app", "--app-dir", str(tmp_path)) as t:
         t.ready()
         expected = send_plan(t.port)
+        # A streamed (chunked) answer: its body bytes are counted, not the framing.
+        assert http_status(t.port, "/stream") == 200
+        expected["200"] += 1
         families = scrape(t.debug_port)
         assert by_status(families) == expected
         assert histogram_count(families) == sum(expected.values())
         sent = values(families["tether_http_responses_bytes"], "tether_http_responses_bytes_total")
-        assert sent == {(): 10.0 * (7 + 3 + 2)}  # /boom sent no body
+        assert sent == {(): 10.0 * (7 + 3 + 2) + 7}  # /boom sent no body, /stream 3 + 4
         check_types(families, master=False)
         t.signal(signal.SIGTERM)
         assert t.wait() == 0
