@@ -228,6 +228,14 @@ def main() -> None:
     con, coff = statistics.median(cpu[True]), statistics.median(cpu[False])
     print(f"\nmedian throughput   on {on:.0f} req/s  off {off:.0f} req/s  cost {1 - on / off:+.1%}")
     print(f"median CPU/request  on {con:.1f} us  off {coff:.1f} us  cost {con / coff - 1:+.1%}")
+    # Each round's pair ran back to back: their ratio shrugs off the load swinging between rounds.
+    paired = sorted(a / b - 1 for a, b in zip(cpu[True], cpu[False], strict=True))
+    print(
+        f"paired CPU/request cost: median {statistics.median(paired):+.1%} "
+        f"(rounds {paired[0]:+.1%} to {paired[-1]:+.1%}); "
+        f"throughput on {min(rps[True]):.0f}-{max(rps[True]):.0f}, "
+        f"off {min(rps[False]):.0f}-{max(rps[False]):.0f} req/s"
+    )
 
     off_ns, on_ns = in_process(50_000, 7)
     extra = on_ns - off_ns
