@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from masterproc import MasterProc
+from tether._metricdefs import METRICS
 from tether.metrics import (
     LATENCY_BUCKETS,
     Aggregator,
@@ -53,6 +54,13 @@ async def app(scope, receive, send):
         time.sleep(1.2)  # blocks the event loop, as careless code does
     if path == "/boom":
         raise RuntimeError("boom")
+    if path == "/stream":
+        pid = [(b"x-pid", str(os.getpid()).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": pid})
+        await send({"type": "http.response.body", "body": b"abc", "more_body": True})
+        await send({"type": "http.response.body", "body": b"defg", "more_body": True})
+        await send({"type": "http.response.body"})  # the end, without a body key at all
+        return
     body = b"x" * 10
     headers = [(b"content-length", b"10"), (b"x-pid", str(os.getpid()).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -122,42 +130,45 @@ def send_plan(port: int, times: int = 1) -> dict[str, float]:
     return expected
 
 
-DOCUMENTED_TYPES = {
-    "tether_http_requests": "counter",
-    "tether_http_request_duration_seconds": "histogram",
-    "tether_http_requests_in_flight": "gauge",
-    "tether_http_connections": "gauge",
-    "tether_websocket_connections": "gauge",
-    "tether_http_responses_bytes": "counter",
-    "tether_background_spawned": "counter",
-    "tether_background_completed": "counter",
-    "tether_background_failed": "counter",
-    "tether_background_abandoned": "counter",
-    "tether_background_running": "gauge",
-    "tether_event_loop_lag_seconds": "histogram",
-    "tether_drains": "counter",
-    "tether_drain_phase_seconds": "histogram",
-    "tether_drain_requests_cut": "counter",
-    "tether_process_resident_memory_bytes": "gauge",
-    "tether_process_cpu_seconds": "counter",
-}
-
-
 DOCS = (Path(__file__).parent.parent / "docs" / "observability.md").read_text()
 DASHBOARD = (Path(__file__).parent.parent / "deploy" / "grafana-dashboard.json").read_text()
 
 
 def check_types(families: dict[str, Any], master: bool) -> None:
-    """Types as documented, and every family exposed is in docs/observability.md."""
-    for name, kind in DOCUMENTED_TYPES.items():
-        assert families[name].type == kind, (name, families[name].type)
+    """Every family tether exposes is a defined metric, with its type and labels."""
     for name, family in families.items():
-        shown = name + "_total" if family.type == "counter" else name
-        assert f"`{shown}`" in DOCS or f"`{shown}`," in DOCS, f"{shown} is not documented"
-    if master:
-        assert families["tether_reloads"].type == "counter"
-        assert families["tether_worker_restarts"].type == "counter"
-        assert families["tether_master_generation"].type == "gauge"
+        definition = METRICS[name]
+        assert family.type == definition.kind, (name, family.type)
+        for sample in family.samples:
+            assert set(sample.labels) - {"le"} == set(definition.labels), (name, sample)
+    expected = {d.name for d in METRICS.values() if master or d.where == "process"}
+    assert set(families) == expected, set(families) ^ expected
+
+
+def documented() -> dict[str, set[tuple[str, str, tuple[str, ...]]]]:
+    """The rows of docs/observability.md's metric tables: (name, type, labels) per table."""
+    section = DOCS.split("## The metrics", 1)[1].split("\n## ", 1)[0]
+    where = "process"
+    out: dict[str, set[tuple[str, str, tuple[str, ...]]]] = {"process": set(), "master": set()}
+    for line in section.splitlines():
+        if line.startswith("Master mode adds"):
+            where = "master"
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("| `") or len(cells) != 4:
+            continue
+        # Label values in parentheses (`outcome` (`ok`, `failed`)) are not labels.
+        labels = tuple(re.findall(r"`([a-z_]+)`", re.sub(r"\([^)]*\)", "", cells[2])))
+        for name in re.findall(r"`(tether_[a-z_]+)`", cells[0]):
+            out[where].add((name, cells[1], labels))
+    return out
+
+
+def test_the_docs_list_exactly_the_defined_metrics() -> None:
+    """docs/observability.md's tables list every defined metric once: name, type, labels."""
+    rows = documented()
+    for where in ("process", "master"):
+        defined = {(d.exposed, d.kind, d.labels) for d in METRICS.values() if d.where == where}
+        assert rows[where] == defined, (where, rows[where] ^ defined)
 
 
 def test_the_dashboard_uses_only_documented_metrics() -> None:
@@ -277,16 +288,19 @@ def test_aggregator_marks_a_slow_worker_and_answers_with_its_last_figures(tmp_pa
 
 
 def test_single_process_counts_every_request_exactly(tmp_path: Path) -> None:
-    """--workers 0: after known requests, /metrics shows exactly their counts and _count."""
+    """--workers 0: after known requests, /metrics shows exactly their counts, _count and bytes."""
     (tmp_path / "statusapp.py").write_text(STATUS_APP)
     with tether("statusapp:app", "--app-dir", str(tmp_path)) as t:
         t.ready()
         expected = send_plan(t.port)
+        # A streamed (chunked) answer: its body bytes are counted, not the framing.
+        assert http_status(t.port, "/stream") == 200
+        expected["200"] += 1
         families = scrape(t.debug_port)
         assert by_status(families) == expected
         assert histogram_count(families) == sum(expected.values())
         sent = values(families["tether_http_responses_bytes"], "tether_http_responses_bytes_total")
-        assert sent == {(): 10.0 * (7 + 3 + 2)}  # /boom sent no body
+        assert sent == {(): 10.0 * (7 + 3 + 2) + 7}  # /boom sent no body, /stream 3 + 4
         check_types(families, master=False)
         t.signal(signal.SIGTERM)
         assert t.wait() == 0

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from tether.metrics import LAG_BUCKETS, LATENCY_BUCKETS
+from tether._metricdefs import EVENT_LOOP_LAG, HTTP_REQUEST_DURATION
 
 if TYPE_CHECKING:
     from tether.console import Page
@@ -33,7 +33,7 @@ __all__ = ["CHARTS_HTML", "CHARTS_STYLE", "process_sample", "stats_page"]
 
 def process_sample(metrics: ProcessMetrics, in_flight: int) -> dict[str, Any]:
     """One process's counters as they stand (cumulative; the page takes differences)."""
-    latency = [0] * (len(LATENCY_BUCKETS) + 1)
+    latency = [0] * (len(HTTP_REQUEST_DURATION.buckets) + 1)
     for hist in metrics.durations.values():
         for i, count in enumerate(hist.counts):
             latency[i] += count
@@ -48,7 +48,7 @@ def process_sample(metrics: ProcessMetrics, in_flight: int) -> dict[str, Any]:
 def _answer(processes: list[dict[str, Any]], reloads: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "time": time.time(),
-        "buckets": {"latency": LATENCY_BUCKETS, "lag": LAG_BUCKETS},
+        "buckets": {"latency": HTTP_REQUEST_DURATION.buckets, "lag": EVENT_LOOP_LAG.buckets},
         "processes": processes,
         "reloads": [
             {k: r.get(k) for k in ("finished_at", "seconds", "ok", "generation")}

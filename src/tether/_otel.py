@@ -43,6 +43,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from tether._metricdefs import PROCESS_METRICS
+
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Observation
     from opentelemetry.sdk.metrics import MeterProvider
@@ -184,23 +186,22 @@ class Telemetry:
             return
         meter = self.meter_provider.get_meter("tether")
         self._snapshot = snapshot = _Snapshot(families, asyncio.get_running_loop())
-        for family in families():
-            if family.type == "counter":
+        # One instrument per row of tether._metricdefs that a serving process has.
+        for metric in PROCESS_METRICS:
+            if metric.kind == "counter":
                 meter.create_observable_counter(
-                    family.name,
-                    [snapshot.reader(family.name + "_total")],
-                    description=family.documentation,
+                    metric.name, [snapshot.reader(metric.exposed)], description=metric.help
                 )
-            elif family.type == "gauge":
+            elif metric.kind == "gauge":
                 meter.create_observable_gauge(
-                    family.name, [snapshot.reader(family.name)], description=family.documentation
+                    metric.name, [snapshot.reader(metric.name)], description=metric.help
                 )
-            elif family.type == "histogram":
+            else:
                 for part in ("_count", "_sum"):
                     meter.create_observable_counter(
-                        family.name + part,
-                        [snapshot.reader(family.name + part)],
-                        description=f"{family.documentation} ({part[1:]})",
+                        metric.name + part,
+                        [snapshot.reader(metric.name + part)],
+                        description=f"{metric.help} ({part[1:]})",
                     )
 
     # -- lifecycle --------------------------------------------------------------------

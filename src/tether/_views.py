@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from tether import _metricdefs as M
 from tether._appmetrics import AppFamilies, single_process_families
 from tether.metrics import Families, process_families, process_rss
 
@@ -106,44 +107,20 @@ class ProcessView:
 
     def families(self) -> Iterator[Metric]:
         """tether's own metrics of this process (``/metrics``, final counts, telemetry)."""
-        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
-
-        yield GaugeMetricFamily(
-            "tether_ready", "1 while the service accepts traffic", value=float(self.ready())
-        )
+        yield M.READY.family(float(self.ready()))
         http = self.http()
-        yield GaugeMetricFamily(
-            "tether_http_connections",
-            "open client connections",
-            value=http.connections if http is not None else 0,
-        )
-        yield GaugeMetricFamily(
-            "tether_http_requests_in_flight",
-            "requests whose handler is running",
-            value=http.requests_in_flight if http is not None else 0,
-        )
+        yield M.HTTP_CONNECTIONS.family(http.connections if http is not None else 0)
+        yield M.HTTP_REQUESTS_IN_FLIGHT.family(http.requests_in_flight if http is not None else 0)
         yield from self.metrics.families()
         stats = self.tracker.stats()
-        for name in ("spawned", "completed", "failed", "abandoned"):
-            yield CounterMetricFamily(
-                f"tether_background_{name}",
-                f"background tasks {name} (tether.spawn and adopted)",
-                value=getattr(stats, name),
-            )
-        yield GaugeMetricFamily(
-            "tether_background_running",
-            "background tasks running (tether.spawn and adopted)",
-            value=stats.running,
-        )
+        yield M.BACKGROUND_SPAWNED.family(stats.spawned)
+        yield M.BACKGROUND_COMPLETED.family(stats.completed)
+        yield M.BACKGROUND_FAILED.family(stats.failed)
+        yield M.BACKGROUND_ABANDONED.family(stats.abandoned)
+        yield M.BACKGROUND_RUNNING.family(stats.running)
         worker = self.metrics.worker
-        tasks = GaugeMetricFamily(
-            "tether_asyncio_tasks", "asyncio tasks in this process", labels=["worker"]
-        )
-        tasks.add_metric([worker], len(asyncio.all_tasks()))
-        yield tasks
-        threads = GaugeMetricFamily("tether_threads", "threads in this process", labels=["worker"])
-        threads.add_metric([worker], threading.active_count())
-        yield threads
+        yield M.ASYNCIO_TASKS.series([((worker,), len(asyncio.all_tasks()))])
+        yield M.THREADS.series([((worker,), threading.active_count())])
         yield from process_families(worker)
 
     async def console(self) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Request, event-loop and lifecycle metrics, and the master's sum of its workers.
 
-Two halves, one set of names (``docs/observability.md`` lists them all):
+Two halves, one set of names: every metric's name, type, help and labels are its row
+in :mod:`tether._metricdefs` (``docs/observability.md`` lists the same rows):
 
 - :class:`ProcessMetrics` lives in each serving process. The HTTP server
   records every response into it (method, status, duration, bytes) with a
@@ -43,6 +44,8 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from tether import _metricdefs as M
+
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
@@ -61,12 +64,15 @@ __all__ = [
     "write_final",
 ]
 
-#: Seconds; web latencies from a cache hit to a slow report.
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-#: Seconds a timer callback ran late.
-LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-#: Seconds one shutdown phase took.
-PHASE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: Seconds; the bounds of each histogram are its row's in tether._metricdefs.
+LATENCY_BUCKETS = M.HTTP_REQUEST_DURATION.buckets
+LAG_BUCKETS = M.EVENT_LOOP_LAG.buckets
+PHASE_BUCKETS = M.DRAIN_PHASE.buckets
+
+_FIRST_BOUND = LATENCY_BUCKETS[0]
+#: A request record: its bucket counts (the last is +Inf), then these two.
+_SECONDS = len(LATENCY_BUCKETS) + 1
+_BYTES = _SECONDS + 1
 
 #: Methods kept as label values; anything else is counted as ``OTHER`` (labels stay bounded).
 _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
@@ -107,9 +113,9 @@ class ProcessMetrics:
 
     def __init__(self, worker: str = "0") -> None:
         self.worker = worker
-        # (method, status) -> [bucket counts..., +Inf count, seconds, body bytes]: one dict
-        # lookup per request; counts and per-method histograms are summed at scrape time.
-        self._records: dict[tuple[str, int], list[Any]] = {}
+        # method -> status -> [bucket counts..., +Inf count, seconds, body bytes]: two plain
+        # subscripts per request, no key to build; summed by method or status at scrape time.
+        self._records: dict[str, dict[int, list[Any]]] = {}
         self.websockets = 0
         self.lag = Histogram(LAG_BUCKETS)
         self.drains = 0
@@ -118,42 +124,53 @@ class ProcessMetrics:
 
     def request(self, method: str, status: int, seconds: float, sent: int) -> None:
         """Count one finished HTTP request (per-request path: keep it cheap)."""
-        record = self._records.get((method, status)) or self._record(method, status)
-        record[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        record[-2] += seconds
-        record[-1] += sent
+        try:
+            record = self._records[method][status]
+        except KeyError:
+            record = self._record(method, status)
+        # Most answers take less than the first bound: one comparison instead of a bisect.
+        # Indices are non-negative constants, which the interpreter's list fast path takes.
+        record[0 if seconds <= _FIRST_BOUND else bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        record[_SECONDS] += seconds
+        record[_BYTES] += sent
 
     def _record(self, method: str, status: int) -> list[Any]:
         if method not in _METHODS:
-            method = "OTHER"  # unknown methods share a record, so they cannot grow the series
-        record = self._records.get((method, status))
+            # Unknown methods share one record and are not keys: they cannot grow the series.
+            method = "OTHER"
+        by_status = self._records.setdefault(method, {})
+        record = by_status.get(status)
         if record is None:
-            record = [0] * (len(LATENCY_BUCKETS) + 1) + [0.0, 0]
-            self._records[(method, status)] = record
+            record = by_status[status] = [0] * _SECONDS + [0.0, 0]
         return record
+
+    def _each(self) -> Iterator[tuple[str, int, list[Any]]]:
+        for method, by_status in self._records.items():
+            for status, record in by_status.items():
+                yield method, status, record
 
     @property
     def requests(self) -> dict[tuple[str, int], int]:
         """Requests answered, by method and status."""
-        return {key: sum(record[:-2]) for key, record in self._records.items()}
+        return {(method, status): sum(record[:_SECONDS]) for method, status, record in self._each()}
 
     @property
     def durations(self) -> dict[str, Histogram]:
         """Request durations by method."""
         out: dict[str, Histogram] = {}
-        for (method, _), record in self._records.items():
+        for method, _, record in self._each():
             hist = out.get(method)
             if hist is None:
                 hist = out[method] = Histogram(LATENCY_BUCKETS)
-            for i, count in enumerate(record[:-2]):
+            for i, count in enumerate(record[:_SECONDS]):
                 hist.counts[i] += count
-            hist.sum += record[-2]
+            hist.sum += record[_SECONDS]
         return out
 
     @property
     def response_bytes(self) -> int:
         """Response body bytes sent."""
-        return sum(int(record[-1]) for record in self._records.values())
+        return sum(int(record[_BYTES]) for _, _, record in self._each())
 
     def loop_lag(self, seconds: float) -> None:
         """A periodic callback ran ``seconds`` later than it was scheduled."""
@@ -168,69 +185,28 @@ class ProcessMetrics:
 
     def families(self) -> Iterator[Metric]:
         """The counters and histograms this process recorded."""
-        from prometheus_client.metrics_core import (
-            CounterMetricFamily,
-            GaugeMetricFamily,
-            HistogramMetricFamily,
+        yield M.HTTP_REQUESTS.series(
+            ((method, str(status)), float(count))
+            for (method, status), count in sorted(self.requests.items())
         )
-
-        requests = CounterMetricFamily(
-            "tether_http_requests", "HTTP requests answered", labels=["method", "status"]
+        yield M.HTTP_REQUEST_DURATION.histograms(
+            ((method,), hist.buckets(), hist.sum) for method, hist in sorted(self.durations.items())
         )
-        for (method, status), count in sorted(self.requests.items()):
-            requests.add_metric([method, str(status)], float(count))
-        yield requests
-        durations = HistogramMetricFamily(
-            "tether_http_request_duration_seconds",
-            "time from the request reaching the app to its response's end",
-            labels=["method"],
+        yield M.HTTP_RESPONSES_BYTES.family(self.response_bytes)
+        yield M.WEBSOCKET_CONNECTIONS.family(self.websockets)
+        yield M.EVENT_LOOP_LAG.histograms([((self.worker,), self.lag.buckets(), self.lag.sum)])
+        yield M.DRAINS.family(self.drains)
+        yield M.DRAIN_PHASE.histograms(
+            ((phase,), hist.buckets(), hist.sum) for phase, hist in sorted(self.phases.items())
         )
-        for method, hist in sorted(self.durations.items()):
-            durations.add_metric([method], hist.buckets(), hist.sum)
-        yield durations
-        yield CounterMetricFamily(
-            "tether_http_responses_bytes", "response body bytes sent", value=self.response_bytes
-        )
-        yield GaugeMetricFamily(
-            "tether_websocket_connections", "open websocket connections", value=self.websockets
-        )
-        lag = HistogramMetricFamily(
-            "tether_event_loop_lag_seconds",
-            "how late a periodic callback ran (sampled while serving traffic, and at each "
-            "watchdog heartbeat)",
-            labels=["worker"],
-        )
-        lag.add_metric([self.worker], self.lag.buckets(), self.lag.sum)
-        yield lag
-        yield CounterMetricFamily("tether_drains", "graceful drains begun", value=self.drains)
-        phases = HistogramMetricFamily(
-            "tether_drain_phase_seconds", "time each shutdown phase took", labels=["phase"]
-        )
-        for phase, hist in sorted(self.phases.items()):
-            phases.add_metric([phase], hist.buckets(), hist.sum)
-        yield phases
-        yield CounterMetricFamily(
-            "tether_drain_requests_cut",
-            "requests still running at the shutdown deadline, cancelled",
-            value=self.requests_cut,
-        )
+        yield M.DRAIN_REQUESTS_CUT.family(self.requests_cut)
 
 
 def process_families(worker: str) -> Iterator[Metric]:
     """This process's resident memory and CPU time, labelled with ``worker``."""
-    from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
-
-    rss = GaugeMetricFamily(
-        "tether_process_resident_memory_bytes", "resident memory", labels=["worker"]
-    )
-    rss.add_metric([worker], float(process_rss()))
-    yield rss
+    yield M.PROCESS_RESIDENT_MEMORY.series([((worker,), float(process_rss()))])
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = CounterMetricFamily(
-        "tether_process_cpu_seconds", "CPU time used (user + system)", labels=["worker"]
-    )
-    cpu.add_metric([worker], usage.ru_utime + usage.ru_stime)
-    yield cpu
+    yield M.PROCESS_CPU.series([((worker,), usage.ru_utime + usage.ru_stime)])
 
 
 def process_rss(pid: int | None = None) -> int:
@@ -303,34 +279,35 @@ class WorkerTarget:
 
 @dataclass
 class _Parsed:
-    """One worker's exposition, split by how the master combines it."""
+    """One worker's exposition, split by how its rows in tether._metricdefs combine."""
 
-    #: family name -> (type, help)
-    meta: dict[str, tuple[str, str]]
-    #: family name -> sample key -> value (families without a worker label)
+    #: family name -> sample key -> value (families summed over the workers)
     shared: dict[str, dict[_Key, float]]
-    #: families with a worker label, as parsed
+    #: families with one series per process (a ``worker`` label), as parsed
     per_process: list[Metric]
 
 
 def _parse(text: str) -> _Parsed:
     from prometheus_client.parser import text_string_to_metric_families
 
-    meta: dict[str, tuple[str, str]] = {}
     shared: dict[str, dict[_Key, float]] = {}
     per_process: list[Metric] = []
     for family in text_string_to_metric_families(text):
-        if any("worker" in s.labels for s in family.samples):
+        definition = M.METRICS.get(family.name)
+        if definition is None:
+            # Not a metric this master defines (a worker of a newer tether, after an
+            # upgrade in place): the master answers for the metrics it knows.
+            continue
+        if definition.per_process:
             per_process.append(family)
             continue
-        meta[family.name] = (family.type, family.documentation)
         values = shared.setdefault(family.name, {})
         for s in family.samples:
             if s.name.endswith("_created"):
                 continue
             key = (s.name, tuple(sorted(s.labels.items())))
             values[key] = values.get(key, 0.0) + s.value
-    return _Parsed(meta, shared, per_process)
+    return _Parsed(shared, per_process)
 
 
 class Aggregator:
@@ -348,7 +325,6 @@ class Aggregator:
         self._ok: dict[str, bool] = {}
         self._retired: set[str] = set()
         self._kept: dict[str, dict[_Key, float]] = {}
-        self._kept_meta: dict[str, tuple[str, str]] = {}
 
     def retire(self, worker_id: str, debug_path: str | None) -> None:
         """A worker exited: keep its final counts (its file, else what it last said)."""
@@ -370,10 +346,8 @@ class Aggregator:
         if chosen is None:
             return
         for name, values in chosen.shared.items():
-            kind, help_text = chosen.meta[name]
-            if kind not in ("counter", "histogram"):
+            if M.METRICS[name].kind == "gauge":
                 continue  # a dead process has no connections in flight
-            self._kept_meta.setdefault(name, (kind, help_text))
             kept = self._kept.setdefault(name, {})
             for key, value in values.items():
                 kept[key] = kept.get(key, 0.0) + value
@@ -400,30 +374,27 @@ class Aggregator:
 
     def families(self, own: Iterable[Metric], live: Iterable[str]) -> Iterator[Metric]:
         """The master's own families, then the workers' summed (``live``: ids alive now)."""
-        from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+        from prometheus_client.metrics_core import Metric
 
         seen: set[str] = set()
         per_process: dict[str, Metric] = {}
         for family in own:
             seen.add(family.name)
-            if any("worker" in s.labels for s in family.samples):
+            definition = M.METRICS.get(family.name)
+            if definition is not None and definition.per_process:
                 per_process[family.name] = family  # the workers' series join the master's
             else:
                 yield family
         live_ids = [i for i in live if i not in self._retired]
         answers = [self._last[i] for i in live_ids if i in self._last]
-        meta = dict(self._kept_meta)
-        for parsed in answers:
-            for name, kind_help in parsed.meta.items():
-                meta.setdefault(name, kind_help)
-        for name, (kind, help_text) in sorted(meta.items()):
-            if name in seen:
-                continue
+        names = set(self._kept).union(*(parsed.shared for parsed in answers))
+        for name in sorted(names - seen):
+            definition = M.METRICS[name]
             total: dict[_Key, float] = dict(self._kept.get(name, {}))
             for parsed in answers:
                 for key, value in parsed.shared.get(name, {}).items():
                     total[key] = total.get(key, 0.0) + value
-            family = Metric(name, help_text, kind)
+            family = Metric(name, definition.help, definition.kind)
             for (sample, labels), value in sorted(total.items(), key=_sample_order):
                 family.add_sample(sample, dict(labels), value)
             yield family
@@ -433,21 +404,17 @@ class Aggregator:
                     continue
                 merged = per_process.get(family.name)
                 if merged is None:
+                    definition = M.METRICS[family.name]
                     merged = per_process[family.name] = Metric(
-                        family.name, family.documentation, family.type
+                        family.name, definition.help, definition.kind
                     )
                 merged.samples.extend(s for s in family.samples if not s.name.endswith("_created"))
         yield from per_process.values()
-        ok = GaugeMetricFamily(
-            "tether_worker_scrape_ok",
-            "1 if the worker answered the master's last scrape in time, 0 if its figures are "
-            "from an earlier one",
-            labels=["worker"],
+        yield M.WORKER_SCRAPE_OK.series(
+            ((worker_id,), float(self._ok[worker_id]))
+            for worker_id in live_ids
+            if worker_id in self._ok
         )
-        for worker_id in live_ids:
-            if worker_id in self._ok:
-                ok.add_metric([worker_id], float(self._ok[worker_id]))
-        yield ok
 
 
 def _sample_order(item: tuple[_Key, float]) -> tuple[Any, ...]:
@@ -477,17 +444,5 @@ class Lifecycle:
         self.restarts[cause] = self.restarts.get(cause, 0) + 1
 
     def families(self) -> Iterator[Metric]:
-        from prometheus_client.metrics_core import CounterMetricFamily
-
-        reloads = CounterMetricFamily(
-            "tether_reloads", "reloads finished, by outcome", labels=["outcome"]
-        )
-        for outcome, count in sorted(self.reloads.items()):
-            reloads.add_metric([outcome], float(count))
-        yield reloads
-        restarts = CounterMetricFamily(
-            "tether_worker_restarts", "workers replaced, by cause", labels=["cause"]
-        )
-        for cause, count in sorted(self.restarts.items()):
-            restarts.add_metric([cause], float(count))
-        yield restarts
+        yield M.RELOADS.series(((k,), float(n)) for k, n in sorted(self.reloads.items()))
+        yield M.WORKER_RESTARTS.series(((k,), float(n)) for k, n in sorted(self.restarts.items()))

@@ -228,13 +228,14 @@ class _DrainMiddleware:
                     metrics.websockets -= 1
             else:
                 # Counted here, in the same frame: two clock reads, a plain function in
-                # front of send (no extra coroutine per message), one call to record.
+                # front of send (no extra coroutine per message; after the response's
+                # start it only adds the body's length), one call to record.
                 status = 0
                 sent = 0
 
                 def recording_send(message: Message) -> Awaitable[None]:
                     nonlocal status, sent
-                    if message["type"] == "http.response.body":
+                    if status:
                         sent += len(message.get("body", b""))
                     elif message["type"] == "http.response.start":
                         status = message["status"]

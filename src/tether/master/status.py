@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from tether import _metricdefs as M
 from tether._appmetrics import AppFamilies
 from tether._control import Reply
 from tether._waits import first
@@ -323,51 +324,19 @@ class _Collector:
         self.view = view
 
     def collect(self) -> Iterable[Metric]:
-        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
-
         pool = self.view.pool
-        yield GaugeMetricFamily(
-            "tether_ready",
-            "1 while a generation serves and the master is not stopping",
-            value=float(pool.is_ready()),
-        )
-        states = GaugeMetricFamily(
-            "tether_master_workers", "worker processes alive, by state", labels=["state"]
-        )
+        yield M.READY.family(float(pool.is_ready()))
         live = pool.live_workers()
-        for state in ("starting", "ready", "stopping"):
-            states.add_metric([state], float(sum(1 for w in live if w.state == state)))
-        yield states
-        yield GaugeMetricFamily(
-            "tether_master_workers_wanted",
-            "workers per generation (--workers, TTIN/TTOU)",
-            value=float(pool.size),
+        yield M.MASTER_WORKERS.series(
+            ((state,), float(sum(1 for w in live if w.state == state)))
+            for state in ("starting", "ready", "stopping")
         )
-        yield GaugeMetricFamily(
-            "tether_master_generation",
-            "number of the generation that serves (0: none yet)",
-            value=float(pool.active.number if pool.active is not None else 0),
+        yield M.MASTER_WORKERS_WANTED.family(float(pool.size))
+        yield M.MASTER_GENERATION.family(
+            float(pool.active.number if pool.active is not None else 0)
         )
-        yield GaugeMetricFamily(
-            "tether_master_reloading", "1 while a reload runs", value=float(pool.reloading)
-        )
-        yield CounterMetricFamily(
-            "tether_master_reloads",
-            "reloads started (HUP, tether ctl reload)",
-            value=float(pool.reloads),
-        )
-        yield CounterMetricFamily(
-            "tether_master_reloads_failed",
-            "reloads whose new generation failed to start",
-            value=float(pool.reloads_failed),
-        )
-        yield CounterMetricFamily(
-            "tether_master_worker_restarts",
-            "workers replaced after they died unexpectedly (crash, watchdog)",
-            value=float(pool.restarts),
-        )
-        yield GaugeMetricFamily(
-            "tether_master_uptime_seconds",
-            "seconds since this master started",
-            value=self.view.uptime,
-        )
+        yield M.MASTER_RELOADING.family(float(pool.reloading))
+        yield M.MASTER_RELOADS.family(float(pool.reloads))
+        yield M.MASTER_RELOADS_FAILED.family(float(pool.reloads_failed))
+        yield M.MASTER_WORKER_RESTARTS.family(float(pool.restarts))
+        yield M.MASTER_UPTIME.family(self.view.uptime)
