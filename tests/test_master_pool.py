@@ -250,7 +250,7 @@ def test_a_reload_starts_its_workers_at_a_low_priority_until_ready(
     not hold a reload back for ever); READY gives it "normal"; one that exits first is
     never touched again.
     """
-    monkeypatch.setattr("tether.master.pool.STARTING_IDLE_FOR", 0.05)
+    monkeypatch.setattr("tether.master.priority.STARTING_IDLE_FOR", 0.05)
     calls: list[tuple[int, str]] = []
 
     async def scenario() -> None:
@@ -286,7 +286,7 @@ def test_a_reload_starts_its_workers_at_a_low_priority_until_ready(
         await outcome
         await other.exited  # the failed reload kills its sibling too
         await settle()
-        assert not pool._raise_later  # neither will be raised later: their timers are gone
+        assert not pool.priority.pending()  # neither will be raised later: their timers are gone
         assert calls == [(broken.pid, "idle"), (other.pid, "idle")]
         serve.cancel()
         await pool.close()

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import os
 import time
@@ -53,6 +52,7 @@ from tether import signals
 from tether._children import Child
 from tether.config import RunConfig, ShutdownBudget
 from tether.errors import AbandonedWork, ShutdownAbandoned, StartupError
+from tether.master.priority import Priority, StartingPriority, set_priority
 from tether.master.support import SystemdLink
 from tether.master.watchdog import Watchdog
 from tether.master.workers import Generation, Worker, WorkerFailed, WorkersFailed
@@ -79,16 +79,6 @@ Spawn = Callable[[int, int], tuple[Child, str | None]]
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 #: A worker READY this long before it died had served: it is replaced at once.
 SERVED_AFTER = 0.5
-#: How a worker of a new generation runs until it is READY. Importing and starting an
-#: app is CPU-heavy and must not take CPU from the generation that serves: first under
-#: SCHED_IDLE (it gets only CPU that nobody else wants), then, if it is still not ready
-#: after STARTING_IDLE_FOR seconds (a saturated host), at niceness STARTING_NICENESS, so
-#: that a reload always finishes. Only where the master may undo it (root), so no worker
-#: keeps a low priority once it serves.
-STARTING_IDLE_FOR = 2.0
-STARTING_NICENESS = 10
-#: "idle": SCHED_IDLE; "low": SCHED_OTHER at STARTING_NICENESS; "normal": SCHED_OTHER at 0.
-Priority = Literal["idle", "low", "normal"]
 
 
 @dataclass
@@ -135,8 +125,8 @@ class Pool:
         self.generations: dict[int, Generation] = {}
         self.active: Generation | None = None
         self.by_pid: dict[int, Worker] = {}
-        # Workers of a reload still starting at a low priority: when to raise it (see above).
-        self._raise_later: dict[int, asyncio.TimerHandle] = {}
+        #: Workers of a reload still starting at a low priority (tether.master.priority).
+        self.priority = StartingPriority(lambda pid, level: self.hooks.prioritise(pid, level))
         self._next_generation = 1
         self._next_worker = 1
         self.stopping = False
@@ -366,7 +356,7 @@ class Pool:
             laggard = next(w for w in gen.slots.values() if not w.ready.is_set())
             # Its task dump is written from its event loop: a worker still at a starting
             # priority on a busy host would not get the CPU to write it before it is killed.
-            self._restore_priority(laggard)
+            self.priority.restore(laggard.pid)
             laggard.child.signal(_DUMP)  # ask for its stacks before it goes
             # Give it a moment (the reload has failed already; the old code serves).
             await laggard.child.wait(STACKS_GRACE)
@@ -522,10 +512,7 @@ class Pool:
         self._next_worker += 1
         child, debug_path = self._spawn(wid, gen.number)
         if self.active is not None and self.active is not gen:  # a reload: serving workers first
-            self.hooks.prioritise(child.pid, "idle")
-            self._raise_later[child.pid] = asyncio.get_running_loop().call_later(
-                STARTING_IDLE_FOR, self.hooks.prioritise, child.pid, "low"
-            )
+            self.priority.start_low(child.pid)
         w = Worker(wid, gen.number, slot, child, debug_path, restarts=restarts)
         self.by_pid[w.pid] = w
         child.exited.add_done_callback(lambda _: self._on_worker_exit(w))
@@ -679,21 +666,8 @@ class Pool:
             await w.child.wait(5)
         return stuck
 
-    def _started_low(self, w: Worker) -> bool:
-        """Whether ``w`` was started at a reload's low priority; forgets its pending raise."""
-        timer = self._raise_later.pop(w.pid, None)
-        if timer is None:
-            return False
-        timer.cancel()
-        return True
-
-    def _restore_priority(self, w: Worker) -> None:
-        """A worker started at a reload's low priority gets the normal one back."""
-        if self._started_low(w):
-            self.hooks.prioritise(w.pid, "normal")
-
     def _on_worker_exit(self, w: Worker) -> None:
-        self._started_low(w)  # gone: nothing to raise any more
+        self.priority.forget(w.pid)  # gone: nothing to raise any more
         self._read_pending()  # its last STATUS (why it failed) may still be in the socket
         w.state = "exited"
         self.watchdog.cancel(w)
@@ -818,7 +792,7 @@ class Pool:
         if report.status is not None:
             w.status = report.status
         if report.ready and not w.ready.is_set():
-            self._restore_priority(w)
+            self.priority.restore(w.pid)
             w.mark_ready()
             took = time.monotonic() - w.started_at
             gen = self.generations.get(w.generation)
@@ -858,19 +832,3 @@ def _resolve(futures: list[asyncio.Future[dict[str, Any]]], outcome: dict[str, A
     for fut in futures:
         if not fut.done():
             fut.set_result(outcome)
-
-
-def set_priority(pid: int, level: Priority) -> None:
-    """Give every thread of ``pid`` the CPU priority ``level``; only as root (see above)."""
-    if os.geteuid() != 0:
-        return
-    policy = os.SCHED_IDLE if level == "idle" else os.SCHED_OTHER
-    niceness = STARTING_NICENESS if level == "low" else 0
-    try:
-        threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
-    except OSError:
-        return  # already gone
-    for tid in threads:  # policy and niceness are per thread on Linux
-        with contextlib.suppress(OSError):
-            os.sched_setscheduler(tid, policy, os.sched_param(0))
-            os.setpriority(os.PRIO_PROCESS, tid, niceness)
