@@ -33,35 +33,36 @@ import functools
 import gc
 import logging
 import os
-import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from tether import leaks, signals
 from tether import sockets as sockets_mod
 from tether._appmetrics import check_user_dir, forget_process
+from tether._debugmember import debug_member, wait_quietly
+from tether._endreport import holding, raise_problems, report_leftovers
 from tether._engines import http_engine
 from tether._handoff import Reloads
 from tether._listeners import Listeners, open_listeners
 from tether._loopwatch import LoopWatch
 from tether._pidfile import PidFile
+from tether._recycler import Recycler
+from tether._stopping import ProcessStop
 from tether.app import App, load_app
 from tether.config import RunConfig, ShutdownBudget, ShutdownPlan
 from tether.engine import ASGIApp, DrainHooks, Engine, EngineFactory, ServeOptions
 from tether.errors import AbandonedWork, ShutdownAbandoned
-from tether.group import Group, StopToken
-from tether.metrics import ProcessMetrics, process_rss, write_final
+from tether.group import Group
+from tether.metrics import ProcessMetrics, write_final
 from tether.notify import Notifier, watchdog_interval
 from tether.serving import host_asgi2, host_wsgi
 from tether.tracker import REQUESTS, Tracker, install_adoption, set_current_tracker
 from tether.worker import (
     WorkerContract,
     failed_report,
-    read_stop_plan,
-    recycle_report,
     take_handoff,
     withdraw,
 )
@@ -79,16 +80,6 @@ logger = logging.getLogger("tether.runtime")
 
 #: Budget for the whole shutdown when the parent (a master) has died.
 PARENT_DEATH_BUDGET = 1.0
-#: How long what the app left behind may take to end on its own before it is logged.
-LEAK_CHECK_TIMEOUT = 0.2
-#: Pooled threads that hosting keeps for the event loop's life and ends with it: the
-#: executor a2wsgi and ``run_in_executor`` use, and anyio's (FastAPI's sync endpoints).
-_HOSTING_THREADS = (
-    "concurrent.futures.thread._worker",
-    "anyio._backends._asyncio.WorkerThread.run",
-)
-#: Bytes in a MiB (--max-worker-memory).
-MIB = 1024 * 1024
 
 
 def as_asgi(
@@ -132,7 +123,7 @@ class Service:
             argv,
             ready_within=config.reload_timeout,
             extra_env=config.successor_env(),
-            stopping=lambda: self._stop_requested,
+            stopping=lambda: self.shutdown.requested,
             notify=self._notify,
             took_over=lambda pid: self.request_stop(
                 f"reloaded: pid {pid} now serves", drain_delay=False
@@ -147,8 +138,6 @@ class Service:
         self._generation = self.contract.generation if self.contract is not None else 0
         #: This process's sockets: given, or opened by ``run``.
         self._open: Listeners | None = listeners
-        self._hard_stop = hard_stop
-        self._hard_timer: threading.Timer | None = None
         self.group = Group(
             "service",
             graceful_timeout=config.graceful_timeout,
@@ -173,19 +162,30 @@ class Service:
         self.ready = False
         self.status = "starting"
         self.notifier: Notifier | None = None
-        self._stop_requested = False
         #: TERM/INT received so far; the second one forces (a reload's drain is not a signal).
         self._stop_signals = 0
-        self._drain_timer: asyncio.TimerHandle | None = None
-        #: This stop's deadlines, made once when it begins (see ``_plan_stop``).
-        self._plan: ShutdownPlan | None = None
-        #: Where a master leaves its final stop's deadline for this worker (tether.worker).
-        self._stop_plan_path = self.contract.stop_plan if self.contract is not None else None
+        #: This process's stop: its plan, the drain delay, the last-resort timer.
+        self.shutdown = ProcessStop(
+            config,
+            self.group,
+            hard_stop=hard_stop,
+            stop_plan_path=self.contract.stop_plan if self.contract is not None else None,
+            on_begin=self._began_stopping,
+            on_force=self.reloads.cancel_starting,
+            on_drain_delay=self._drain_delay_begins,
+        )
         #: OpenTelemetry, when the environment asks for it (tether._otel); made in ``run``.
         self.telemetry: Telemetry | None = None
-        #: --max-requests or --max-worker-memory was reached (a successor is asked for once).
-        self._recycle_asked = False
-        self._resuming: asyncio.Task[None] | None = None
+        #: --limit-max-requests, --max-requests, --max-worker-memory (tether._recycler).
+        self.recycler = Recycler(
+            config,
+            is_worker=self._is_worker,
+            http=lambda: self.http,
+            notify=self._notify,
+            stop=self.request_stop,
+            reload=self._reload,
+            stopping=lambda: self.shutdown.requested,
+        )
         #: A gunicorn config's server hooks (-c gunicorn.conf.py), loaded by ``run``.
         self._server_hooks: ServerHooks | None = None
 
@@ -196,59 +196,17 @@ class Service:
         reason: str,
         *,
         force: bool = False,
-        budget: float | None = None,
+        plan: ShutdownPlan | None = None,
         drain_delay: bool = True,
     ) -> None:
-        """Begin a graceful stop (drain delay, then the group); ``force`` cancels at once."""
-        loop = asyncio.get_running_loop()
-        if force:
-            logger.warning("%s: cancelling everything now", reason)
-            if self._drain_timer is not None:
-                self._drain_timer.cancel()  # the drain delay is over too
-            self.reloads.cancel_starting()
-            self._begin(reason)
-            self.group.stop(reason, force=True)
-            return
-        if self._stop_requested:
-            return
-        if budget is not None:  # the master is gone: a short stop of our own, from now
-            self._plan = ShutdownPlan.until(self.config, time.monotonic() + budget)
-        plan = self._plan_stop(drain_delay=drain_delay)
-        self._begin(reason)
-        delay = plan.left(plan.drain_delay_end)
-        logger.info(
-            "%s: stopping gracefully within %.1fs (drain delay %.1fs)",
-            reason,
-            plan.left(plan.deadline),
-            delay,
-        )
-        if delay > 0:
-            self.status = "draining (drain delay)"
-            self._drain_timer = loop.call_later(
-                delay, lambda: self.group.stop(reason, timeout=plan.left(plan.deadline))
-            )
-        else:
-            self.group.stop(reason, timeout=plan.left(plan.deadline))
+        """Begin a graceful stop (drain delay, then the group); ``force`` cancels at once.
 
-    def _plan_stop(self, *, drain_delay: bool = True) -> ShutdownPlan:
-        """This stop's plan, made once, when it begins (the first stop signal, or a request).
-
-        A worker whose master wrote a deadline for this stop keeps the master's
-        (its drain delay has used part of the budget); anything else begins now.
+        ``plan``: the deadlines of a stop decided elsewhere (tether._stopping).
         """
-        if self._plan is None:
-            given = read_stop_plan(self._stop_plan_path)
-            if given is not None:
-                self._plan = ShutdownPlan.until(self.config, given)
-            else:
-                self._plan = ShutdownPlan.begin(self.config, drain_delay=drain_delay)
-        return self._plan
+        self.shutdown.request(reason, force=force, plan=plan, drain_delay=drain_delay)
 
-    def _begin(self, reason: str) -> None:
-        if self._stop_requested:
-            return
-        self._stop_requested = True
-        self._arm_hard_stop(self._plan_stop().hard_stop)
+    def _began_stopping(self, reason: str) -> None:
+        """A stop began (once): not ready, and whoever supervises this process hears it."""
         self.ready = False
         self.status = f"stopping: {reason}"
         if self.telemetry is not None:
@@ -256,38 +214,8 @@ class Service:
         if self.notifier is not None:
             self.notifier.send("STOPPING=1", f"STATUS=stopping: {reason}")
 
-    def _arm_hard_stop(self, at: float) -> None:
-        """Start the last-resort timer once, for ``at`` (``time.monotonic()``): a stop has begun.
-
-        Thread-safe enough for its callers (the signal handler, the parent
-        watcher, the loop): the worst race starts the timer twice, and both
-        copies are cancelled at the end.
-        """
-        if self._hard_stop is None or self._hard_timer is not None:
-            return
-        self._hard_timer = threading.Timer(max(0.0, at - time.monotonic()), self._hard_stop)
-        self._hard_timer.name = "tether-hard-stop"
-        self._hard_timer.daemon = True
-        self._hard_timer.start()
-
-    def _disarm_hard_stop(self) -> None:
-        timer, self._hard_timer = self._hard_timer, None
-        if timer is not None:
-            timer.cancel()
-            timer.join()  # returns at once; the thread must be gone before the leak check
-
-    async def _arm_when_stopping(self) -> None:
-        reason = await self.group.wait_stopping()
-        left = (self.group.deadline or 0.0) - asyncio.get_running_loop().time()
-        # A stop that began in the group (a member's exit): its deadline is the plan's.
-        self._arm_hard_stop(ShutdownPlan.until(self.config, time.monotonic() + left).hard_stop)
-        # ...and it is a stop like a requested one: not ready, STOPPING=1 (a no-op if requested).
-        self._begin(reason)
-
-    def _on_signal_now(self, signum: int) -> None:
-        """In the signal handler itself, even while the loop is stuck: a stop arms the timer."""
-        if signum in signals.STOPPING:
-            self._arm_hard_stop(self._plan_stop().hard_stop)
+    def _drain_delay_begins(self) -> None:
+        self.status = "draining (drain delay)"
 
     # -- signals (tether.signals.SIGNALS says which signal asks for which) -------------
 
@@ -304,7 +232,7 @@ class Service:
         self._stop_signals += 1
         if self._stop_signals > 1:
             self.request_stop(f"second {name} received", force=True)
-        elif self._stop_requested:
+        elif self.shutdown.requested:
             logger.info(
                 "%s received: already stopping (%s); a second one cancels what is left",
                 name,
@@ -324,7 +252,7 @@ class Service:
 
     def handle_resume(self, _signum: int) -> None:
         """The master could start no successor for this recycling worker: serve on."""
-        self._resume_accepting()
+        self.recycler.resume()
 
     def handle_dump(self, signum: int) -> None:
         """Every task's stack to the log."""
@@ -399,7 +327,7 @@ class Service:
                 loop,
                 self,
                 mode,
-                immediate=self._on_signal_now,
+                immediate=self.shutdown.on_signal_now,
                 owner=self.hooks.drain,  # where libraries written for uvicorn look
             ):
                 # A dump also writes every thread's stack from C, which works while the loop
@@ -418,7 +346,7 @@ class Service:
             listeners.close()
             if self.telemetry is not None:
                 self.telemetry.shutdown(self._flush_budget())
-            self._disarm_hard_stop()
+            self.shutdown.disarm()
             if hooks is not None:
                 hooks.call("worker_exit", hooks.server, hooks.this_worker())
             if self.notifier is not None:
@@ -429,8 +357,8 @@ class Service:
                 forget_process()  # (a worker's master does it, even after a kill -9)
             # The service has stopped: a TERM now (a master stopping while this worker
             # leaves on its own) must not kill the process in the middle of its report.
-            with _holding(signals.STOPPING):
-                await self._report_leaks(since)
+            with holding(signals.STOPPING):
+                await report_leftovers(since, successor=self.reloads.successor)
             if hooks is not None and not self._is_worker:
                 hooks.call("on_exit", hooks.server)
 
@@ -455,12 +383,12 @@ class Service:
         telemetry.observe(self.view.families)
 
     def _flush_budget(self) -> float:
-        """Seconds the telemetry's last export may take: to the group's deadline, and its grace."""
+        """Seconds the telemetry's last export may take: to the plan's cancel end, or a grace."""
         cancel = ShutdownBudget.of(self.config).group_abandon
-        deadline = self.group.deadline
-        if deadline is None:
+        if not self.group.stopping:
             return cancel
-        return max(cancel, deadline + cancel - asyncio.get_running_loop().time())
+        plan = self.shutdown.under_way()
+        return max(cancel, plan.left(plan.cancel_end))
 
     def _failed(self, exc: BaseException) -> None:
         """Tell whoever supervises this process why it ends (one line, over notify).
@@ -476,20 +404,6 @@ class Service:
                 return
             exc = rest
         self.notifier.send(*failed_report(exc))
-
-    async def _report_leaks(self, since: leaks.Snapshot) -> None:
-        """After the group stopped: log what the app started and left running."""
-        found = await leaks.afind(
-            since,
-            timeout=LEAK_CHECK_TIMEOUT,
-            ignore_any=_HOSTING_THREADS,
-            ignore=(_libuv_reserve_fd, self._is_successor),
-        )
-        if found:
-            logger.warning("%s", leaks.format_leaks(found, "the app"))
-
-    def _is_successor(self, leak: leaks.Leak) -> bool:
-        return leak.kind == "process" and leak.name == str(self.reloads.successor)
 
     async def _drain_background(self, budget: float) -> list[AbandonedWork]:
         """Phase 5: wait for tracked and adopted work, then cancel and report the rest."""
@@ -509,18 +423,9 @@ class Service:
         ]
         try:
             if listeners.debug is not None:
-                from tether.debug import DebugApp, debug_serve_options, hosts_for
-
-                debug = self._engine(
-                    DebugApp(
-                        self.view.debug_source(),
-                        token=self.config.debug_token,
-                        allowed_hosts=hosts_for(listeners.debug, self.config.debug_allowed_hosts),
-                    ),
-                    [listeners.debug],
-                    debug_serve_options(),
-                )
-                await group.start(self._debug_member(debug), name="debug")
+                source = self.view.debug_source()
+                debug = debug_member(self._engine, source, listeners.debug, self.config, group)
+                await group.start(debug, name="debug")
             asgi = as_asgi(app, kind, self.config.threads, self.config.interface)
             if asgi is not None and self._server_hooks is not None:
                 asgi = self._server_hooks.wrap(asgi)
@@ -536,13 +441,15 @@ class Service:
                 changed = lambda paths: self._reload(f"{', '.join(paths[:3])} changed")  # noqa: E731
                 group.add(watcher(dirs, includes, excludes, changed), name="reload-watch")
             # A member's exit stops the group without a signal: that is a stop too.
-            armer = loop.create_task(self._arm_when_stopping(), name="tether-hard-stop-armer")
+            armer = loop.create_task(
+                self.shutdown.begin_with_the_group(), name="tether-hard-stop-armer"
+            )
             cleanups.append(armer.cancel)
             if not group.stopping:
                 self._became_ready(cleanups)
         except BaseException as exc:
             group.stop(f"startup failed: {type(exc).__name__}", force=True)
-            await group_wait_quietly(group)  # the first error is the story
+            await wait_quietly(group)  # the first error is the story
             for cleanup in cleanups:
                 cleanup()
             raise
@@ -551,32 +458,21 @@ class Service:
             problems: list[Exception] = []
         except ExceptionGroup as exc:
             problems = list(exc.exceptions)
-        await self.reloads.settle(group.deadline)
+        plan = self.shutdown.under_way()
+        await self.reloads.settle(plan.deadline)
         try:
             if self.http is None:
                 # No HTTP server ran phase 5: drain background work here, in what is left.
-                left = max(0.0, (group.deadline or loop.time()) - loop.time())
-                self.hooks.abandoned.extend(await self._drain_background(left))
+                self.hooks.abandoned.extend(await self._drain_background(plan.left(plan.deadline)))
         finally:
             for cleanup in cleanups:
                 cleanup()
-        self._raise_problems(problems)
+        told = self.telemetry.abandoned if self.telemetry is not None else None
+        raise_problems(problems, self.hooks.abandoned, told=told)
 
     def _serve_options(self, kind: str | None) -> ServeOptions:
         config = self.config
-        limit = config.limit_max_requests
-        if limit is not None:
-            limit += random.randint(0, config.limit_max_requests_jitter)
-            self.hooks.request_limit = lambda: self.request_stop(
-                f"served {limit} requests (--limit-max-requests)"
-            )
-        elif config.max_requests is not None:
-            limit = config.max_requests + random.randint(0, config.max_requests_jitter)
-            self.hooks.request_limit = functools.partial(
-                self._recycle, f"served {limit} requests (--max-requests)"
-            )
-        if config.max_worker_memory is not None:
-            self.hooks.tick = self._check_memory
+        limit = self.recycler.wire(self.hooks)
         return ServeOptions(
             idle_grace=config.idle_grace,
             head_timeout=config.timeout_request_head,
@@ -626,52 +522,6 @@ class Service:
             with Notifier(self._handoff_notify) as predecessor:
                 predecessor.send("READY=1")
 
-    def _recycle(self, why: str) -> None:
-        """--max-requests or --max-worker-memory reached: a fresh process takes over.
-
-        Asked once per process. A master's worker stops taking connections and
-        requests at once (each open connection gets at most one more, told
-        ``Connection: close``; new ones queue in the master's sockets for the
-        siblings and the successor) and asks its master for a successor, which
-        is READY before this one is told to drain; if none can be started, the
-        master sends RESUME_SIGNAL and this one serves on. One process hands
-        its sockets over as a reload does.
-        """
-        if self._recycle_asked:
-            return
-        self._recycle_asked = True
-        if self._is_worker:
-            logger.info("%s: taking no new requests; asking the master for a successor", why)
-            if self.http is not None:
-                self.http.stop_accepting()
-            if self.notifier is not None:
-                self.notifier.send(*recycle_report(why))
-        else:
-            self._reload(why)
-
-    def _resume_accepting(self) -> None:
-        """RESUME_SIGNAL: no successor could take over; serve on (not once stopping)."""
-        http = self.http
-        if http is None or http.accepting or self._stop_requested:
-            return
-        if self._resuming is not None and not self._resuming.done():
-            return
-        logger.warning("no successor could be started: taking requests again")
-        self._resuming = asyncio.get_running_loop().create_task(
-            http.resume_accepting(), name="tether-resume-accepting"
-        )
-
-    def _check_memory(self) -> None:
-        """--max-worker-memory: recycle once resident memory passes the limit."""
-        limit = self.config.max_worker_memory
-        if limit is None or self._recycle_asked:
-            return
-        rss = process_rss()
-        if rss > limit * MIB:
-            self._recycle(
-                f"resident memory {rss / MIB:.0f} MiB passed --max-worker-memory {limit} MiB"
-            )
-
     def _reload(self, why: str) -> None:
         """HUP/USR2, --max-requests, --reload in one process: hand the sockets to a fresh copy."""
         if self._is_worker:
@@ -680,7 +530,7 @@ class Service:
         if self.reloads.argv is None or self._open is None:
             logger.warning("%s; ignored: this service was not started by `tether run`", why)
             return
-        if self._stop_requested or not self.ready:
+        if self.shutdown.requested or not self.ready:
             logger.info("%s; ignored: not serving (%s)", why, self.status)
             return
         if self.reloads.busy():
@@ -699,7 +549,7 @@ class Service:
         self.metrics.loop_lag(late)
         if self.notifier is not None:
             self.notifier.send("WATCHDOG=1")
-        self._check_memory()  # growth without connections (background work) counts too
+        self.recycler.check_memory()  # growth without connections (background work) counts too
 
     def _watch_parent(self, loop: asyncio.AbstractEventLoop) -> None:
         """Stop when the pipe from the parent (a master) reaches end-of-file: it is gone.
@@ -716,35 +566,12 @@ class Service:
                 while os.read(fd, 512):
                     pass
             orphaned = ShutdownPlan.until(self.config, time.monotonic() + PARENT_DEATH_BUDGET)
-            self._arm_hard_stop(orphaned.hard_stop)
-            stop = functools.partial(
-                self.request_stop, "the master process exited", budget=PARENT_DEATH_BUDGET
-            )
+            self.shutdown.arm_hard_stop(orphaned.hard_stop)
+            stop = functools.partial(self.request_stop, "the master process exited", plan=orphaned)
             with contextlib.suppress(RuntimeError):  # the loop has closed: we are exiting anyway
                 loop.call_soon_threadsafe(stop)
 
         threading.Thread(target=watch, name="tether-parent-watch", daemon=True).start()
-
-    def _debug_member(self, debug: Engine) -> Callable[[StopToken], Any]:
-        """The debug server stays up while the rest drains, so a stuck drain can be inspected."""
-
-        async def member(stop: StopToken) -> None:
-            inner = Group("debug", graceful_timeout=0.5, cancel_timeout=0.5)
-            await inner.start(debug.run, name="debug-http")
-            stop.ready()
-            try:
-                # Cancelled at the deadline while keeping the dumps available:
-                # the debug server itself abandons nothing.
-                with contextlib.suppress(asyncio.CancelledError):
-                    await stop.wait()
-                    others = [t for name, t in self.group.tasks().items() if name != "debug"]
-                    if others:
-                        await asyncio.wait(others, timeout=stop.remaining())
-            finally:
-                inner.stop("service stopping")
-                await group_wait_quietly(inner)
-
-        return member
 
     @functools.cached_property
     def view(self) -> ProcessView:
@@ -764,42 +591,6 @@ class Service:
             started=self._started,
         )
 
-    def _raise_problems(self, problems: list[Exception]) -> None:
-        """One ExceptionGroup: members' errors, and everything abandoned in one report."""
-        abandoned = list(self.hooks.abandoned)
-        errors: list[Exception] = []
-        for exc in problems:
-            if isinstance(exc, ShutdownAbandoned):
-                abandoned[:0] = exc.items
-            else:
-                errors.append(exc)
-        for item in abandoned:
-            # The tracker has already logged its tasks' stacks.
-            stack = f"\n{item.stack}" if item.stack and item.kind != "task" else ""
-            logger.error("abandoned at the deadline: %s%s", item.describe(), stack)
-        if abandoned:
-            if self.telemetry is not None:
-                self.telemetry.abandoned(abandoned)
-            errors.append(ShutdownAbandoned(abandoned))
-        if errors:
-            msg = "the service ended with problems"
-            raise ExceptionGroup(msg, errors)
-
-
-@contextlib.contextmanager
-def _holding(signums: Iterable[int]) -> Iterator[None]:
-    """Signals in ``signums`` do nothing while the block runs (the process is ending anyway)."""
-    previous = {signum: signal.signal(signum, _ignore) for signum in signums}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def _ignore(_signum: int, _frame: object) -> None:
-    """The stop it asks for has already happened."""
-
 
 def _server_hooks(config: RunConfig) -> ServerHooks | None:
     """The hooks of ``-c gunicorn.conf.py``; tether._hooks is imported only with such a file."""
@@ -808,19 +599,6 @@ def _server_hooks(config: RunConfig) -> ServerHooks | None:
     from tether._hooks import ServerHooks
 
     return ServerHooks.of(config)
-
-
-def _libuv_reserve_fd(leak: leaks.Leak) -> bool:
-    """libuv's EMFILE reserve: /dev/null per listening loop, reopened on "/" after an EMFILE."""
-    return leak.kind == "fd" and leak.target in ("/dev/null", "/")
-
-
-async def group_wait_quietly(group: Group) -> None:
-    """Wait for a group to settle, ignoring its errors (the caller already has the story)."""
-    try:
-        await group.wait()
-    except Exception as exc:
-        logger.debug("group %r ended with: %r", group.name, exc)
 
 
 def _every(
