@@ -11,7 +11,8 @@ the group's deadline: cancelled there, it ends its own group within its
 short bounds (0.5 s graceful, 0.5 s to cancel).
 
 ``tether.debug`` (and the console) is imported only here, and only when a
-debug listener exists: a process that runs without one never loads it.
+debug listener exists or a task dump is asked for (USR1): a process that
+runs without them never loads it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from tether.group import Group, Member, StopToken
 if TYPE_CHECKING:
     from tether.debug import DebugSource
 
-__all__ = ["debug_member", "wait_quietly"]
+__all__ = ["debug_member", "log_task_dump", "wait_quietly"]
 
 logger = logging.getLogger("tether.runtime")
 
@@ -74,6 +75,13 @@ def _member(debug: Engine, group: Group) -> Member:
             await wait_quietly(inner)
 
     return member
+
+
+def log_task_dump(why: str) -> None:
+    """Every asyncio task's stack to the log (USR1); the threads' are written from C already."""
+    from tether.debug import format_task_dump, task_dump
+
+    logger.warning("task dump (%s):\n%s", why, format_task_dump(task_dump()))
 
 
 async def wait_quietly(group: Group) -> None:

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 
 from tether import signals
-from tether.config import RunConfig, ShutdownPlan
+from tether.config import RunConfig, ShutdownBudget, ShutdownPlan
 from tether.group import Group
 from tether.worker import read_stop_plan
 
@@ -94,6 +94,17 @@ class ProcessStop:
             left = (self._group.deadline or loop.time()) - loop.time()
             self._plan = ShutdownPlan.until(self._config, time.monotonic() + left)
         return self._plan
+
+    def last_window(self) -> float:
+        """Seconds a last export may take once the group is done: to the plan's cancel end.
+
+        At least the group's cancel grace; that alone when no stop has begun.
+        """
+        grace = ShutdownBudget.of(self._config).group_abandon
+        if not self._group.stopping:
+            return grace
+        plan = self.under_way()
+        return max(grace, plan.left(plan.cancel_end))
 
     def request(
         self,

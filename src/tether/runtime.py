@@ -16,12 +16,12 @@ Order of work, and why:
 5. serve until a signal, a member's exit, or the parent's death; then drain
    in phases within one budget, and report whatever was abandoned.
 
-Why this module is long: Service is the process's one lifecycle object: the startup
-order, the stop plan, signals, the guards of a reload, recycling and the final report
-all read and write the same state (ready, status, the plan, the hard-stop timer). What
-it shows about itself lives in tether._views and the reload by handoff in
-tether._handoff; the recycling path (``_recycle``, ``_resume_accepting``,
-``_check_memory``) and the startup sequence of ``run`` are the next to move out.
+Each concern of the process lives in its own module, and Service composes them:
+the stop and its plan (tether._stopping), what it says to its supervisor
+(tether._supervision), its own limits (tether._recycler), the reload by
+handoff (tether._handoff), the app's import (tether._hosting), the debug
+member (tether._debugmember), the end report (tether._endreport) and what it
+shows about itself (tether._views).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import gc
 import logging
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -42,29 +41,26 @@ from typing import TYPE_CHECKING
 from tether import leaks, signals
 from tether import sockets as sockets_mod
 from tether._appmetrics import check_user_dir, forget_process
-from tether._debugmember import debug_member, wait_quietly
+from tether._debugmember import debug_member, log_task_dump, wait_quietly
 from tether._endreport import holding, raise_problems, report_leftovers
 from tether._engines import http_engine
 from tether._handoff import Reloads
+from tether._hosting import as_asgi, import_app, server_hooks
 from tether._listeners import Listeners, open_listeners
 from tether._loopwatch import LoopWatch
 from tether._pidfile import PidFile
 from tether._recycler import Recycler
 from tether._stopping import ProcessStop
-from tether.app import App, load_app
+from tether._supervision import Supervision
+from tether.app import App
 from tether.config import RunConfig, ShutdownBudget, ShutdownPlan
-from tether.engine import ASGIApp, DrainHooks, Engine, EngineFactory, ServeOptions
-from tether.errors import AbandonedWork, ShutdownAbandoned
+from tether.engine import DrainHooks, Engine, EngineFactory, ServeOptions
+from tether.errors import AbandonedWork
 from tether.group import Group
 from tether.metrics import ProcessMetrics, write_final
-from tether.notify import Notifier, watchdog_interval
-from tether.serving import host_asgi2, host_wsgi
 from tether.tracker import REQUESTS, Tracker, install_adoption, set_current_tracker
 from tether.worker import (
     WorkerContract,
-    failed_report,
-    take_handoff,
-    withdraw,
 )
 
 # The debug server (tether.debug, tether.console), --reload's watcher and prometheus_client
@@ -80,20 +76,6 @@ logger = logging.getLogger("tether.runtime")
 
 #: Budget for the whole shutdown when the parent (a master) has died.
 PARENT_DEATH_BUDGET = 1.0
-
-
-def as_asgi(
-    app: App, kind: str | None, threads: int = 10, interface: str = "auto"
-) -> ASGIApp | None:
-    """The app's HTTP part as ASGI (WSGI apps run in a pool of ``threads`` threads)."""
-    if app.http is None:
-        return None
-    if kind == "wsgi":
-        return host_wsgi(app.http, threads)
-    if interface == "asgi2":
-        return host_asgi2(app.http)
-    asgi: ASGIApp = app.http
-    return asgi
 
 
 class Service:
@@ -118,22 +100,23 @@ class Service:
         self.config = config
         #: What serves the app and the debug listener (tether.engine; None: uvicorn's).
         self._engine = engine if engine is not None else http_engine()
+        #: What this process's master told it (None: not a master's worker). Read once,
+        #: here: ``run`` removes the private part from the environment before the app.
+        self.contract = WorkerContract.from_env(os.environ)
+        #: What this process says to whoever waits on it (tether._supervision).
+        self.link: Supervision = Supervision(self.contract)
         #: Reloads by handoff (HUP); ``argv`` None: not supported.
         self.reloads = Reloads(
             argv,
             ready_within=config.reload_timeout,
             extra_env=config.successor_env(),
             stopping=lambda: self.shutdown.requested,
-            notify=self._notify,
+            notify=self.link.send,
             took_over=lambda pid: self.request_stop(
                 f"reloaded: pid {pid} now serves", drain_delay=False
             ),
             retry=self._reload,
         )
-        self._handoff_notify: str | None = None
-        #: What this process's master told it (None: not a master's worker). Read once,
-        #: here: ``run`` removes the private part from the environment before the app.
-        self.contract = WorkerContract.from_env(os.environ)
         self._is_worker = self.contract is not None
         self._generation = self.contract.generation if self.contract is not None else 0
         #: This process's sockets: given, or opened by ``run``.
@@ -161,18 +144,17 @@ class Service:
         self.http: Engine | None = None
         self.ready = False
         self.status = "starting"
-        self.notifier: Notifier | None = None
         #: TERM/INT received so far; the second one forces (a reload's drain is not a signal).
         self._stop_signals = 0
         #: This process's stop: its plan, the drain delay, the last-resort timer.
-        self.shutdown = ProcessStop(
+        self.shutdown: ProcessStop = ProcessStop(
             config,
             self.group,
             hard_stop=hard_stop,
             stop_plan_path=self.contract.stop_plan if self.contract is not None else None,
             on_begin=self._began_stopping,
             on_force=self.reloads.cancel_starting,
-            on_drain_delay=self._drain_delay_begins,
+            on_drain_delay=lambda: setattr(self, "status", "draining (drain delay)"),
         )
         #: OpenTelemetry, when the environment asks for it (tether._otel); made in ``run``.
         self.telemetry: Telemetry | None = None
@@ -181,7 +163,7 @@ class Service:
             config,
             is_worker=self._is_worker,
             http=lambda: self.http,
-            notify=self._notify,
+            notify=self.link.send,
             stop=self.request_stop,
             reload=self._reload,
             stopping=lambda: self.shutdown.requested,
@@ -211,11 +193,7 @@ class Service:
         self.status = f"stopping: {reason}"
         if self.telemetry is not None:
             self.telemetry.drain_begins(reason)
-        if self.notifier is not None:
-            self.notifier.send("STOPPING=1", f"STATUS=stopping: {reason}")
-
-    def _drain_delay_begins(self) -> None:
-        self.status = "draining (drain delay)"
+        self.link.stopping(reason)
 
     # -- signals (tether.signals.SIGNALS says which signal asks for which) -------------
 
@@ -255,12 +233,8 @@ class Service:
         self.recycler.resume()
 
     def handle_dump(self, signum: int) -> None:
-        """Every task's stack to the log."""
-        # Thread stacks were written by faulthandler already, even if the loop was stuck.
-        from tether.debug import format_task_dump, task_dump
-
-        name = signal.Signals(signum).name
-        logger.warning("task dump (%s):\n%s", name, format_task_dump(task_dump()))
+        """Every task's stack to the log (faulthandler has written the threads' already)."""
+        log_task_dump(signal.Signals(signum).name)
 
     # -- running ------------------------------------------------------------------
 
@@ -268,7 +242,7 @@ class Service:
         """Serve until stopped; raise an ExceptionGroup if anything failed or was abandoned."""
         if self.config.app_metrics:
             check_user_dir(os.environ)  # a bad PROMETHEUS_MULTIPROC_DIR fails before binding
-        hooks = self._server_hooks = _server_hooks(self.config)
+        hooks = self._server_hooks = server_hooks(self.config)
         in_master = self._is_worker  # a master's worker: the master runs its hooks
         if hooks is not None:
             hooks.contract = self.contract  # the hooks' worker: its id, generation, master
@@ -283,37 +257,20 @@ class Service:
                 except BaseException:
                     listeners.close()
                     raise
-        self._watch_parent(asyncio.get_running_loop())
+        self.link.watch_parent(self._orphaned(asyncio.get_running_loop()))
         # Before the app is imported: app code that notifies at import must not reach
         # whoever waits for this process's READY (a master, systemd).
-        contract = self.contract
-        supervisor = os.environ.pop("NOTIFY_SOCKET", None) or None
-        withdraw(os.environ)
-        address = contract.notify_address if contract is not None else supervisor
-        self.reloads.supervisor_notify = None if contract is not None else supervisor
-        self._handoff_notify = take_handoff(os.environ)
-        final = contract.final_metrics if contract is not None else None
-        self.notifier = Notifier.from_env({"NOTIFY_SOCKET": address or ""})
+        self.link.take(os.environ)
+        self.reloads.supervisor_notify = self.link.supervisor
+        final = self.contract.final_metrics if self.contract is not None else None
         try:
             # Before the app is imported, so that its own instrumentation finds the providers.
             self._start_telemetry()
-            if hooks is not None:
-                hooks.call("post_fork", hooks.server, hooks.this_worker(), fatal=True)
-            interface = self.config.interface
-            app, kind = load_app(
-                self.config.app,
-                app_dir=self.config.app_dir,
-                interface="asgi" if interface in ("asgi2", "asgi3") else interface,  # type: ignore[arg-type]
-                factory=self.config.factory,
-            )
-            if hooks is not None:
-                hooks.this_worker().wsgi = app.http
-                hooks.call("post_worker_init", hooks.this_worker(), fatal=True)
+            app, kind = import_app(self.config, hooks)
         except BaseException as exc:
-            self._failed(exc)
+            self.link.failed(exc)
             listeners.close()
-            if self.notifier is not None:
-                self.notifier.close()
+            self.link.close()
             raise
         # What exists now is ours, or the app's for the life of the process (what its
         # import made: a logging thread, a pool); what it starts from here on and leaves
@@ -337,7 +294,7 @@ class Service:
                 try:
                     await self._run(app, kind, listeners)
                 except BaseException as exc:
-                    self._failed(exc)
+                    self.link.failed(exc)
                     raise
                 finally:
                     for signum in dumps:
@@ -345,12 +302,11 @@ class Service:
         finally:
             listeners.close()
             if self.telemetry is not None:
-                self.telemetry.shutdown(self._flush_budget())
+                self.telemetry.shutdown(self.shutdown.last_window())
             self.shutdown.disarm()
             if hooks is not None:
                 hooks.call("worker_exit", hooks.server, hooks.this_worker())
-            if self.notifier is not None:
-                self.notifier.close()
+            self.link.close()
             if final:  # the master keeps these counts once this process is gone
                 write_final(final, self.view.families)
             elif self.config.app_metrics and not self._is_worker:
@@ -381,29 +337,6 @@ class Service:
         self.hooks.phase_done = telemetry.phase_done
         self.tracker.observer = telemetry.task_spans()
         telemetry.observe(self.view.families)
-
-    def _flush_budget(self) -> float:
-        """Seconds the telemetry's last export may take: to the plan's cancel end, or a grace."""
-        cancel = ShutdownBudget.of(self.config).group_abandon
-        if not self.group.stopping:
-            return cancel
-        plan = self.shutdown.under_way()
-        return max(cancel, plan.left(plan.cancel_end))
-
-    def _failed(self, exc: BaseException) -> None:
-        """Tell whoever supervises this process why it ends (one line, over notify).
-
-        A master reports it for a worker whose output its user may not see.
-        Work abandoned at the deadline is a stop's outcome, not a failure.
-        """
-        if self.notifier is None or isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
-            return
-        if isinstance(exc, BaseExceptionGroup) and exc.subgroup(ShutdownAbandoned) is not None:
-            rest = exc.split(ShutdownAbandoned)[1]
-            if rest is None:
-                return
-            exc = rest
-        self.notifier.send(*failed_report(exc))
 
     async def _drain_background(self, budget: float) -> list[AbandonedWork]:
         """Phase 5: wait for tracked and adopted work, then cancel and report the rest."""
@@ -485,7 +418,6 @@ class Service:
         )
 
     def _became_ready(self, cleanups: list[Callable[[], object]]) -> None:
-        loop = asyncio.get_running_loop()
         if self.config.gc_freeze:
             # What the import and startup made lives as long as the process: move it out
             # of the collector's sight, so that a busy worker's collections scan only
@@ -509,18 +441,9 @@ class Service:
         )
         if self.config.pidfile:
             PidFile(self.config.pidfile).serving()  # after a reload: name the successor now
-        if self.notifier is not None:
-            self.notifier.send(
-                "READY=1", f"STATUS=serving {self.config.app}", f"MAINPID={os.getpid()}"
-            )
-            interval = watchdog_interval()
-            if interval is not None:
-                cleanups.append(_every(loop, interval, self._heartbeat))
-        if self._handoff_notify is not None:
-            # After MAINPID: a supervisor must know us before the predecessor exits.
-            # The process that started us with its sockets drains once it hears this.
-            with Notifier(self._handoff_notify) as predecessor:
-                predecessor.send("READY=1")
+        heartbeat = self.link.ready(self.config.app, self._heartbeat)
+        if heartbeat is not None:
+            cleanups.append(heartbeat)
 
     def _reload(self, why: str) -> None:
         """HUP/USR2, --max-requests, --reload in one process: hand the sockets to a fresh copy."""
@@ -541,37 +464,22 @@ class Service:
             self._server_hooks.call("on_reload", self._server_hooks.server)
         self.reloads.start(why, self._open.named())
 
-    def _notify(self, *fields: str) -> None:
-        if self.notifier is not None:
-            self.notifier.send(*fields)
-
     def _heartbeat(self, late: float = 0.0) -> None:
         self.metrics.loop_lag(late)
-        if self.notifier is not None:
-            self.notifier.send("WATCHDOG=1")
+        self.link.send("WATCHDOG=1")
         self.recycler.check_memory()  # growth without connections (background work) counts too
 
-    def _watch_parent(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Stop when the pipe from the parent (a master) reaches end-of-file: it is gone.
+    def _orphaned(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+        """What the parent watch calls (from its thread) when the master is gone: a short stop."""
 
-        A thread, not a loop reader, so that it works from the first moment:
-        while the app is still being imported or starting up, the loop is busy.
-        """
-        if self.contract is None:
-            return
-        fd = self.contract.parent_fd
-
-        def watch() -> None:
-            with contextlib.suppress(OSError):
-                while os.read(fd, 512):
-                    pass
+        def gone() -> None:
             orphaned = ShutdownPlan.until(self.config, time.monotonic() + PARENT_DEATH_BUDGET)
             self.shutdown.arm_hard_stop(orphaned.hard_stop)
             stop = functools.partial(self.request_stop, "the master process exited", plan=orphaned)
             with contextlib.suppress(RuntimeError):  # the loop has closed: we are exiting anyway
                 loop.call_soon_threadsafe(stop)
 
-        threading.Thread(target=watch, name="tether-parent-watch", daemon=True).start()
+        return gone
 
     @functools.cached_property
     def view(self) -> ProcessView:
@@ -590,28 +498,3 @@ class Service:
             generation=self._generation,
             started=self._started,
         )
-
-
-def _server_hooks(config: RunConfig) -> ServerHooks | None:
-    """The hooks of ``-c gunicorn.conf.py``; tether._hooks is imported only with such a file."""
-    if config.python_config is None:
-        return None
-    from tether._hooks import ServerHooks
-
-    return ServerHooks.of(config)
-
-
-def _every(
-    loop: asyncio.AbstractEventLoop, interval: float, fn: Callable[[float], None]
-) -> Callable[[], None]:
-    """Call ``fn(seconds late)`` every ``interval`` seconds (a protocol heartbeat, not a poll)."""
-    handle: list[asyncio.TimerHandle] = []
-    due = [loop.time()]
-
-    def tick() -> None:
-        fn(loop.time() - due[0])
-        due[0] = loop.time() + interval
-        handle[:] = [loop.call_later(interval, tick)]
-
-    handle.append(loop.call_later(0, tick))
-    return lambda: handle[0].cancel()
