@@ -1,4 +1,4 @@
-"""The worker pool: generations of workers, their slots, replacement, watchdog and drain.
+"""The worker pool: the generations of workers and their slots; a worker's spawn, READY, exit.
 
 The note's graceful restart, done so that no request is refused: a reload
 starts a whole new generation and waits for every worker of it to be READY
