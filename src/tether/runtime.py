@@ -338,11 +338,12 @@ class Service:
         self.tracker.observer = telemetry.task_spans()
         telemetry.observe(self.view.families)
 
-    async def _drain_background(self, budget: float) -> list[AbandonedWork]:
+    async def _drain_background(
+        self, budget: float | None = None, *, deadline: float | None = None
+    ) -> list[AbandonedWork]:
         """Phase 5: wait for tracked and adopted work, then cancel and report the rest."""
-        report = await self.tracker.shutdown(
-            budget, cancel_timeout=ShutdownBudget.of(self.config).tracker_report
-        )
+        cancel = ShutdownBudget.of(self.config).tracker_report
+        report = await self.tracker.shutdown(budget, deadline=deadline, cancel_timeout=cancel)
         return report.abandoned_work()
 
     async def _run(self, app: App, kind: str | None, listeners: Listeners) -> None:
@@ -373,7 +374,6 @@ class Service:
 
                 changed = lambda paths: self._reload(f"{', '.join(paths[:3])} changed")  # noqa: E731
                 group.add(watcher(dirs, includes, excludes, changed), name="reload-watch")
-            # A member's exit stops the group without a signal: that is a stop too.
             armer = loop.create_task(
                 self.shutdown.begin_with_the_group(), name="tether-hard-stop-armer"
             )
@@ -395,8 +395,8 @@ class Service:
         await self.reloads.settle(plan.deadline)
         try:
             if self.http is None:
-                # No HTTP server ran phase 5: drain background work here, in what is left.
-                self.hooks.abandoned.extend(await self._drain_background(plan.left(plan.deadline)))
+                # No HTTP server ran phase 5: drain background work here, by the plan's deadline.
+                self.hooks.abandoned.extend(await self._drain_background(deadline=plan.deadline))
         finally:
             for cleanup in cleanups:
                 cleanup()
