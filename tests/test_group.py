@@ -279,3 +279,40 @@ def test_token_reports_remaining_budget() -> None:
     assert before is None
     assert after is not None
     assert 9 < after <= 10
+
+
+def test_a_stop_given_an_absolute_deadline_ends_the_graceful_period_then() -> None:
+    """stop(deadline=) cancels a stubborn member at that moment, not graceful_timeout on."""
+
+    async def stubborn(stop: StopToken) -> None:
+        await asyncio.sleep(3600)
+
+    async def main() -> tuple[float, float | None]:
+        group = Group(graceful_timeout=30, cancel_timeout=1)
+        token = group.add(stubborn, name="stubborn")
+        began = time.monotonic()
+        group.stop("a plan made earlier", deadline=began + 0.2)
+        left = token.remaining()
+        with pytest.raises(ExceptionGroup):
+            await group.wait()
+        return time.monotonic() - began, left
+
+    took, left = run(main())
+    assert left is not None and 0.1 < left <= 0.2
+    assert 0.15 <= took < 1.0, took
+
+
+def test_a_deadline_already_past_cancels_at_once_and_both_bounds_are_refused() -> None:
+    """A plan whose deadline has gone leaves no graceful period; timeout and deadline: TypeError."""
+
+    async def main() -> None:
+        group = Group(graceful_timeout=30, cancel_timeout=1)
+        token = group.add(wait_for_stop)
+        with pytest.raises(TypeError, match="a timeout or a deadline, not both"):
+            group.stop("x", timeout=1.0, deadline=time.monotonic())
+        assert not group.stopping  # a refused call stops nothing
+        group.stop("late", deadline=time.monotonic() - 5.0)
+        assert token.remaining() == 0.0
+        await group.wait()
+
+    run(main())

@@ -30,7 +30,7 @@ from tether._waits import first
 from tether.config import RunConfig
 from tether.errors import AppLoadError, StartupError
 from tether.notify import NotifyMessage, NotifyReceiver
-from tether.runtime import Service, as_asgi
+from tether.runtime import Service
 from tether.worker import FAILED_STATUS
 
 HERE = str(Path(__file__).resolve().parent)
@@ -327,30 +327,3 @@ def test_an_app_that_cannot_start_leaves_nothing_bound() -> None:
     assert isinstance(error, AppLoadError) and sock.fileno() == -1
     error, sock = asyncio.run(main("fails_at_startup"))
     assert isinstance(error, StartupError) and sock.fileno() == -1
-
-
-def test_as_asgi_gives_the_http_part_in_one_shape() -> None:
-    """No HTTP part: None; ASGI 3 as is; asgi2 wrapped; WSGI hosted, answering through ASGI."""
-
-    def wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        start_response("200 OK", [("content-type", "text/plain")])
-        return [b"from wsgi " + environ["PATH_INFO"].encode()]
-
-    class Asgi2:
-        def __init__(self, scope: Any) -> None:
-            self.scope = scope
-
-        async def __call__(self, receive: Any, send: Any) -> None:
-            await hello(self.scope, receive, send)
-
-    assert as_asgi(App(), None) is None
-    assert as_asgi(App(http=hello), "asgi") is hello
-
-    async def get(asgi: Any) -> str:
-        transport = httpx.ASGITransport(app=asgi)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            return (await client.get("/path")).text
-
-    asgi2: Any = as_asgi(App(http=Asgi2), "asgi", interface="asgi2")
-    assert asgi2 is not Asgi2 and asyncio.run(get(asgi2)) == "hello"
-    assert asyncio.run(get(as_asgi(App(http=wsgi), "wsgi", threads=1))) == "from wsgi /path"

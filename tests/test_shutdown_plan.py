@@ -110,3 +110,17 @@ def test_a_drain_delay_as_long_as_the_budget_is_a_configuration_error() -> None:
     """--drain-delay >= --graceful-timeout leaves no time to drain: one line that names the fix."""
     with pytest.raises(ConfigError, match="--drain-delay 6 leaves no time to drain"):
         RunConfig(app="x:app", graceful_timeout=6.0, drain_delay=6.0)
+
+
+def test_a_service_without_http_drains_its_background_work_by_the_plans_deadline() -> None:
+    """No HTTP server runs phase 5: the runtime drains background work itself, within the budget."""
+    flags = ("--graceful-timeout", str(GRACEFUL), "--drain-delay", str(DRAIN_DELAY))
+    with tether("members_only:app", "--workers", "0", *flags) as t:
+        t.ready()
+        t.signal(signal.SIGTERM)
+        term = time.monotonic()
+        code = t.wait(GRACEFUL + 15)
+        exited = time.monotonic() - term
+        assert code == 4, t.stderr()
+        assert "abandoned at the deadline: task 'forever' (cancelled)" in t.stderr()
+    assert GRACEFUL - 0.5 <= exited <= GRACEFUL + SLACK, exited

@@ -1118,3 +1118,37 @@ def test_request_scope_resets_the_variable() -> None:
         with no_adoption():
             assert REQUEST_SCOPE.get() is None
     assert REQUEST_SCOPE.get() is None
+
+
+def test_shutdown_by_an_absolute_deadline_cancels_at_that_moment() -> None:
+    """shutdown(deadline=monotonic): stuck work is cancelled then, whatever came before the call."""
+
+    async def stuck(event: asyncio.Event) -> None:
+        await event.wait()
+
+    async def main() -> tuple[float, TrackerReport]:
+        tracker = Tracker()
+        never = asyncio.Event()
+        await tracker.spawn(stuck(never), name="stuck")
+        began = time.monotonic()
+        report = await tracker.shutdown(deadline=began + 0.2, cancel_timeout=1.0)
+        return time.monotonic() - began, report
+
+    took, report = run(main)
+    assert 0.15 <= took < 1.0, took
+    assert [a.name for a in report.abandoned] == ["stuck"]
+
+
+def test_shutdown_takes_a_timeout_or_a_deadline() -> None:
+    """Both, or neither: a TypeError that says so, and the tracker still takes work."""
+
+    async def main() -> None:
+        tracker = Tracker()
+        with pytest.raises(TypeError, match="a timeout or a deadline, not both"):
+            await tracker.shutdown(1.0, deadline=time.monotonic())
+        with pytest.raises(TypeError, match="needs a timeout or a deadline"):
+            await tracker.shutdown()
+        assert not tracker.closed
+        assert (await tracker.shutdown(deadline=time.monotonic() - 1.0)).completed == 0
+
+    run(main)

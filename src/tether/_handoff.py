@@ -169,19 +169,17 @@ class Reloads:
         if self._task is not None and self.successor is None:
             self._task.cancel()
 
-    async def settle(self, deadline: float | None) -> None:
+    async def settle(self, deadline: float) -> None:
         """A stop during a reload waits for it: a copy that became ready must hear the stop.
 
-        Until ``deadline`` (the loop's clock; None: now): past it, the copy still
-        starting is killed.
+        Until ``deadline`` (``time.monotonic()``: the stop plan's): past it, the
+        copy still starting is killed.
         """
         task = self._task
         if task is None or task.done():
             return
         logger.info("stopped; waiting for the reload in progress to end")
-        loop = asyncio.get_running_loop()
-        left = max(0.0, (deadline or loop.time()) - loop.time())
-        await asyncio.wait({task}, timeout=left)
+        await asyncio.wait({task}, timeout=max(0.0, deadline - time.monotonic()))
         if not task.done():
             task.cancel()  # hand_over kills the copy it started
         with contextlib.suppress(asyncio.CancelledError):

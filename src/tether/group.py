@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,6 +131,17 @@ class _Running:
     def current_stack(self) -> str:
         """The member's await chain now, without the group's own wrapper frame."""
         return format_frames(task_frames(self.task, hide=_RUN_MEMBER_CODE))
+
+
+def _on_loop_clock(loop: asyncio.AbstractEventLoop, deadline: float) -> float:
+    """A ``time.monotonic()`` deadline as event-loop time (never before now).
+
+    The one place a plan's deadline meets the loop's clock: asyncio's loop
+    reads ``time.monotonic()`` itself, uvloop the same clock to the
+    millisecond, so the offset is measured rather than assumed.
+    """
+    now = loop.time()
+    return now + max(0.0, deadline - time.monotonic())
 
 
 async def _run_member(member: Member, token: StopToken) -> Any:
@@ -245,22 +257,38 @@ class Group:
         return {m.name: m.task for m in self._members}
 
     def stop(
-        self, reason: str = "stop requested", *, force: bool = False, timeout: float | None = None
+        self,
+        reason: str = "stop requested",
+        *,
+        force: bool = False,
+        timeout: float | None = None,
+        deadline: float | None = None,
     ) -> None:
         """Ask every member to stop; ``force`` skips the graceful period.
 
-        ``timeout`` overrides ``graceful_timeout`` for this stop (the rest of a
-        budget that began earlier). The first reason sticks. Safe to call
-        before any member runs, and more than once; a forced stop after a
-        graceful one cancels at once.
+        ``deadline`` (a ``time.monotonic()`` value, as
+        :class:`~tether.config.ShutdownPlan` holds them) ends the graceful
+        period of this stop at that moment: a budget that began earlier is
+        passed down whole, never as seconds left. ``timeout`` is the same
+        counted from now; without either, ``graceful_timeout`` from now. The
+        first reason sticks. Safe to call before any member runs, and more
+        than once; a forced stop after a graceful one cancels at once.
         """
+        if timeout is not None and deadline is not None:
+            msg = "Group.stop takes a timeout or a deadline, not both"
+            raise TypeError(msg)
         state = self._shared()
         loop = asyncio.get_running_loop()
         self._forced = self._forced or force
         if not state.event.is_set():
             state.reason = reason
-            graceful = self.graceful_timeout if timeout is None else max(0.0, timeout)
-            state.deadline = loop.time() + (0.0 if force else graceful)
+            if force:
+                state.deadline = loop.time()
+            elif deadline is not None:
+                state.deadline = _on_loop_clock(loop, deadline)
+            else:
+                graceful = self.graceful_timeout if timeout is None else max(0.0, timeout)
+                state.deadline = loop.time() + graceful
             self._report.reason = reason
             state.event.set()
             logger.debug("group %r stopping: %s", self.name, reason)

@@ -503,11 +503,16 @@ class Tracker:
     async def shutdown(
         self,
         # Not a cancel scope for the caller: it ends the drain and starts the cancel phase.
-        timeout: float,  # noqa: ASYNC109
+        timeout: float | None = None,  # noqa: ASYNC109
         *,
+        deadline: float | None = None,
         cancel_timeout: float = DEFAULT_CANCEL_TIMEOUT,
     ) -> TrackerReport:
         """Refuse new work, wait up to ``timeout`` for the rest, cancel what is left, report.
+
+        ``deadline`` (a ``time.monotonic()`` value, a stop plan's) ends the
+        wait at that moment instead: a budget that began earlier is passed
+        whole, not as seconds left. Give one of the two.
 
         After cancelling, waits at most ``cancel_timeout`` more; work that
         ignores cancellation is reported then and left running (still
@@ -519,6 +524,14 @@ class Tracker:
         report; a call after it finished returns that report at once.
         Cancelling the caller cancels the remaining work at once, without waiting.
         """
+        if timeout is not None and deadline is not None:
+            msg = "Tracker.shutdown takes a timeout or a deadline, not both"
+            raise TypeError(msg)
+        if deadline is not None:
+            timeout = max(0.0, deadline - time.monotonic())
+        if timeout is None:
+            msg = "Tracker.shutdown needs a timeout or a deadline"
+            raise TypeError(msg)
         timeout = check_timeout("shutdown timeout", timeout)
         cancel_timeout = check_timeout("shutdown cancel_timeout", cancel_timeout)
         loop = asyncio.get_running_loop()

@@ -395,7 +395,7 @@ class Master:
             # refuse new connections at once, instead of queueing them until we exit.
             for sock in self._app_socks:
                 sock.close()
-        await self.pool.stop_workers(fast=self._stop_mode == "fast", kill_at=plan.master_kill)
+        await self.pool.stop_workers(fast=self._stop_mode == "fast", plan=plan)
 
     def _plan_stop(self) -> ShutdownPlan:
         """This stop's plan, made once, when it begins."""

@@ -1,9 +1,8 @@
-"""The worker pool: generations of workers, their slots, replacement, watchdog and drain.
+"""The worker pool: the generations of workers and their slots; a worker's spawn, READY, exit.
 
 The note's graceful restart, done so that no request is refused: a reload
 starts a whole new generation and waits for every worker of it to be READY
-before the old one is asked to drain; a generation that fails to start is
-killed and the old one keeps serving.
+before the old one is asked to drain (:mod:`.handover`).
 
 Invariants:
 
@@ -14,15 +13,10 @@ Invariants:
 - the first generation is a failed start (``StartupError``) only if no worker
   of it ever became READY; once one serves, a failing sibling is a crash to
   replace;
-- a worker that dies while its generation serves is replaced in its slot: at
-  once if it had served, with backoff if it died before READY or right
-  after it (a broken app); a spawn the OS refuses is retried the same way;
-- a worker due for recycling (``--max-requests``, ``--max-worker-memory``)
-  has stopped taking requests; its successor starts at once, and it drains
-  once the successor is READY; if no successor can start, it is told to take
-  requests again (:data:`~tether.worker.RESUME_SIGNAL`) until one does;
-- a READY worker whose event loop sends no heartbeat for
-  ``--watchdog-timeout`` is asked for its stacks and killed (:mod:`.watchdog`);
+- a worker that dies while its generation serves is replaced in its slot
+  (:mod:`.replacement`); one due for recycling is replaced by a successor
+  that is READY first (:mod:`.recycling`); a READY worker whose loop sends no
+  heartbeat is killed (:mod:`.watchdog`);
 - every wait on a worker's exit is bounded, then SIGKILL.
 
 Everything that touches the OS to start a worker goes through one seam, the
@@ -31,64 +25,57 @@ happens to workers is told through :class:`PoolHooks`: every exit, each
 restart with its cause (crash, watchdog), each reload's outcome (the master's
 ``/metrics`` counts them and keeps the final counts of workers that exit).
 
-Why this module is long: Pool is one state machine of generations and slots, and its
-invariants hold across start, reload, replacement, recycling and drain, which all move
-workers between the same slots; split, one invariant would be spread over files. The
-recycling path is the candidate to move out.
+The pool owns the generations and their slots; what moves workers between
+slots lives beside it and acts through its public face (``holds``,
+``new_worker``, ``spawn_worker``, ``keep_task``, ``ask_to_stop``,
+``start_generation``, ``promote``, ``drain``, ``reload``, ``reconcile_size``):
+:mod:`.handover` (a new generation, READY before the old drains),
+:mod:`.operations` (the queue of reloads, upgrades and
+resizes), :mod:`.replacement` (a worker that left its slot, with backoff),
+:mod:`.recycling` (``--max-requests``, ``--max-worker-memory``),
+:mod:`.drain` (waiting for workers by the plan's deadline, then killing),
+:mod:`.priority` (a reload's workers start at a low CPU priority) and
+:mod:`.watchdog` (a READY worker whose loop stopped beating).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from tether import signals
 from tether._children import Child
-from tether.config import RunConfig, ShutdownBudget
-from tether.errors import AbandonedWork, ShutdownAbandoned, StartupError
+from tether.config import RunConfig, ShutdownPlan
+from tether.errors import StartupError
+from tether.master.drain import judge, wait_or_kill
+from tether.master.handover import Reloads, start_generation
+from tether.master.operations import Operations, RequestKind
+from tether.master.priority import Priority, StartingPriority, set_priority
+from tether.master.recycling import Recycling
+from tether.master.replacement import Replacements
 from tether.master.support import SystemdLink
 from tether.master.watchdog import Watchdog
-from tether.master.workers import Generation, Worker, WorkerFailed, WorkersFailed
+from tether.master.workers import Generation, Worker, WorkerFailed
 from tether.notify import NotifyMessage
-from tether.worker import RESUME_SIGNAL, WorkerReport
+from tether.worker import WorkerReport
 
 __all__ = ["Pool", "PoolHooks", "Spawn"]
 
 log = logging.getLogger("tether.master")
 
-#: What the master sends a worker to drain, to skip to cancelling, to log its stacks.
+#: What the master sends a worker to drain, and to skip to cancelling.
 _STOP = signals.signum_for("worker", "stop")
 _FAST_STOP = signals.signum_for("worker", "fast_stop")
-_DUMP = signals.signum_for("worker", "dump")
 
-#: Seconds a worker asked for its stacks (USR1) gets to write them before it is killed.
-STACKS_GRACE = 2.0
 
 #: Start a worker: (worker id, generation number) -> its child and private debug socket path.
 #: Raises OSError when the OS refuses (EMFILE, EAGAIN, ENOMEM).
 Spawn = Callable[[int, int], tuple[Child, str | None]]
-
-#: Backoff between restarts of a slot whose workers keep failing: first at once, then doubling.
-BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
-#: A worker READY this long before it died had served: it is replaced at once.
-SERVED_AFTER = 0.5
-#: How a worker of a new generation runs until it is READY. Importing and starting an
-#: app is CPU-heavy and must not take CPU from the generation that serves: first under
-#: SCHED_IDLE (it gets only CPU that nobody else wants), then, if it is still not ready
-#: after STARTING_IDLE_FOR seconds (a saturated host), at niceness STARTING_NICENESS, so
-#: that a reload always finishes. Only where the master may undo it (root), so no worker
-#: keeps a low priority once it serves.
-STARTING_IDLE_FOR = 2.0
-STARTING_NICENESS = 10
-#: "idle": SCHED_IDLE; "low": SCHED_OTHER at STARTING_NICENESS; "normal": SCHED_OTHER at 0.
-Priority = Literal["idle", "low", "normal"]
 
 
 @dataclass
@@ -117,16 +104,11 @@ class PoolHooks:
     resized: Callable[[int, int], None] = lambda _new, _old: None
 
 
-RequestKind = Literal["reload", "upgrade", "scale"]
-Request = tuple[RequestKind, "asyncio.Future[dict[str, Any]]"]
-
-
 class Pool:
     """The workers of one master. See the module docstring for the invariants."""
 
     def __init__(self, config: RunConfig, spawn: Spawn, hooks: PoolHooks | None = None) -> None:
         self.config = config
-        self.budget = ShutdownBudget.of(config)
         self.size = config.workers
         self.hooks = hooks or PoolHooks()
         self._spawn = spawn
@@ -135,40 +117,26 @@ class Pool:
         self.generations: dict[int, Generation] = {}
         self.active: Generation | None = None
         self.by_pid: dict[int, Worker] = {}
-        # Workers of a reload still starting at a low priority: when to raise it (see above).
-        self._raise_later: dict[int, asyncio.TimerHandle] = {}
+        #: Workers of a reload still starting at a low priority (tether.master.priority).
+        self.priority = StartingPriority(lambda pid, level: self.hooks.prioritise(pid, level))
         self._next_generation = 1
         self._next_worker = 1
         self.stopping = False
         self.handed_over = False
         #: A second stop signal: workers were told to skip to cancelling; waits shorten.
         self.hurry = asyncio.Event()
-        #: The one queue of reloads, upgrades and resizes; ``_wake`` is set while it is not empty.
-        self._requests: collections.deque[Request] = collections.deque()
-        self._wake = asyncio.Event()
-        self.last_reload: dict[str, Any] | None = None
-        self.reloads = 0
-        self.reloads_failed = 0
-        self.reloading = False
-        self.restarts = 0
-        #: Workers replaced after their --max-requests.
-        self.recycles = 0
+        #: The one queue of reloads, upgrades and resizes (tether.master.operations).
+        self.operations = Operations(self)
+        self._reloads = Reloads(self)
+        #: Crashed workers replaced (tether.master.replacement); recycled ones (.recycling).
+        self.replacements = Replacements(self)
+        self.recycling = Recycling(self)
 
     # -- what others ask ----------------------------------------------------------
 
     def request(self, kind: RequestKind) -> asyncio.Future[dict[str, Any]]:
         """Queue a reload, an upgrade or a resize; the future gets the outcome."""
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        if self.stopping:
-            fut.set_result({"ok": False, "error": "the master is stopping"})
-            return fut
-        if kind == "reload" and self.reload_queued:
-            log.info("master %d: reload already queued; coalesced", self._pid)
-        elif kind != "scale":
-            log.info("master %d: %s requested", self._pid, kind)
-        self._requests.append((kind, fut))
-        self._wake.set()
-        return fut
+        return self.operations.request(kind)
 
     def scale(self, n: int) -> None:
         """Run ``n`` workers per generation from now on (applied between reloads)."""
@@ -178,8 +146,45 @@ class Pool:
         self.request("scale")
 
     @property
+    def restarts(self) -> int:
+        """Workers of the serving generation replaced after a crash or a watchdog kill."""
+        return self.replacements.restarts
+
+    @property
+    def recycles(self) -> int:
+        """Workers replaced after their --max-requests or --max-worker-memory."""
+        return self.recycling.recycles
+
+    def backoff(self, gen: Generation, w: Worker) -> tuple[float, int]:
+        """The delay before ``w``'s slot is filled again, and its failures in a row."""
+        return self.replacements.backoff(gen, w)
+
+    @property
+    def reloads(self) -> int:
+        return self._reloads.count
+
+    @property
+    def reloads_failed(self) -> int:
+        return self._reloads.failed
+
+    @property
+    def last_reload(self) -> dict[str, Any] | None:
+        """The last reload's outcome (None before the first)."""
+        return self._reloads.last
+
+    @property
+    def next_generation(self) -> int:
+        """The number the next generation started will have."""
+        return self._next_generation
+
+    @property
     def reload_queued(self) -> bool:
-        return any(kind == "reload" for kind, _ in self._requests)
+        return self.operations.reload_queued
+
+    @property
+    def reloading(self) -> bool:
+        """True while a reload runs."""
+        return self.operations.reloading
 
     def live_workers(self) -> list[Worker]:
         return [w for g in self.generations.values() for w in g.workers()]
@@ -198,54 +203,16 @@ class Pool:
     async def start(self) -> None:
         """Start the first generation; StartupError if no worker of it becomes READY."""
         try:
-            gen = await self._start_generation(first=True)
+            gen = await self.start_generation(first=True)
         except WorkerFailed as exc:
             # The worker's own error is on the same stderr, just above: say it once.
             msg = f"the app failed to start: {exc}"
             raise StartupError(msg) from None
-        self._promote(gen)
+        self.promote(gen)
 
     async def serve(self) -> None:
         """Run queued reloads, upgrades and resizes one at a time until cancelled or handed over."""
-        while not self.handed_over:
-            await self._wake.wait()
-            batch = self._take_all()
-            try:
-                await self._run_batch(batch)
-            finally:  # cancelled by a stop: nobody is left waiting for an answer
-                _resolve([f for _, f in batch], {"ok": False, "error": "the master is stopping"})
-
-    async def _run_batch(self, batch: list[Request]) -> None:
-        """One turn of the queue: upgrades first, then one reload for every reload asked."""
-        upgrades = [f for k, f in batch if k == "upgrade"]
-        reloads = [f for k, f in batch if k == "reload"]
-        if upgrades:
-            outcome = await self._upgrade()
-            _resolve(upgrades, outcome)
-            if self.handed_over:
-                _resolve(reloads, {"ok": False, "error": "the master was upgraded"})
-                return
-        if reloads:
-            self.hooks.reloading()
-            self.reloading = True
-            try:
-                outcome = await self._reload()
-            finally:
-                self.reloading = False
-            _resolve(reloads, outcome)
-        _resolve([f for k, f in batch if k == "scale"], {"ok": True})
-        self._reconcile_size()
-
-    async def _upgrade(self) -> dict[str, Any]:
-        if self.hooks.upgrade is None:
-            return {"ok": False, "error": "this master cannot be upgraded"}
-        return await self.hooks.upgrade()
-
-    def _take_all(self) -> list[Request]:
-        taken = list(self._requests)
-        self._requests.clear()
-        self._wake.clear()
-        return taken
+        await self.operations.serve()
 
     def begin_stop(self) -> None:
         """No more reloads or replacements; whatever is queued is answered."""
@@ -253,60 +220,37 @@ class Pool:
         for gen in self.generations.values():
             for task in gen.replacing.values():
                 task.cancel()
-        stopping = {"ok": False, "error": "the master is stopping"}
-        _resolve([f for _, f in self._take_all()], stopping)
+        self.operations.refuse_all()
 
-    async def stop_workers(self, *, fast: bool, kill_at: float | None = None) -> None:
-        """Ask every worker to stop (TERM, or QUIT when ``fast``) and wait within the budget.
+    async def stop_workers(self, *, fast: bool, plan: ShutdownPlan | None = None) -> None:
+        """Ask every worker to stop (TERM, or QUIT when ``fast``) and wait by the plan.
 
-        ``kill_at`` (``time.monotonic()``): the stop plan's ``master_kill``, when
-        a plan made earlier bounds this stop; otherwise the budget starts now.
+        ``plan``: this stop's deadlines, made once when it began (the master's,
+        which its workers were given too); None: a stop that begins now. A
+        graceful stop waits until ``plan.master_kill``; a fast one, or a worker
+        still starting (it had no work to lose: TERM during its import is not
+        a failure), until the ``master_kill`` of a stop that ends now.
 
         Raises ShutdownAbandoned if a worker that served abandoned work or had
-        to be killed, WorkersFailed if one exited with an error; a worker still
-        starting had no work to lose (TERM during its import is not a failure),
-        so it is killed after the short bound (``master_kill``), not the budget.
+        to be killed, WorkersFailed if one exited with an error (:mod:`.drain`).
         """
         self.begin_stop()
         self._read_pending()  # a READY already sent: that worker serves, and drains
         workers = self.live_workers()
         for w in workers:
-            self._ask_to_stop(w, _FAST_STOP if fast else _STOP)
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        deadline = now + self.budget.master_kill if fast else self.budget.deadline(now)
-        if not fast:
-            deadline += self.budget.master_kill
-            if kill_at is not None:
-                deadline = min(deadline, now + max(0.0, kill_at - time.monotonic()))
+            self.ask_to_stop(w, fast=fast)
+        if plan is None:
+            plan = ShutdownPlan.begin(self.config, drain_delay=False)
+        short = ShutdownPlan.until(self.config, time.monotonic()).master_kill
+        deadline = short if fast else plan.master_kill
         served = [w for w in workers if w.ready_at is not None]
-        # A worker still starting has nothing to drain: it gets the short bound.
         starting = [w for w in workers if w.ready_at is None]
         stuck_served, stuck_starting = await asyncio.gather(
             self._wait_or_kill(served, deadline),
-            self._wait_or_kill(starting, min(deadline, now + self.budget.master_kill)),
+            self._wait_or_kill(starting, min(deadline, short)),
         )
-        stuck = stuck_served + stuck_starting
         log.info("master %d: stopped (%d worker(s) drained)", self._pid, len(workers))
-        abandoned = [
-            AbandonedWork("worker", w.label, detail="killed at the deadline")
-            for w in served
-            if w in stuck
-        ]
-        abandoned += [
-            AbandonedWork("worker", w.label, detail="abandoned work at its deadline")
-            for w in served
-            if w not in stuck and w.child.exited.result() == 4
-        ]
-        if abandoned:
-            raise ShutdownAbandoned(abandoned)
-        failed = [
-            f"{w.label} {w.child.describe_exit()}"
-            for w in served
-            if w not in stuck and w.child.exited.result() != 0
-        ]
-        if failed:
-            raise WorkersFailed(failed)
+        judge(served, stuck_served + stuck_starting)
 
     def escalate(self) -> None:
         """A second stop signal: workers skip to cancelling (QUIT), waits shorten."""
@@ -331,158 +275,45 @@ class Pool:
 
     # -- generations --------------------------------------------------------------
 
-    def _promote(self, gen: Generation) -> None:
+    def promote(self, gen: Generation) -> None:
         gen.state = "serving"
         self.active = gen
         for w in list(gen.slots.values()):
             if w.recycle_due:  # it asked while its generation was starting
-                self._on_recycle(w)
+                self.recycling.due(w)
 
-    async def _start_generation(self, *, first: bool = False) -> Generation:
-        """Start a generation and wait until every worker is READY; WorkerFailed if not.
-
-        The first generation is different once one of its workers is READY:
-        the service is up, so a sibling that fails is a crash to replace (with
-        backoff), not a failed start that takes the serving worker down.
-        """
+    def open_generation(self) -> Generation:
+        """A new generation of ``size`` empty slots, known to the pool (:mod:`.handover`)."""
         number = self._next_generation
         self._next_generation += 1
         gen = Generation(number, self.size)
         self.generations[number] = gen
-        timeout = self.config.reload_timeout
-        failure: WorkerFailed | None = None
-        try:
-            for slot in range(gen.size):
-                try:
-                    self._spawn_worker(gen, slot)
-                except OSError as exc:
-                    raise WorkerFailed(None, f"could not be started: {exc}") from None
-            async with asyncio.timeout(timeout):
-                async with asyncio.TaskGroup() as tg:
-                    for w in gen.slots.values():
-                        tg.create_task(w.until_ready())
-            _check_alive(gen)
-        except TimeoutError:
-            laggard = next(w for w in gen.slots.values() if not w.ready.is_set())
-            # Its task dump is written from its event loop: a worker still at a starting
-            # priority on a busy host would not get the CPU to write it before it is killed.
-            self._restore_priority(laggard)
-            laggard.child.signal(_DUMP)  # ask for its stacks before it goes
-            # Give it a moment (the reload has failed already; the old code serves).
-            await laggard.child.wait(STACKS_GRACE)
-            failure = WorkerFailed(laggard, f"was not READY within --reload-timeout {timeout:g}s")
-        except ExceptionGroup as group:
-            first_error = group.exceptions[0]
-            if not isinstance(first_error, WorkerFailed):
-                await self._discard(gen)
-                raise
-            failure = first_error
-        except WorkerFailed as exc:
-            failure = exc
-        except asyncio.CancelledError:
-            # A stop while the generation starts. A READY worker is serving (its
-            # sockets are the service's): it holds requests and background work, so it
-            # drains with every other worker (stop_workers), as do those still starting.
-            if gen.ready_count() == 0:
-                await asyncio.shield(self._discard(gen))
-            raise
-        except BaseException:
-            await asyncio.shield(self._discard(gen))
-            raise
-        if failure is None:
-            return gen
-        if first and gen.ready_count() > 0:
-            self._serve_partly(gen, failure)
-            return gen
-        await self._discard(gen)
-        raise failure
+        return gen
 
-    def _serve_partly(self, gen: Generation, failure: WorkerFailed) -> None:
-        """The first generation serves with the workers that are READY; the rest are replaced."""
-        log.warning(
-            "master %d: %s; generation %d serves with %d of %d worker(s) and replaces the rest",
-            self._pid,
-            failure,
-            gen.number,
-            gen.ready_count(),
-            gen.size,
-        )
-        self._promote(gen)
-        for w in list(gen.slots.values()):
-            if w.state == "ready":
-                continue
-            if not w.child.alive:
-                self._replace_later(gen, w, w.child.describe_exit())
-            elif w is failure.worker:
-                w.child.kill()  # not READY in time: its exit replaces it
-            else:
-                self._keep_task(gen, w.slot, self._watch_start(w))
+    async def start_generation(self, *, first: bool = False) -> Generation:
+        """Start a generation; once every worker is READY, return it (:mod:`.handover`)."""
+        return await start_generation(self, first=first)
 
-    async def _reload(self) -> dict[str, Any]:
-        old = self.active
-        assert old is not None
-        self.reloads += 1
-        began = time.monotonic()
-        self.hooks.progress(
-            f"reload: starting generation {self._next_generation} ({self.size} worker(s))"
-        )
-        self.hooks.systemd.reloading(f"reloading: starting generation {self._next_generation}")
-        failure: WorkerFailed | None = None
-        try:
-            gen = await self._start_generation()
-        except WorkerFailed as exc:
-            failure = exc
-        if failure is not None:
-            self.reloads_failed += 1
-            log.error(
-                "master %d: reload failed: %s; generation %d keeps serving",
-                self._pid,
-                failure.with_cause(),
-                old.number,
-            )
-            outcome: dict[str, Any] = {
-                "ok": False,
-                "error": failure.with_cause(),
-                "generation": old.number,
-            }
-        else:
-            self._promote(gen)
-            ready_after = time.monotonic() - began
-            self.hooks.progress(
-                f"generation {gen.number} ready in {ready_after:.2f}s; "
-                f"draining generation {old.number}"
-            )
-            self.hooks.systemd.ready(self.status_line())
-            await self._drain(old, f"replaced by generation {gen.number}")
-            took = time.monotonic() - began
-            self.hooks.progress(f"generation {old.number} exited; reload done in {took:.2f}s")
-            outcome = {
-                "ok": True,
-                "generation": gen.number,
-                "ready_after": round(ready_after, 3),
-                "seconds": round(took, 3),
-            }
-        self.hooks.systemd.ready(self.status_line())
-        outcome["finished_at"] = time.time()
-        self.last_reload = outcome
-        self.hooks.reloaded(outcome)
-        return outcome
+    async def reload(self) -> dict[str, Any]:
+        """Start a new generation; once it is READY, drain the serving one (:mod:`.handover`)."""
+        return await self._reloads.run()
 
-    async def _drain(self, gen: Generation, why: str) -> None:
-        """Ask a generation to drain (TERM), wait within the shutdown budget, then kill."""
+    async def drain(self, gen: Generation, why: str) -> None:
+        """Ask a generation to drain (TERM), wait by its plan's ``master_kill``, then kill."""
         gen.state = "draining"
         for task in gen.replacing.values():
             task.cancel()
         workers = gen.workers()
         for w in workers:
-            self._ask_to_stop(w, _STOP)
+            self.ask_to_stop(w)
         log.info("master %d: generation %d draining (%s)", self._pid, gen.number, why)
-        now = asyncio.get_running_loop().time()
-        await self._wait_or_kill(workers, self.budget.deadline(now) + self.budget.master_kill)
+        # A reload's drain is a stop of that generation, planned when it begins.
+        plan = ShutdownPlan.begin(self.config, drain_delay=False)
+        await self._wait_or_kill(workers, plan.master_kill)
         gen.state = "exited"
         self._forget(gen)
 
-    async def _discard(self, gen: Generation) -> None:
+    async def discard(self, gen: Generation) -> None:
         """Kill a generation that did not make it (bounded wait)."""
         gen.state = "failed"
         workers = gen.workers()
@@ -503,9 +334,9 @@ class Pool:
 
     # -- single workers -----------------------------------------------------------
 
-    def _spawn_worker(self, gen: Generation, slot: int, restarts: int = 0) -> Worker:
+    def spawn_worker(self, gen: Generation, slot: int, restarts: int = 0) -> Worker:
         """Start a worker in ``slot``; raises OSError if the OS refuses (EMFILE, EAGAIN...)."""
-        w = self._start_worker(gen, slot, restarts)
+        w = self.new_worker(gen, slot, restarts)
         old = gen.slots.get(slot)
         if old is not None and old.child.alive:
             gen.retired.append(old)
@@ -516,116 +347,19 @@ class Pool:
         log.info("master %d: started %s in slot %d", self._pid, w.label, slot)
         return w
 
-    def _start_worker(self, gen: Generation, slot: int, restarts: int) -> Worker:
+    def new_worker(self, gen: Generation, slot: int, restarts: int) -> Worker:
         """A new worker for ``slot``, known by pid, not yet in the slot."""
         wid = self._next_worker
         self._next_worker += 1
         child, debug_path = self._spawn(wid, gen.number)
         if self.active is not None and self.active is not gen:  # a reload: serving workers first
-            self.hooks.prioritise(child.pid, "idle")
-            self._raise_later[child.pid] = asyncio.get_running_loop().call_later(
-                STARTING_IDLE_FOR, self.hooks.prioritise, child.pid, "low"
-            )
+            self.priority.start_low(child.pid)
         w = Worker(wid, gen.number, slot, child, debug_path, restarts=restarts)
         self.by_pid[w.pid] = w
         child.exited.add_done_callback(lambda _: self._on_worker_exit(w))
         return w
 
-    # -- recycling (--max-requests) -----------------------------------------------
-
-    def _on_recycle(self, w: Worker) -> None:
-        """``w`` is due (--max-requests, --max-worker-memory) and has stopped taking requests.
-
-        A successor takes its slot once READY. A successor that asks before it
-        has taken over is recycled as soon as it has. When none can be started
-        for it now (its generation is still starting), it is told to take
-        requests again, and recycled once the generation serves.
-        """
-        w.recycle_due = True
-        if self.stopping or w.asked_to_stop or not w.child.alive or w.recycling:
-            return  # it is stopping anyway, or its successor is on the way
-        gen = self.generations.get(w.generation)
-        if gen is None:
-            return
-        if self._holds(gen, w):
-            w.recycling = True
-            self._keep_task(gen, w.slot, self._recycle(gen, w))
-        elif gen.successors.get(w.slot) is not w:
-            self._resume(w, f"generation {gen.number} is {gen.state}")
-
-    def _resume(self, w: Worker, why: str) -> None:
-        """A worker waiting for its successor takes requests again: none is coming yet."""
-        if w.child.alive and not w.asked_to_stop:
-            log.warning("master %d: %s takes requests again: %s", self._pid, w.label, why)
-            w.child.signal(RESUME_SIGNAL)
-
-    async def _recycle(self, gen: Generation, old: Worker) -> None:
-        """Start ``old``'s successor; when it is READY, it takes the slot and ``old`` drains.
-
-        ``old`` stopped taking requests when it asked (what it would take queues
-        in the master's sockets for its siblings and the successor), so it
-        serves no more than its limit plus one request per open connection. A
-        successor that fails (exits, not READY in --reload-timeout, refused by
-        the OS) is retried with backoff, and ``old`` takes requests again
-        meanwhile (RESUME_SIGNAL): the slot is never left without a worker that
-        accepts.
-        """
-        attempt = 0
-        while self._holds(gen, old):
-            attempt += 1
-            if attempt > 1:
-                await asyncio.sleep(max(BACKOFF_FIRST, _delay(attempt)))
-                if not self._holds(gen, old):
-                    return
-            try:
-                new = self._start_worker(gen, old.slot, 0)
-            except OSError as exc:
-                log.error(  # noqa: TRY400 - the OS error says it all
-                    "master %d: cannot start a successor for %s: %s; it serves on",
-                    self._pid,
-                    old.label,
-                    exc,
-                )
-                self._resume(old, "no successor could be started")
-                continue
-            log.info("master %d: %s recycles; started %s", self._pid, old.label, new.label)
-            gen.successors[old.slot] = new
-            try:
-                async with asyncio.timeout(self.config.reload_timeout):
-                    await new.until_ready()
-            except asyncio.CancelledError:
-                gen.retired.append(new)  # the master is stopping: it stops with the rest
-                raise
-            except (TimeoutError, WorkerFailed) as exc:
-                log.error(  # noqa: TRY400 - the reason is the whole story
-                    "master %d: %s, successor of %s, failed: %s; %s serves on",
-                    self._pid,
-                    new.label,
-                    old.label,
-                    exc if isinstance(exc, WorkerFailed) else "not READY in --reload-timeout",
-                    old.label,
-                )
-                new.child.kill()
-                self._resume(old, "its successor failed")
-                continue
-            finally:
-                gen.successors.pop(old.slot, None)
-            if not self._holds(gen, old):
-                gen.retired.append(new)  # the slot moved on meanwhile (a crash, a reload)
-                self._ask_to_stop(new, _STOP)
-                return
-            gen.slots[old.slot] = new
-            gen.retired.append(old)
-            self._ask_to_stop(old, _STOP)
-            self.recycles += 1
-            self.hooks.restarted("recycling")
-            log.info("master %d: %s took over from %s", self._pid, new.label, old.label)
-            self.hooks.systemd.status(self.status_line())
-            if new.recycle_due:  # it reached its own limit before it took over
-                self._on_recycle(new)
-            return
-
-    def _holds(self, gen: Generation, w: Worker) -> bool:
+    def holds(self, gen: Generation, w: Worker) -> bool:
         """Whether ``w`` is still the serving worker of its slot in the serving generation."""
         return (
             not self.stopping
@@ -635,65 +369,20 @@ class Pool:
             and w.child.alive
         )
 
-    def _ask_to_stop(self, w: Worker, sig: int) -> None:
+    def ask_to_stop(self, w: Worker, *, fast: bool = False) -> None:
+        """Tell ``w`` to drain (TERM), or to skip to cancelling (QUIT) when ``fast``; once."""
         if w.child.alive and not w.asked_to_stop:
             w.asked_to_stop = True
             w.state = "stopping"
             self.watchdog.cancel(w)
-            w.child.signal(sig)
+            w.child.signal(_FAST_STOP if fast else _STOP)
 
     async def _wait_or_kill(self, workers: list[Worker], deadline: float) -> list[Worker]:
-        """Wait for ``workers`` to exit by ``deadline`` (loop time); kill and return the rest.
-
-        A second stop signal (``hurry``) brings the deadline to the cancel budget:
-        the workers were told to skip to cancelling.
-        """
-        loop = asyncio.get_running_loop()
-        pending: set[asyncio.Future[Any]] = {w.child.exited for w in workers if w.child.alive}
-        hurried = self.hurry.is_set()
-        if hurried:
-            deadline = min(deadline, loop.time() + self.budget.master_kill)
-        hurry = asyncio.ensure_future(self.hurry.wait())
-        try:
-            while pending and (remaining := deadline - loop.time()) > 0:
-                waiting = pending if hurried else pending | {hurry}
-                done, _ = await asyncio.wait(
-                    waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                )
-                pending -= done
-                if not hurried and hurry in done:
-                    hurried = True
-                    deadline = min(deadline, loop.time() + self.budget.master_kill)
-        finally:
-            hurry.cancel()
-        stuck = [w for w in workers if w.child.alive]
-        for w in stuck:
-            log.error(
-                "master %d: %s did not exit within its shutdown budget; killing it",
-                self._pid,
-                w.label,
-            )
-            w.killed = True
-            w.child.kill()
-        for w in stuck:
-            await w.child.wait(5)
-        return stuck
-
-    def _started_low(self, w: Worker) -> bool:
-        """Whether ``w`` was started at a reload's low priority; forgets its pending raise."""
-        timer = self._raise_later.pop(w.pid, None)
-        if timer is None:
-            return False
-        timer.cancel()
-        return True
-
-    def _restore_priority(self, w: Worker) -> None:
-        """A worker started at a reload's low priority gets the normal one back."""
-        if self._started_low(w):
-            self.hooks.prioritise(w.pid, "normal")
+        """Wait for ``workers`` by ``deadline`` (``time.monotonic()``); kill and return the rest."""
+        return await wait_or_kill(workers, deadline, config=self.config, hurry=self.hurry)
 
     def _on_worker_exit(self, w: Worker) -> None:
-        self._started_low(w)  # gone: nothing to raise any more
+        self.priority.forget(w.pid)  # gone: nothing to raise any more
         self._read_pending()  # its last STATUS (why it failed) may still be in the socket
         w.state = "exited"
         self.watchdog.cancel(w)
@@ -708,38 +397,9 @@ class Pool:
             if gen.state != "starting":
                 log.info("master %d: %s %s", self._pid, w.label, w.child.describe_exit())
             return
-        self._replace_later(gen, w, w.child.describe_exit())
+        self.replacements.replace_later(gen, w, w.child.describe_exit())
 
-    def backoff(self, gen: Generation, w: Worker) -> tuple[float, int]:
-        """The delay before ``w``'s slot is filled again, and its failures in a row.
-
-        A worker that served for a while is replaced at once: a request that
-        kills workers (a query of death) must not grow a delay that empties the
-        service. Only workers that die before READY, or right after it, count
-        as failures of the slot and back off: that is a broken app or deploy.
-        """
-        served = w.ready_at is not None and time.monotonic() - w.ready_at >= SERVED_AFTER
-        failures = 0 if served else gen.failures.get(w.slot, 0) + 1
-        gen.failures[w.slot] = failures
-        return _delay(failures), failures
-
-    def _replace_later(self, gen: Generation, w: Worker, what: str) -> None:
-        """Schedule a replacement for ``w``, which left its slot of the serving generation."""
-        delay, failures = self.backoff(gen, w)
-        log.warning(
-            "master %d: %s %s %s; replacing it%s",
-            self._pid,
-            w.label,
-            what,
-            "while serving" if w.ready_at is not None else "before it was ready",
-            f" in {delay:.1f}s (failure {failures} in a row)" if delay else "",
-        )
-        self.restarts += 1
-        self.hooks.restarted("watchdog" if w.watchdog_killed else "crash")
-        self._keep_task(gen, w.slot, self._replace(gen, w.slot, delay, w.restarts + 1))
-        self.hooks.systemd.status(self.status_line())
-
-    def _keep_task(self, gen: Generation, slot: int, coro: Any) -> None:
+    def keep_task(self, gen: Generation, slot: int, coro: Any) -> None:
         """Run ``coro`` for ``slot``; the generation holds it (cancelled when it drains)."""
         task = asyncio.get_running_loop().create_task(coro, name=f"master:slot-{slot}")
         gen.replacing[slot] = task
@@ -747,56 +407,15 @@ class Pool:
             lambda t: gen.replacing.pop(slot, None) if gen.replacing.get(slot) is t else None
         )
 
-    async def _replace(self, gen: Generation, slot: int, delay: float, restarts: int) -> None:
-        if delay:
-            await asyncio.sleep(delay)
-        if self.stopping or gen is not self.active or gen.state != "serving":
-            return
-        try:
-            w = self._spawn_worker(gen, slot, restarts)
-        except OSError as exc:
-            # The OS refused (EMFILE, EAGAIN, ENOMEM): the slot stays empty for now, not for good.
-            failures = gen.failures.get(slot, 0) + 1
-            gen.failures[slot] = failures
-            retry = max(BACKOFF_FIRST, _delay(failures))
-            log.error(  # noqa: TRY400 - the OS error says it all
-                "master %d: cannot start a worker in slot %d: %s; retrying in %.1fs",
-                self._pid,
-                slot,
-                exc,
-                retry,
-            )
-            gen.replacing.pop(slot, None)
-            self._keep_task(gen, slot, self._replace(gen, slot, retry, restarts))
-            return
-        await self._watch_start(w)
-
-    async def _watch_start(self, w: Worker) -> None:
-        """Kill a worker that is not READY within --reload-timeout (its exit replaces it)."""
-        timed_out = False
-        try:
-            async with asyncio.timeout(self.config.reload_timeout):
-                await w.until_ready()
-        except TimeoutError:
-            timed_out = True
-        except WorkerFailed as exc:
-            log.debug("replacement failed: %s", exc)  # its exit schedules the next attempt
-        if timed_out:
-            log.error(
-                "master %d: %s was not READY within --reload-timeout; killing it",
-                self._pid,
-                w.label,
-            )
-            w.child.kill()
-
-    def _reconcile_size(self) -> None:
+    def reconcile_size(self) -> None:
+        """Bring the serving generation to ``size`` workers (after a turn of the queue)."""
         gen = self.active
         if gen is None or self.stopping:
             return
         gen.size = self.size
         for slot in range(self.size):
             if slot not in gen.slots:
-                self._keep_task(gen, slot, self._replace(gen, slot, 0.0, 0))
+                self.replacements.fill(gen, slot)
         for slot in sorted(gen.slots, reverse=True):
             if slot >= self.size:
                 w = gen.slots.pop(slot)
@@ -804,7 +423,7 @@ class Pool:
                 task = gen.replacing.pop(slot, None)
                 if task is not None:
                     task.cancel()
-                self._ask_to_stop(w, _STOP)
+                self.ask_to_stop(w)
 
     # -- notifications and the watchdog --------------------------------------------
 
@@ -818,7 +437,7 @@ class Pool:
         if report.status is not None:
             w.status = report.status
         if report.ready and not w.ready.is_set():
-            self._restore_priority(w)
+            self.priority.restore(w.pid)
             w.mark_ready()
             took = time.monotonic() - w.started_at
             gen = self.generations.get(w.generation)
@@ -831,7 +450,7 @@ class Pool:
                 self.hooks.systemd.status(self.status_line())
             self.watchdog.beat(w)
         if report.recycle:
-            self._on_recycle(w)
+            self.recycling.due(w)
         if report.heartbeat and w.state == "ready":
             w.last_heartbeat = time.monotonic()
             self.watchdog.beat(w)
@@ -840,37 +459,3 @@ class Pool:
         """Act on every notification already sent, before judging a worker by what it said."""
         for message in self.hooks.pending():
             self.on_notification(message)
-
-
-def _delay(failures: int) -> float:
-    """0 for the first failure in a row, then 0.5 s doubling up to 30 s."""
-    return 0.0 if failures <= 1 else min(BACKOFF_FIRST * 2 ** (failures - 2), BACKOFF_MAX)
-
-
-def _check_alive(gen: Generation) -> None:
-    """A worker that exited between its READY and the generation's is a failed start."""
-    for w in gen.slots.values():
-        if not w.child.alive:
-            raise WorkerFailed(w, w.child.describe_exit() + " right after READY")
-
-
-def _resolve(futures: list[asyncio.Future[dict[str, Any]]], outcome: dict[str, Any]) -> None:
-    for fut in futures:
-        if not fut.done():
-            fut.set_result(outcome)
-
-
-def set_priority(pid: int, level: Priority) -> None:
-    """Give every thread of ``pid`` the CPU priority ``level``; only as root (see above)."""
-    if os.geteuid() != 0:
-        return
-    policy = os.SCHED_IDLE if level == "idle" else os.SCHED_OTHER
-    niceness = STARTING_NICENESS if level == "low" else 0
-    try:
-        threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
-    except OSError:
-        return  # already gone
-    for tid in threads:  # policy and niceness are per thread on Linux
-        with contextlib.suppress(OSError):
-            os.sched_setscheduler(tid, policy, os.sched_param(0))
-            os.setpriority(os.PRIO_PROCESS, tid, niceness)
