@@ -8,11 +8,16 @@ It is a :class:`~tether.group.Group` of parts, each the one owner of its state:
 - ``servers``: the control socket (:mod:`tether._control`) and the debug
   listener, the same :class:`~tether.debug.DebugApp` on the same
   engine (``tether._engines.http_engine``) a worker uses, over the status
-  view (:mod:`.status`). They start once the first workers are spawned: the
-  master imports nothing before that which it does not need to bind its
-  sockets and start them (no HTTP engine, no ``prometheus_client``);
+  view (:mod:`.status`). They start once the first workers are spawned;
 - ``notifications``: every worker's READY/WATCHDOG/STATUS, routed to the pool
   (or to the upgrader, from a new master).
+
+Before any of this, and before this module is imported, :mod:`tether._opening`
+binds the sockets and spawns the first generation (no asyncio, no HTTP engine,
+no ``prometheus_client``): the master takes that opening over and adopts those
+workers when the pool first asks for them, so the workers import their app
+while the master imports itself. With a gunicorn config's hooks (which run
+before the sockets are bound and before each spawn) the master opens itself.
 
 Signals arrive through :func:`tether.signals.install`, whose table says which
 ``handle_<action>`` method each one calls, and become requests: TERM/INT stop
