@@ -198,9 +198,12 @@ def bind(
         return _bind_unix(address, backlog, flag, mode)
     if address.kind == "fd":
         return _adopt_fd(address, backlog, flag)
+    # An ASCII host goes as bytes: a str is IDNA-encoded first, whose codec's import
+    # (stringprep, unicodedata) would sit on every start's path for nothing.
+    host = address.host.encode("ascii") if address.host.isascii() else address.host
     try:
         infos = socket.getaddrinfo(
-            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except socket.gaierror as exc:
         raise BindError(
