@@ -69,7 +69,7 @@ from tether._children import Child
 from tether._control import ControlServer
 from tether._opening import Opening, open_master, spawn_worker
 from tether._pidfile import PidFile
-from tether._reaper import Reaper, own
+from tether._reaper import Reaper, disown, own
 from tether._waits import first
 from tether.config import RunConfig, ShutdownBudget, ShutdownPlan
 from tether.group import Group, StopToken
@@ -313,7 +313,11 @@ class Master:
         """Release everything; kill any child still alive that was not handed over."""
         handed_over = self._handover.is_set()
         if self._opening is not None:
-            self._opening.close()  # first workers the pool never asked for (a stop came first)
+            # First workers the pool never asked for (a stop came first): killed and reaped.
+            unadopted = list(self._opening.first_workers.values())
+            self._opening.close()
+            for pid in unadopted:
+                disown(pid)
         if self.upgrader is not None and not handed_over:
             await self.upgrader.close()
         await self.pool.close()
