@@ -198,8 +198,7 @@ def bind(
         return _bind_unix(address, backlog, flag, mode)
     if address.kind == "fd":
         return _adopt_fd(address, backlog, flag)
-    # An ASCII host goes as bytes: a str is IDNA-encoded first, whose codec's import
-    # (stringprep, unicodedata) would sit on every start's path for nothing.
+    # As bytes, an ASCII host skips the IDNA codec (and its imports) on every start's path.
     host = address.host.encode("ascii") if address.host.isascii() else address.host
     try:
         infos = socket.getaddrinfo(
