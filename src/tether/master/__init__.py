@@ -253,7 +253,7 @@ class Master:
 
     def _open(self) -> None:
         """Sockets, private directory, notify receiver, parent pipe. Raises ConfigError."""
-        if self._opening is None:  # not opened before the loop (a test's Master)
+        if self._opening is None:  # not opened before the loop: gunicorn hooks first, or a test
             self._opening = open_master(self.config, app_metrics=self.app_metrics)
         op = self._opening.take()
         if op.upgrade is not None:  # a USR2: the old master started this one
