@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from masterproc import MasterProc, free_port, write_app
-from tether.master.support import remove_stale_rundirs
+from tether._opening import remove_stale_rundirs
 
 
 def run_master(cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -5,7 +5,8 @@ Start time and memory per worker are mostly imports. A serving process
 the reloader, ``prometheus_client`` (until ``/metrics`` is scraped) or a
 websocket library (until a websocket arrives), nor the debug server when it
 runs without one; a master starts its workers before it imports the HTTP
-engine, the debug server or ``prometheus_client``, and never imports the app.
+engine, the debug server, ``prometheus_client``, asyncio or the master's own
+machinery (tether._opening binds and spawns first), and never imports the app.
 Real processes, loopback only.
 """
 
@@ -43,7 +44,8 @@ NOT_FOR_SERVING = frozenset(
 #: The debug server's own modules.
 DEBUG_SERVER = frozenset({"tether.debug", "tether.console"})
 #: Not loaded by a master before its first workers are started (the app: never). It does
-#: load ctypes: it becomes its descendants' subreaper first.
+#: load ctypes: it becomes its descendants' subreaper first. Nor asyncio and the master's
+#: parts: the workers' start is the longest part of the master's, so it begins first.
 NOT_BEFORE_SPAWN = (
     (NOT_FOR_SERVING - {"ctypes"})
     | DEBUG_SERVER
@@ -51,25 +53,31 @@ NOT_BEFORE_SPAWN = (
         "uvicorn",
         "watchfiles",
         "tether.serving",
+        "asyncio",
+        "tether.master",
+        "tether.group",
+        "tether.metrics",
+        "tether._children",
+        "tether._control",
     }
 )
 
 #: `tether run ARGS`, writing the master's modules to $MODULES_AT_SPAWN when it first spawns.
 SPY = """\
 import json, os, sys
-import tether.master
+import tether.sockets
 
-spawn = tether.master.Master._spawn_worker
+spawn = tether.sockets.spawn
 
-def spy(self, wid, generation):
+def spy(*args, **kwargs):
     out = os.environ["MODULES_AT_SPAWN"]
     if not os.path.exists(out):
         with open(out + ".tmp", "w") as f:
             json.dump(sorted(sys.modules), f)
         os.replace(out + ".tmp", out)
-    return spawn(self, wid, generation)
+    return spawn(*args, **kwargs)
 
-tether.master.Master._spawn_worker = spy
+tether.sockets.spawn = spy  # every child's start, before any module takes the name
 from tether.cli import main
 main(sys.argv[1:])
 """
@@ -116,7 +124,7 @@ def test_the_master_spawns_its_workers_before_importing_the_http_engine(tmp_path
         # kept the pid (tether._init): it has that module from the fork, not an import.
         at_spawn = set(json.loads(out.read_text())) - {"tether._init"}
         assert sorted(at_spawn & (NOT_BEFORE_SPAWN | {"modules"})) == []
-        assert "tether.master" in at_spawn
+        assert "tether._opening" in at_spawn
         # After the spawn the master serves its own debug listener, on the HTTP engine.
         eventually(lambda: _answers(debug_port, "/readyz"), "the master is ready")
         assert "modules" in loaded(port)  # the worker imported the app

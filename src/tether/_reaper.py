@@ -22,10 +22,13 @@ are a few lines no maintained library offers (tini is a C program).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["Reaper", "disown", "own", "reap_orphans", "set_child_subreaper"]
 

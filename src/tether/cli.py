@@ -11,7 +11,6 @@ short.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
@@ -40,7 +39,7 @@ from tether.config import (
 )
 from tether.errors import ShutdownAbandoned, TetherError
 from tether.logs import setup_logging
-from tether.worker import started_by_master
+from tether.worker import WORKER_PROGRAM, started_by_master
 
 __all__ = ["exit_code_for", "main"]
 
@@ -116,9 +115,7 @@ def _run(config: RunConfig) -> int:
         if config.workers == 0:
             _run_single(config)
         else:
-            from tether.master import run_master
-
-            run_master(config)
+            _run_master(config)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
@@ -133,7 +130,27 @@ def _run(config: RunConfig) -> int:
     return EXIT_OK
 
 
+def _run_master(config: RunConfig) -> None:
+    """Bind and spawn the first workers (tether._opening), then import and run the master.
+
+    A gunicorn config's hooks run before the master binds (``on_starting``): then the
+    master opens itself, after them.
+    """
+    from tether._opening import open_master
+
+    opening = open_master(config, program=WORKER_PROGRAM) if config.python_config is None else None
+    try:
+        from tether.master import run_master
+
+        run_master(config, opening)
+    finally:
+        if opening is not None:
+            opening.close()  # what the master did not take over (it raised first)
+
+
 def _run_single(config: RunConfig) -> None:
+    import asyncio
+
     from tether.runtime import Service
 
     # A reload (HUP) starts this same command again, from the same directory.

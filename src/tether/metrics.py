@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tether import _metricdefs as M
+from tether.worker import final_path  # the process contract's file name, re-exported
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -239,11 +240,6 @@ def exposition(families: Callable[[], Iterable[Metric]]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Families(families))
     return bytes(generate_latest(registry))
-
-
-def final_path(debug_path: str) -> str:
-    """Where the worker whose private debug socket is ``debug_path`` leaves its final counts."""
-    return debug_path + ".metrics"
 
 
 def write_final(path: str, families: Callable[[], Iterable[Metric]]) -> None:

@@ -11,13 +11,16 @@ receiver costs one log line, not the service); the receiver learns each
 sender's pid from the kernel (``SCM_CREDENTIALS``), never from the message,
 so a process cannot speak for another.
 
+asyncio is imported only when a receiver starts reading: a master binds its notify
+socket before its event loop exists, and spawns its first workers before it has
+paid for asyncio (tether._opening).
+
 Written by hand because the protocol is twenty lines and the libraries that
 wrap ``sd_notify`` either need libsystemd or have no receiver side.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import logging
@@ -30,8 +33,12 @@ import threading
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from tether.errors import RuntimeDirError
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = [
     "Notifier",
@@ -169,7 +176,8 @@ class NotifyReceiver:
 
     def __init__(self, path: str | None = None) -> None:
         self._dir: str | None = None
-        self._queue: asyncio.Queue[NotifyMessage] = asyncio.Queue()
+        #: Made when reading begins (start, pending): asyncio is not imported before.
+        self._queue: asyncio.Queue[NotifyMessage] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
@@ -190,8 +198,18 @@ class NotifyReceiver:
     def start(self) -> None:
         """Start reading in the running event loop (done by ``async with``)."""
         if self._loop is None:
+            import asyncio
+
             self._loop = asyncio.get_running_loop()
+            self._messages()
             self._loop.add_reader(self._sock.fileno(), self._on_readable)
+
+    def _messages(self) -> asyncio.Queue[NotifyMessage]:
+        if self._queue is None:
+            import asyncio
+
+            self._queue = asyncio.Queue()
+        return self._queue
 
     def _on_readable(self) -> None:
         fd_space = socket.CMSG_SPACE(253 * 4)
@@ -219,10 +237,11 @@ class NotifyReceiver:
             if uid not in (os.getuid(), 0):
                 log.warning("dropping a notification from pid %d of another user (%d)", pid, uid)
                 continue
-            if self._queue.qsize() >= _QUEUE_LIMIT:
+            queue = self._messages()
+            if queue.qsize() >= _QUEUE_LIMIT:
                 log.warning("notification queue full; dropping a message from pid %d", pid)
                 continue
-            self._queue.put_nowait(NotifyMessage(pid, uid, parse_message(data)))
+            queue.put_nowait(NotifyMessage(pid, uid, parse_message(data)))
 
     def pending(self) -> list[NotifyMessage]:
         """Every message that has arrived and was not yet taken, at once (no waiting).
@@ -233,14 +252,15 @@ class NotifyReceiver:
         if self._sock.fileno() >= 0:
             self._on_readable()
         taken = []
-        while not self._queue.empty():
-            taken.append(self._queue.get_nowait())
+        queue = self._messages()
+        while not queue.empty():
+            taken.append(queue.get_nowait())
         return taken
 
     async def get(self) -> NotifyMessage:
         """The next message (starts reading if needed)."""
         self.start()
-        return await self._queue.get()
+        return await self._messages().get()
 
     def __aiter__(self) -> AsyncIterator[NotifyMessage]:
         return self._iterate()

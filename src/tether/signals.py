@@ -30,14 +30,16 @@ fires. The callback proper always runs on the loop, via
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import signal
 import types
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = [
     "HELD_WHILE_STARTING",

@@ -198,9 +198,11 @@ def bind(
         return _bind_unix(address, backlog, flag, mode)
     if address.kind == "fd":
         return _adopt_fd(address, backlog, flag)
+    # As bytes, an ASCII host skips the IDNA codec (and its imports) on every start's path.
+    host = address.host.encode("ascii") if address.host.isascii() else address.host
     try:
         infos = socket.getaddrinfo(
-            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except socket.gaierror as exc:
         raise BindError(

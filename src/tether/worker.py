@@ -84,6 +84,7 @@ __all__ = [
     "failed_report",
     "failure_cause",
     "failure_line",
+    "final_path",
     "handoff_env",
     "is_successor",
     "read_stop_plan",
@@ -385,6 +386,11 @@ def worker_base_env(environ: Mapping[str, str], config: RunConfig) -> dict[str, 
     env = {k: v for k, v in environ.items() if k not in _PRIVATE_VARS}
     env["WATCHDOG_USEC"] = str(int(config.watchdog_timeout * 1_000_000))
     return env
+
+
+def final_path(debug_path: str) -> str:
+    """Where the worker whose private debug socket is ``debug_path`` leaves its final counts."""
+    return debug_path + ".metrics"
 
 
 def write_stop_plan(path: str, deadline: float) -> None:

@@ -8,11 +8,16 @@ It is a :class:`~tether.group.Group` of parts, each the one owner of its state:
 - ``servers``: the control socket (:mod:`tether._control`) and the debug
   listener, the same :class:`~tether.debug.DebugApp` on the same
   engine (``tether._engines.http_engine``) a worker uses, over the status
-  view (:mod:`.status`). They start once the first workers are spawned: the
-  master imports nothing before that which it does not need to bind its
-  sockets and start them (no HTTP engine, no ``prometheus_client``);
+  view (:mod:`.status`). They start once the first workers are spawned;
 - ``notifications``: every worker's READY/WATCHDOG/STATUS, routed to the pool
   (or to the upgrader, from a new master).
+
+Before any of this, and before this module is imported, :mod:`tether._opening`
+binds the sockets and spawns the first generation (no asyncio, no HTTP engine,
+no ``prometheus_client``): the master takes that opening over and adopts those
+workers when the pool first asks for them, so the workers import their app
+while the master imports itself. With a gunicorn config's hooks (which run
+before the sockets are bound and before each spawn) the master opens itself.
 
 Signals arrive through :func:`tether.signals.install`, whose table says which
 ``handle_<action>`` method each one calls, and become requests: TERM/INT stop
@@ -60,35 +65,22 @@ from typing import TYPE_CHECKING, Any, Literal
 from tether import signals
 from tether import sockets as sockets_mod
 from tether._appmetrics import MultiprocDir
-from tether._children import Child, start_child
-from tether._control import ControlServer, bind_control
-from tether._listeners import open_listeners
+from tether._children import Child
+from tether._control import ControlServer
+from tether._opening import Opening, open_master, spawn_worker
 from tether._pidfile import PidFile
-from tether._reaper import Reaper
+from tether._reaper import Reaper, disown, own
 from tether._waits import first
 from tether.config import RunConfig, ShutdownBudget, ShutdownPlan
 from tether.group import Group, StopToken
 from tether.master.pool import Pool, PoolHooks
 from tether.master.status import StatusView, fetch_unix
-from tether.master.support import (
-    SystemdLink,
-    logical_cwd,
-    make_rundir,
-    rundir_failed,
-    upgrade_argv,
-)
+from tether.master.support import SystemdLink, upgrade_argv
 from tether.master.upgrade import Upgrader, upgrade_env
 from tether.master.workers import Worker
-from tether.metrics import Aggregator, Lifecycle, final_path
+from tether.metrics import Aggregator, Lifecycle
 from tether.notify import Notifier, NotifyMessage, NotifyReceiver, watchdog_interval
-from tether.worker import (
-    WORKER_PROGRAM,
-    UpgradeContract,
-    WorkerContract,
-    worker_argv,
-    worker_base_env,
-    write_stop_plan,
-)
+from tether.worker import WORKER_PROGRAM, write_stop_plan
 
 if TYPE_CHECKING:
     from tether._hooks import ServerHooks
@@ -101,20 +93,33 @@ log = logging.getLogger("tether.master")
 StopMode = Literal["graceful", "fast"]
 
 
-def run_master(config: RunConfig) -> None:
-    """Run a master with ``config.workers`` workers until stopped; raises as ``Master.run``."""
-    asyncio.run(Master(config).run())
+def run_master(config: RunConfig, opening: Opening | None = None) -> None:
+    """Run a master with ``config.workers`` workers until stopped; raises as ``Master.run``.
+
+    ``opening``: what :func:`tether._opening.open_master` bound and spawned before this
+    module was imported (the CLI's way, so the first workers start at once); None: the
+    master opens itself.
+    """
+    asyncio.run(Master(config, opening=opening).run())
 
 
 class Master:
     """One master process. ``run()`` once; see the module docstring for the model."""
 
-    def __init__(self, config: RunConfig, *, program: Sequence[str] = WORKER_PROGRAM) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        program: Sequence[str] = WORKER_PROGRAM,
+        opening: Opening | None = None,
+    ) -> None:
         self.config = config
         self.budget = ShutdownBudget.of(config)
         self._program = tuple(program)
         self._pid = os.getpid()
-        self._cwd = logical_cwd()
+        #: Sockets, runtime directory and first workers, until ``_open`` takes them over.
+        self._opening = opening
+        self._cwd = ""
         self._app_socks: list[socket.socket] = []
         self._debug_sock: socket.socket | None = None
         self._control_sock: socket.socket | None = None
@@ -152,7 +157,7 @@ class Master:
         self.aggregator = Aggregator(fetch_unix)
         self.lifecycle = Lifecycle()
         #: The app's prometheus_client files (off until ``_open`` chooses the directory).
-        self.app_metrics = MultiprocDir()
+        self.app_metrics = opening.app_metrics if opening is not None else MultiprocDir()
         self.view = StatusView(
             self.pool,
             stop=lambda: self.request_stop("graceful"),
@@ -203,6 +208,8 @@ class Master:
     async def run(self) -> None:
         """Start, serve until stopped, drain. Raises what the group collected."""
         loop = asyncio.get_running_loop()
+        for pid in self._opening.first_workers.values() if self._opening is not None else ():
+            own(pid)  # spawned before this loop: reaped by the pool, never as an orphan
         reaper = Reaper(loop)  # orphans of the workers' apps come back here, to be reaped
         try:
             # gunicorn's arbiter tells the first count before on_starting (old value None).
@@ -246,44 +253,23 @@ class Master:
 
     def _open(self) -> None:
         """Sockets, private directory, notify receiver, parent pipe. Raises ConfigError."""
-        env = os.environ
-        upgrade = UpgradeContract.take(env)  # a USR2: the old master started this one
-        if upgrade is not None:
-            self._upgraded_from = upgrade.predecessor_pid
-            self._upstream = Notifier.from_env({"NOTIFY_SOCKET": upgrade.notify_address})
-            self._systemd_address = upgrade.systemd_address
-        else:
-            self._systemd_address = env.pop("NOTIFY_SOCKET", None)
+        if self._opening is None:  # not opened before the loop: gunicorn hooks first, or a test
+            self._opening = open_master(self.config, app_metrics=self.app_metrics)
+        op = self._opening.take()
+        if op.upgrade is not None:  # a USR2: the old master started this one
+            self._upgraded_from = op.upgrade.predecessor_pid
+            self._upstream = Notifier.from_env({"NOTIFY_SOCKET": op.upgrade.notify_address})
+        self._systemd_address = op.systemd_address
         if self._systemd_address:
             self.systemd.notifier = Notifier.from_env({"NOTIFY_SOCKET": self._systemd_address})
-        listeners = open_listeners(self.config)  # inherited (an upgrade, systemd) or bound
-        self._app_socks, self._debug_sock = listeners.app, listeners.debug
-        self._control_sock = listeners.control
-        cfg = self.config
-        if self._control_sock is None and cfg.control:
-            try:
-                self._control_sock = bind_control(cfg.control)
-            except BaseException:
-                listeners.close()
-                raise
-            self._control_path = cfg.control
-        elif self._control_sock is not None:
-            name = self._control_sock.getsockname()
-            self._control_path = name if isinstance(name, str) and name else None
-        self._rundir = make_rundir()
-        try:
-            self._rx = NotifyReceiver(os.path.join(self._rundir, "notify.sock"))
-        except OSError as exc:
-            raise rundir_failed(self._rundir, exc) from exc
+        self._app_socks, self._debug_sock = op.app_socks, op.debug_sock
+        self._control_sock, self._control_path = op.control_sock, op.control_path
+        self._rundir, self._rx, self._cwd = op.rundir, op.rx, op.cwd
         self._rx.start()
-        if cfg.app_metrics:
-            self.app_metrics.open(self._rundir, env)
-        # Workers hold the read end; only this process holds the write end, so
-        # its death (however it happens) is end-of-file for every worker.
-        self._parent_r, self._parent_w = os.pipe()
-        self._worker_env = worker_base_env(env, cfg)
-        self._worker_env.update(self.app_metrics.worker_env())
-        self._stop_plan_path = os.path.join(self._rundir, "stop-plan")
+        self._parent_r, self._parent_w = op.parent_r, op.parent_w
+        self._worker_env = op.worker_env
+        self._stop_plan_path = op.stop_plan_path
+        cfg = self.config
         self.upgrader = Upgrader(
             argv=upgrade_argv(),
             cwd=self._cwd,
@@ -304,39 +290,34 @@ class Master:
         return named
 
     def _spawn_worker(self, wid: int, generation: int) -> tuple[Child, str | None]:
-        """The pool's seam: start one worker on this master's sockets (OSError if refused)."""
-        debug_path = os.path.join(self._rundir, f"w{wid}.sock")
-        assert self._rx is not None
-        contract = WorkerContract(
-            notify_address=self._rx.path,
-            # The pipe's read end follows the app's sockets in the child (start_child).
-            parent_fd=sockets_mod.LISTEN_FDS_START + len(self._app_socks),
-            parent_pid=self._pid,
-            worker_id=wid,
-            generation=generation,
-            final_metrics=final_path(debug_path),  # its final counts, for /metrics
-            stop_plan=self._stop_plan_path,
-        )
-        env = {**self._worker_env, **contract.to_env()}
-        if self.server_hooks is not None:
-            self._hook("pre_fork", self.server_hooks.new_worker(wid, generation))
-        child, fds = start_child(
-            worker_argv(self.config, debug_path, self._program),
-            name=f"worker {wid}",
-            env=env,
-            sockets=[("app", s) for s in self._app_socks],
-            extra_fds=[self._parent_r],
-            capture_stderr=False,  # the master's stderr: a stalled master never blocks a worker
-            cwd=self._cwd,
-            new_process_group=True,  # terminal signals go to the master, which decides
-        )
-        assert fds[0] == contract.parent_fd
+        """The pool's seam: start one worker on this master's sockets (OSError if refused).
+
+        A first worker that the opening already started is adopted instead.
+        """
+        assert self._opening is not None
+        name = f"worker {wid}"
+        pid = self._opening.adopt(wid, generation)
+        if pid is not None:
+            debug_path = os.path.join(self._rundir, f"w{wid}.sock")
+        else:
+            if self.server_hooks is not None:
+                self._hook("pre_fork", self.server_hooks.new_worker(wid, generation))
+            pid, debug_path = spawn_worker(
+                self._opening, self.config, self._program, wid, generation
+            )
         self._spawned.set()
-        return child, debug_path
+        # Its stderr is the master's, inherited: a stalled master never blocks a worker.
+        return Child(pid, name, None), debug_path
 
     async def _close(self) -> None:
         """Release everything; kill any child still alive that was not handed over."""
         handed_over = self._handover.is_set()
+        if self._opening is not None:
+            # First workers the pool never asked for (a stop came first): killed and reaped.
+            unadopted = list(self._opening.first_workers.values())
+            self._opening.close()
+            for pid in unadopted:
+                disown(pid)
         if self.upgrader is not None and not handed_over:
             await self.upgrader.close()
         await self.pool.close()
