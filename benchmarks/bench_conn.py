@@ -20,8 +20,9 @@ import os
 import statistics
 from collections.abc import Iterator
 
-from peers import ensure_peers, ensure_wrk
 from suite import HERE, OUT, Round, one_round
+
+from peers import ensure_peers, ensure_wrk
 
 #: Short name -> suite.py's workload.
 WORKLOADS = {

@@ -44,7 +44,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from email.utils import formatdate
 from typing import Any, cast
 
@@ -55,7 +55,7 @@ from uvicorn.server import ServerState
 from tether._accesslog import AccessLog
 from tether._adoption import task_owner, task_scope
 from tether._drain import DrainSignal, app_shutdown_reserve, current_drain_signal, drain_signal
-from tether._guard import capped, guarded
+from tether._guard import HeadSweep, capped, guarded
 from tether._http1 import adapt, last_received, requests_waiting
 from tether._stacks import count_as_own, task_label, task_stack
 from tether.config import HttpOptions
@@ -80,6 +80,10 @@ logger = logging.getLogger("tether.serving")
 count_as_own("uvicorn")  # a request's task reads as the app's, not as uvicorn's
 
 _now = time.perf_counter  # per request: one global lookup, not two
+#: uvicorn's level below DEBUG.
+_TRACE = 5
+#: Linux's: hold written bytes until uncorked or closed (see _CoalescingTransport).
+_TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
 
 
 class _Connections(set[Any]):
@@ -377,6 +381,7 @@ class HttpServer:
             **_config_kwargs(options.http),
         )
         self.config.load()
+        _trace_only_when_asked()
         metrics = self.hooks.metrics
         self.state = _State(
             self.config.encoded_headers,
@@ -384,7 +389,13 @@ class HttpServer:
             lag=metrics.loop_lag if metrics is not None else None,
             tasks=self.hooks.requests,
             tick=self.hooks.tick,
-            traffic=self.hooks.traffic,
+            traffic=self._traffic,
+        )
+        #: The head deadline of every connection: one timer, not one per connection.
+        self._head_sweep = (
+            HeadSweep(self.state.connections, options.head_timeout)
+            if options.head_timeout is not None
+            else None
         )
         self.phase = "created"
         self._servers: list[asyncio.Server] = []
@@ -394,6 +405,13 @@ class HttpServer:
         self._idle_close: asyncio.TimerHandle | None = None
         self._lifespan: _Lifespan | None = None
         self._background: asyncio.Future[list[AbandonedWork]] | None = None
+
+    def _traffic(self, busy: bool) -> None:
+        """The first connection opened (True) or the last one closed (False)."""
+        if self._head_sweep is not None:
+            self._head_sweep.traffic(busy)
+        if self.hooks.traffic is not None:
+            self.hooks.traffic(busy)
 
     async def run(self, stop: StopToken) -> None:
         """Start, serve until ``stop``, then drain in phases (DESIGN.md, steps 3 to 6)."""
@@ -510,8 +528,13 @@ class HttpServer:
         state = self.state
         options = self.options
         cap = options.max_connections
+        # The last response of a plain TCP connection leaves with its FIN (TLS: the close
+        # waits for the TLS shutdown, so nothing may be held back for it).
+        fin = _TCP_CORK is not None and config.ssl is None and all(
+            sock.family in (socket.AF_INET, socket.AF_INET6) for sock in self.sockets
+        )
         factory = guarded(
-            _coalescing(adapt(config.http_protocol_class)),
+            _coalescing(adapt(config.http_protocol_class), fin_with_last=fin),
             head_timeout=options.head_timeout,
             max_head=options.max_head if cap is not None else None,
         )
@@ -683,6 +706,8 @@ class HttpServer:
     def _close_everything(self) -> None:
         if self._idle_close is not None:
             self._idle_close.cancel()
+        if self._head_sweep is not None:
+            self._head_sweep.stop()
         for server in self._servers:
             server.close()
         for conn in list(self.state.connections):
@@ -750,6 +775,20 @@ class HttpServer:
         return sorted(out, key=lambda tr: -(tr[1]["age"] or 0.0))
 
 
+def _trace_only_when_asked() -> None:
+    """Give uvicorn's server logger the level it logs at, as uvicorn's ``--log-level`` does.
+
+    uvicorn's protocols decide whether to write their trace lines ("connection
+    made", "connection lost") from that logger's own level, not its effective
+    one; left unset (0, below trace) every connection formats and logs two
+    records that are then dropped. Left alone when a level was set on it, or
+    when trace is on.
+    """
+    log = logging.getLogger("uvicorn.error")
+    if log.level == logging.NOTSET and not log.isEnabledFor(_TRACE):
+        log.setLevel(log.getEffectiveLevel())
+
+
 def _config_kwargs(http: HttpOptions) -> dict[str, Any]:
     """Keyword arguments for uvicorn's ``Config``; tether sends its own server header."""
     kwargs = {f.name: getattr(http, f.name) for f in dataclasses.fields(http)}
@@ -798,19 +837,24 @@ class _WebSocketProtocol:
         return self._protocol(**kwargs)
 
 
-def _coalescing(factory: Any) -> Any:
+def _coalescing(factory: Any, *, fin_with_last: bool) -> Any:
     """uvicorn's protocol, writing what one loop step sends in one system call.
 
     uvicorn writes a response's head when the app sends ``http.response.start``
     and its body when it sends ``http.response.body``: two ``write`` calls for
     every small response, each a trip through the kernel's TCP stack and a
     wake-up of the client. Sent through :class:`_CoalescingTransport`, they
-    leave as one.
+    leave as one. With ``fin_with_last`` (plain TCP), a response the connection
+    closes after leaves in the segment that carries the FIN.
     """
 
     class Coalescing(factory):  # type: ignore[misc]
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            super().connection_made(_CoalescingTransport(transport, self.loop))
+            # uvicorn reads the connection's addresses (three lookups) and sets up its flow
+            # control on the real transport, with no wrapper in between; what it writes
+            # from here on goes through the coalescing one.
+            super().connection_made(transport)
+            self.transport = _CoalescingTransport(transport, self.loop, fin_with_last)
 
     return Coalescing
 
@@ -822,16 +866,26 @@ class _CoalescingTransport:
     the step (``call_soon``: after the callbacks already due, before the loop
     polls again); later writes join it. Whatever closes or reports on the
     connection sees the held bytes first, so nothing is lost or reordered.
-    Everything else is the real transport's. One is made per connection: three
+    Everything else is the real transport's. One is made per connection: four
     slots, no dict.
+
+    With ``fin_with_last``, bytes still held when the connection is closed (a
+    ``Connection: close`` response, written and closed in one step) are corked
+    (``TCP_CORK``) before they are written: the kernel keeps them until the
+    close, which sends them in one segment with the FIN instead of two, one
+    segment fewer for both ends on every connection that ends this way. The
+    close is what releases them, at once; nothing waits on the cork's timer.
     """
 
-    __slots__ = ("_call_soon", "_held", "_transport")
+    __slots__ = ("_call_soon", "_fin_with_last", "_held", "_transport")
 
-    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, transport: Any, loop: asyncio.AbstractEventLoop, fin_with_last: bool = False
+    ) -> None:
         self._transport = transport
         self._call_soon = loop.call_soon
         self._held: list[bytes] | None = None
+        self._fin_with_last = fin_with_last
 
     def write(self, data: bytes) -> None:
         held = self._held
@@ -855,6 +909,11 @@ class _CoalescingTransport:
 
     def close(self) -> None:
         if self._held is not None:
+            if self._fin_with_last and not self._transport.is_closing():
+                sock = self._transport.get_extra_info("socket")
+                if sock is not None:
+                    with suppress(OSError):  # the peer reset it already: the write says so
+                        sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
             self._flush()
         self._transport.close()
 
