@@ -530,8 +530,10 @@ class HttpServer:
         cap = options.max_connections
         # The last response of a plain TCP connection leaves with its FIN (TLS: the close
         # waits for the TLS shutdown, so nothing may be held back for it).
-        fin = _TCP_CORK is not None and config.ssl is None and all(
-            sock.family in (socket.AF_INET, socket.AF_INET6) for sock in self.sockets
+        fin = (
+            _TCP_CORK is not None
+            and config.ssl is None
+            and all(sock.family in (socket.AF_INET, socket.AF_INET6) for sock in self.sockets)
         )
         factory = guarded(
             _coalescing(adapt(config.http_protocol_class), fin_with_last=fin),
