@@ -38,13 +38,14 @@ tether._accesslog).
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import dataclasses
 import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from contextlib import nullcontext, suppress
+from contextlib import nullcontext
 from email.utils import formatdate
 from typing import Any, cast
 
@@ -82,8 +83,8 @@ count_as_own("uvicorn")  # a request's task reads as the app's, not as uvicorn's
 _now = time.perf_counter  # per request: one global lookup, not two
 #: uvicorn's level below DEBUG.
 _TRACE = 5
-#: Linux's: hold written bytes until uncorked or closed (see _CoalescingTransport).
-_TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
+#: Linux's: hold written bytes until uncorked or closed (see _CoalescingTransport); 0: none.
+_TCP_CORK: int = getattr(socket, "TCP_CORK", 0)
 
 
 class _Connections(set[Any]):
@@ -531,7 +532,7 @@ class HttpServer:
         # The last response of a plain TCP connection leaves with its FIN (TLS: the close
         # waits for the TLS shutdown, so nothing may be held back for it).
         fin = (
-            _TCP_CORK is not None
+            _TCP_CORK != 0
             and config.ssl is None
             and all(sock.family in (socket.AF_INET, socket.AF_INET6) for sock in self.sockets)
         )
@@ -911,11 +912,8 @@ class _CoalescingTransport:
 
     def close(self) -> None:
         if self._held is not None:
-            if self._fin_with_last and not self._transport.is_closing():
-                sock = self._transport.get_extra_info("socket")
-                if sock is not None:
-                    with suppress(OSError):  # the peer reset it already: the write says so
-                        sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
+            if self._fin_with_last:
+                _cork(self._transport)
             self._flush()
         self._transport.close()
 
@@ -945,6 +943,28 @@ class _CoalescingTransport:
 
     def __getattr__(self, name: str) -> Any:  # the rest: set_protocol (an upgrade), is_reading...
         return getattr(self._transport, name)
+
+
+def _cork(transport: Any) -> None:
+    """Set ``TCP_CORK`` on the transport's socket; a socket already gone is left as it is.
+
+    Through a socket object of its own on the same descriptor, detached before
+    it is dropped (so the descriptor stays the transport's): the event loop's
+    socket stand-in would build a full ``socket.socket`` for the one call.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        raw = _socket.socket(sock.family, sock.type, sock.proto, sock.fileno())
+    except (OSError, ValueError):  # closed already: nothing to hold back
+        return
+    try:
+        raw.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
+    except OSError:
+        pass  # the peer reset it: the write that follows says so
+    finally:
+        raw.detach()
 
 
 def _request_name(task: asyncio.Task[Any]) -> str:
