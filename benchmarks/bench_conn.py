@@ -1,14 +1,14 @@
 """CPU per request, tether against uvicorn, for the workloads where per-connection cost shows.
 
 `make bench` measures five servers in every workload; this runs only tether
-and uvicorn (and, with ``--base SRC``, a second tether from another source
-tree, e.g. ``main`` checked out elsewhere, as the "before" of a change) in
+and uvicorn (and, with ``--base SRC...``, more tethers from other source
+trees, e.g. ``main`` checked out elsewhere, as the "before" of a change) in
 alternated rounds (A B C, then C B A, ...), each round as ``suite.one_round``
 does it: start, 1 s warm-up, ``wrk -t1 -c64`` for ``--duration`` seconds, CPU
 of the whole process tree from /proc divided by completed requests.
 
     python benchmarks/bench_conn.py [--rounds 5] [--duration 3] [--workers 1 2]
-        [--workloads close keep-alive fastapi] [--base /tmp/tether-main/src]
+        [--workloads close keep-alive fastapi] [--base /tmp/tether-main/src ...]
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ WORKLOADS = {
     "keep-alive": "hello keep-alive",
     "fastapi": "FastAPI GET",
 }
-BASE = "tether@base"
 
 
 @contextlib.contextmanager
@@ -50,9 +49,12 @@ def source(src: str | None) -> Iterator[None]:
             os.environ["PYTHONPATH"] = before
 
 
-def run_round(name: str, workload: str, workers: int, seconds: float, base: str | None) -> Round:
-    with source(base if name == BASE else None):
-        return one_round("tether" if name == BASE else name, workload, workers, seconds)
+def run_round(
+    name: str, workload: str, workers: int, seconds: float, trees: dict[str, str]
+) -> Round:
+    """One round of ``name``: a server, or ``tether@N``, tether from the N-th ``--base`` tree."""
+    with source(trees.get(name)):
+        return one_round("tether" if name in trees else name, workload, workers, seconds)
 
 
 def main() -> None:
@@ -61,14 +63,16 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=["close"])
-    parser.add_argument("--base", help="a tether source tree (its src/) to compare with")
+    parser.add_argument("--base", nargs="+", default=[], help="tether source trees (src/)")
     args = parser.parse_args()
     ensure_wrk()
     ensure_peers()
-    for tree in filter(None, [str(HERE.parent / "src"), args.base]):
+    trees = {f"tether@{i}" if len(args.base) > 1 else "tether@base": tree
+             for i, tree in enumerate(args.base, 1)}  # fmt: skip
+    for tree in [str(HERE.parent / "src"), *args.base]:
         compileall.compile_dir(tree, quiet=1)
     OUT.mkdir(exist_ok=True)
-    servers = ["tether", "uvicorn", *([BASE] if args.base else [])]
+    servers = ["tether", "uvicorn", *trees]
     table = ["| workload | workers | server | CPU µs/request median (min-max) | vs uvicorn |"]
     table.append("|---|---|---|---|---|")
     for short in args.workloads:
@@ -77,7 +81,7 @@ def main() -> None:
             cpu: dict[str, list[float]] = {name: [] for name in servers}
             for i in range(args.rounds):
                 for name in servers if i % 2 == 0 else reversed(servers):
-                    r = run_round(name, workload, workers, args.duration, args.base)
+                    r = run_round(name, workload, workers, args.duration, trees)
                     cpu[name].append(r.cpu_us)
                     print(
                         f"{short:10s} w{workers} {name:11s} {r.rps:8.0f} req/s "

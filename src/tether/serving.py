@@ -869,8 +869,10 @@ class _CoalescingTransport:
     the step (``call_soon``: after the callbacks already due, before the loop
     polls again); later writes join it. Whatever closes or reports on the
     connection sees the held bytes first, so nothing is lost or reordered.
-    Everything else is the real transport's. One is made per connection: four
-    slots, no dict.
+    Everything else is the real transport's: what uvicorn asks on every request
+    (``is_closing``) and the rest it calls directly are the real transport's
+    own methods, looked up once, with no Python call in between. One is made
+    per connection: slots, no dict.
 
     With ``fin_with_last``, bytes still held when the connection is closed (a
     ``Connection: close`` response, written and closed in one step) are corked
@@ -880,7 +882,16 @@ class _CoalescingTransport:
     close is what releases them, at once; nothing waits on the cork's timer.
     """
 
-    __slots__ = ("_call_soon", "_fin_with_last", "_held", "_transport")
+    __slots__ = (
+        "_call_soon",
+        "_fin_with_last",
+        "_held",
+        "_transport",
+        "get_extra_info",
+        "is_closing",
+        "pause_reading",
+        "resume_reading",
+    )
 
     def __init__(
         self, transport: Any, loop: asyncio.AbstractEventLoop, fin_with_last: bool = False
@@ -889,6 +900,10 @@ class _CoalescingTransport:
         self._call_soon = loop.call_soon
         self._held: list[bytes] | None = None
         self._fin_with_last = fin_with_last
+        self.is_closing: Callable[[], bool] = transport.is_closing
+        self.get_extra_info: Callable[..., Any] = transport.get_extra_info
+        self.pause_reading: Callable[[], None] = transport.pause_reading
+        self.resume_reading: Callable[[], None] = transport.resume_reading
 
     def write(self, data: bytes) -> None:
         held = self._held
@@ -911,11 +926,15 @@ class _CoalescingTransport:
             self._transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     def close(self) -> None:
-        if self._held is not None:
-            if self._fin_with_last:
-                _cork(self._transport)
-            self._flush()
-        self._transport.close()
+        held = self._held
+        transport = self._transport
+        if held is not None:
+            self._held = None
+            if not transport.is_closing():
+                if self._fin_with_last:
+                    _cork(transport)
+                transport.write(held[0] if len(held) == 1 else b"".join(held))
+        transport.close()
 
     def write_eof(self) -> None:
         self._flush()
@@ -929,18 +948,6 @@ class _CoalescingTransport:
         held = sum(len(data) for data in self._held) if self._held else 0
         return int(self._transport.get_write_buffer_size()) + held
 
-    def is_closing(self) -> bool:
-        return bool(self._transport.is_closing())
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._transport.get_extra_info(name, default)
-
-    def pause_reading(self) -> None:
-        self._transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._transport.resume_reading()
-
     def __getattr__(self, name: str) -> Any:  # the rest: set_protocol (an upgrade), is_reading...
         return getattr(self._transport, name)
 
@@ -950,14 +957,15 @@ def _cork(transport: Any) -> None:
 
     Through a socket object of its own on the same descriptor, detached before
     it is dropped (so the descriptor stays the transport's): the event loop's
-    socket stand-in would build a full ``socket.socket`` for the one call.
+    socket stand-in would build a full ``socket.socket`` for the one call. The
+    family and type it is given are only recorded, never checked (``setsockopt``
+    acts on the descriptor), so reading the real ones (two enum conversions) is
+    skipped.
     """
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return
     try:
-        raw = _socket.socket(sock.family, sock.type, sock.proto, sock.fileno())
-    except (OSError, ValueError):  # closed already: nothing to hold back
+        fd = transport.get_extra_info("socket").fileno()
+        raw = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM, 0, fd)
+    except (AttributeError, OSError, ValueError):  # no socket, or closed: nothing to hold
         return
     try:
         raw.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
