@@ -3,13 +3,16 @@
 Real `tether run` processes and raw loopback sockets, for both of uvicorn's
 parsers: a client that pipelines gets every request it sent answered, in
 order, when the server stops or reloads; an HTTP/1.0 client never gets
-chunked coding.
+chunked coding; a response the connection closes after comes with its FIN,
+in one segment.
 """
 
 from __future__ import annotations
 
 import signal
 import socket
+import struct
+import sys
 import time
 from collections.abc import Callable
 
@@ -115,3 +118,35 @@ def test_an_http10_client_never_gets_chunked_coding(http: str) -> None:
         headers, body = exchange(t.port, request)
         assert headers[b"transfer-encoding"] == b"chunked"
         assert body == b"4\r\none\n\r\n4\r\ntwo\n\r\n0\r\n\r\n"
+
+
+def segments_without_data(conn: socket.socket) -> int:
+    """Segments ``conn`` received that carried no data (Linux's TCP_INFO: segs_in, data_segs_in).
+
+    For a connection that sent one request and read to the close: the SYN-ACK, the
+    server's ACK of the request, and the FIN if it did not come with the response.
+    """
+    info = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    (segs_in,) = struct.unpack_from("I", info, 140)
+    (data_segs_in,) = struct.unpack_from("I", info, 152)
+    return int(segs_in - data_segs_in)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="TCP_CORK and TCP_INFO are Linux's")
+@pytest.mark.parametrize("http", PARSERS)
+def test_a_response_the_connection_closes_after_comes_with_the_fin(http: str) -> None:
+    """Connection: close: the response and the FIN arrive in one segment; a large one whole."""
+    with tether("http1:app", "--http", http, debug=False) as t:
+        t.ready()
+        for _ in range(5):
+            with socket.create_connection(("127.0.0.1", t.port), timeout=30) as conn:
+                conn.sendall(b"GET /answer?n=7 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                (answer,) = parse(read(conn))
+                assert answer[2] == b"7"
+                assert segments_without_data(conn) <= 2  # SYN-ACK, ACK: no FIN of its own
+        # Larger than the socket's buffers: held back only until the close, sent whole.
+        headers, body = exchange(
+            t.port,
+            b"GET /answer?n=7&times=8000000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        assert headers[b"connection"] == b"close" and body == b"7" * 8_000_000

@@ -240,6 +240,9 @@ def _make_factory(
                 # What the new task creates belongs to the request too.
                 context = copy_context() if context is None else context.copy()
                 context.run(scope.set, origin)
+        if origin is None and previous is None and not kwargs:
+            # Not a request's (the server's own task for each request is one of these).
+            return make_task(coro, loop=loop, context=context)
         adopt = (
             origin is not None
             and enabled

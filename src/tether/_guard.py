@@ -18,9 +18,12 @@ every open connection has a request in progress is the newcomer refused.
 Request heads larger than ``max_head`` are answered 431 instead of being
 buffered.
 
-Invariant: at most one head timer per connection, cancelled when its head
-is complete or the connection is lost; the timer never touches a transport
-a websocket upgrade has taken over.
+Invariant: no timer per connection. Each connection carries the loop time its
+head is due by (``head_due``, None once the head is in); one sweep per server,
+every quarter of ``head_timeout`` (at most a second) and only while
+connections are open, cuts those past it, so a late head is cut between
+``head_timeout`` and ``head_timeout`` plus one period. A connection a
+websocket upgrade has taken over is never touched.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import asyncio
 from collections.abc import Callable, Collection
 from typing import Any, cast
 
-__all__ = ["capped", "guarded"]
+__all__ = ["HeadSweep", "capped", "guarded"]
 
 _TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\n"
@@ -44,33 +47,36 @@ _TOO_SLOW = (
 def guarded(factory: Any, *, head_timeout: float | None, max_head: int | None) -> Any:
     """uvicorn's protocol class ``factory``, with the head deadline and the head size cap.
 
-    ``head_timeout`` None: no deadline (uvicorn's behaviour); ``max_head`` None: no cap.
+    ``head_timeout`` None: no deadline (uvicorn's behaviour); ``max_head`` None: no cap
+    (and no eviction: the connection's last activity is then not recorded). The
+    deadline is enforced by a :class:`HeadSweep` over the server's connections.
     """
+    if head_timeout is None and max_head is None:
+        return factory
 
     class Guarded(factory):  # type: ignore[misc]
-        _head_timer: asyncio.TimerHandle | None = None
+        #: Loop time by which the head in progress (or the first one) must be complete.
+        head_due: float | None = None
         _head_started = False  # bytes of a head have arrived since the last complete one
         _head = 0  # bytes of the head so far, for max_head
         _last = 0.0  # loop time of the last byte (or of the accept): for eviction
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)
-            self._last = self.loop.time()
+            now = self.loop.time()
+            if max_head is not None:
+                self._last = now
             if head_timeout is not None:
-                self._head_timer = self.loop.call_later(head_timeout, self._head_late)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._stop_head_timer()
-            super().connection_lost(exc)
+                self.head_due = now + head_timeout
 
         def data_received(self, data: bytes) -> None:
-            self._last = self.loop.time()
-            cycle = self.cycle
             if max_head is not None:
+                self._last = self.loop.time()
+                cycle = self.cycle
                 in_request = cycle is not None and not cycle.response_complete
                 self._head = 0 if in_request else self._head + len(data)
                 if self._head > max_head:
-                    self._stop_head_timer()
+                    self.head_due = None
                     self.transport.write(_TOO_LARGE)
                     self.transport.close()
                     return
@@ -81,17 +87,11 @@ def guarded(factory: Any, *, head_timeout: float | None, max_head: int | None) -
             if cycle is not None and not cycle.response_complete:
                 # A head is complete: what follows is the app's (its body, its stream).
                 self._head_started = False
-                if self._head_timer is not None:
-                    self._stop_head_timer()
+                self.head_due = None
                 return
-            transport = self.transport
-            if transport.is_closing() or transport.get_protocol() is not self:
-                self._stop_head_timer()  # answered 400, or upgraded to a websocket
-                return
-            if self._head_timer is None:
-                # The first byte of a head, in one loop step with the rest for a normal
-                # client: a timer only for the one whose head is still coming.
-                self._head_timer = self.loop.call_later(head_timeout, self._head_late)
+            if self.head_due is None:
+                # The first byte of a later head (a keep-alive connection's next request).
+                self.head_due = self.loop.time() + head_timeout
             self._head_started = True
 
         def idle_since(self) -> float | None:
@@ -103,22 +103,57 @@ def guarded(factory: Any, *, head_timeout: float | None, max_head: int | None) -
                 return None
             return self._last
 
-        def _stop_head_timer(self) -> None:
-            timer = self._head_timer
-            if timer is not None:
-                timer.cancel()
-                self._head_timer = None
-
-        def _head_late(self) -> None:
-            self._head_timer = None
+        def head_late(self) -> None:
+            """The head deadline passed: 408 if a head was coming (nothing if not), close."""
+            self.head_due = None
             transport = self.transport
-            if transport.is_closing():
-                return
+            if transport.is_closing() or transport.get_protocol() is not self:
+                return  # closing already, or upgraded to a websocket
             if self._head_started:
                 transport.write(_TOO_SLOW)
             transport.close()
 
     return Guarded
+
+
+class HeadSweep:
+    """The head deadline of every connection of one server, checked by one timer.
+
+    Runs only while connections are open (:meth:`traffic`, told by the server's
+    connection set), so an idle server wakes for nothing. Each run cuts the
+    connections whose ``head_due`` has passed (see :func:`guarded`).
+    """
+
+    def __init__(self, connections: Collection[Any], head_timeout: float) -> None:
+        self.connections = connections
+        self.period = min(1.0, head_timeout / 4)
+        self._timer: asyncio.TimerHandle | None = None
+
+    def traffic(self, busy: bool) -> None:
+        """The first connection opened (True) or the last one closed (False)."""
+        if busy:
+            if self._timer is None:
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_later(self.period, self._sweep, loop)
+        else:
+            self.stop()
+
+    def stop(self) -> None:
+        """No more sweeps (until the next :meth:`traffic`)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        late = [
+            conn
+            for conn in self.connections
+            if (due := getattr(conn, "head_due", None)) is not None and due <= now
+        ]
+        for conn in late:
+            conn.head_late()
+        self._timer = loop.call_later(self.period, self._sweep, loop)
 
 
 def capped(

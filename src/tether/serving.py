@@ -38,6 +38,7 @@ tether._accesslog).
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import dataclasses
 import logging
@@ -55,7 +56,7 @@ from uvicorn.server import ServerState
 from tether._accesslog import AccessLog
 from tether._adoption import task_owner, task_scope
 from tether._drain import DrainSignal, app_shutdown_reserve, current_drain_signal, drain_signal
-from tether._guard import capped, guarded
+from tether._guard import HeadSweep, capped, guarded
 from tether._http1 import adapt, last_received, requests_waiting
 from tether._stacks import count_as_own, task_label, task_stack
 from tether.config import HttpOptions
@@ -80,6 +81,10 @@ logger = logging.getLogger("tether.serving")
 count_as_own("uvicorn")  # a request's task reads as the app's, not as uvicorn's
 
 _now = time.perf_counter  # per request: one global lookup, not two
+#: uvicorn's level below DEBUG.
+_TRACE = 5
+#: Linux's: hold written bytes until uncorked or closed (see _CoalescingTransport); 0: none.
+_TCP_CORK: int = getattr(socket, "TCP_CORK", 0)
 
 
 class _Connections(set[Any]):
@@ -378,6 +383,7 @@ class HttpServer:
             **_config_kwargs(options.http),
         )
         self.config.load()
+        _trace_only_when_asked()
         metrics = self.hooks.metrics
         self.state = _State(
             self.config.encoded_headers,
@@ -385,7 +391,13 @@ class HttpServer:
             lag=metrics.loop_lag if metrics is not None else None,
             tasks=self.hooks.requests,
             tick=self.hooks.tick,
-            traffic=self.hooks.traffic,
+            traffic=self._traffic,
+        )
+        #: The head deadline of every connection: one timer, not one per connection.
+        self._head_sweep = (
+            HeadSweep(self.state.connections, options.head_timeout)
+            if options.head_timeout is not None
+            else None
         )
         self.phase = "created"
         self._servers: list[asyncio.Server] = []
@@ -395,6 +407,13 @@ class HttpServer:
         self._idle_close: asyncio.TimerHandle | None = None
         self._lifespan: _Lifespan | None = None
         self._background: asyncio.Future[list[AbandonedWork]] | None = None
+
+    def _traffic(self, busy: bool) -> None:
+        """The first connection opened (True) or the last one closed (False)."""
+        if self._head_sweep is not None:
+            self._head_sweep.traffic(busy)
+        if self.hooks.traffic is not None:
+            self.hooks.traffic(busy)
 
     async def run(self, stop: StopToken) -> None:
         """Start, serve until ``stop``, then drain in phases (DESIGN.md, steps 3 to 6)."""
@@ -511,8 +530,15 @@ class HttpServer:
         state = self.state
         options = self.options
         cap = options.max_connections
+        # The last response of a plain TCP connection leaves with its FIN (TLS: the close
+        # waits for the TLS shutdown, so nothing may be held back for it).
+        fin = (
+            _TCP_CORK != 0
+            and config.ssl is None
+            and all(sock.family in (socket.AF_INET, socket.AF_INET6) for sock in self.sockets)
+        )
         factory = guarded(
-            _coalescing(adapt(config.http_protocol_class)),
+            _coalescing(adapt(config.http_protocol_class), fin_with_last=fin),
             head_timeout=options.head_timeout,
             max_head=options.max_head if cap is not None else None,
         )
@@ -684,6 +710,8 @@ class HttpServer:
     def _close_everything(self) -> None:
         if self._idle_close is not None:
             self._idle_close.cancel()
+        if self._head_sweep is not None:
+            self._head_sweep.stop()
         for server in self._servers:
             server.close()
         for conn in list(self.state.connections):
@@ -751,6 +779,20 @@ class HttpServer:
         return sorted(out, key=lambda tr: -(tr[1]["age"] or 0.0))
 
 
+def _trace_only_when_asked() -> None:
+    """Give uvicorn's server logger the level it logs at, as uvicorn's ``--log-level`` does.
+
+    uvicorn's protocols decide whether to write their trace lines ("connection
+    made", "connection lost") from that logger's own level, not its effective
+    one; left unset (0, below trace) every connection formats and logs two
+    records that are then dropped. Left alone when a level was set on it, or
+    when trace is on.
+    """
+    log = logging.getLogger("uvicorn.error")
+    if log.level == logging.NOTSET and not log.isEnabledFor(_TRACE):
+        log.setLevel(log.getEffectiveLevel())
+
+
 def _config_kwargs(http: HttpOptions) -> dict[str, Any]:
     """Keyword arguments for uvicorn's ``Config``; tether sends its own server header."""
     kwargs = {f.name: getattr(http, f.name) for f in dataclasses.fields(http)}
@@ -799,19 +841,24 @@ class _WebSocketProtocol:
         return self._protocol(**kwargs)
 
 
-def _coalescing(factory: Any) -> Any:
+def _coalescing(factory: Any, *, fin_with_last: bool) -> Any:
     """uvicorn's protocol, writing what one loop step sends in one system call.
 
     uvicorn writes a response's head when the app sends ``http.response.start``
     and its body when it sends ``http.response.body``: two ``write`` calls for
     every small response, each a trip through the kernel's TCP stack and a
     wake-up of the client. Sent through :class:`_CoalescingTransport`, they
-    leave as one.
+    leave as one. With ``fin_with_last`` (plain TCP), a response the connection
+    closes after leaves in the segment that carries the FIN.
     """
 
     class Coalescing(factory):  # type: ignore[misc]
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            super().connection_made(_CoalescingTransport(transport, self.loop))
+            # uvicorn reads the connection's addresses (three lookups) and sets up its flow
+            # control on the real transport, with no wrapper in between; what it writes
+            # from here on goes through the coalescing one.
+            super().connection_made(transport)
+            self.transport = _CoalescingTransport(transport, self.loop, fin_with_last)
 
     return Coalescing
 
@@ -823,16 +870,41 @@ class _CoalescingTransport:
     the step (``call_soon``: after the callbacks already due, before the loop
     polls again); later writes join it. Whatever closes or reports on the
     connection sees the held bytes first, so nothing is lost or reordered.
-    Everything else is the real transport's. One is made per connection: three
-    slots, no dict.
+    Everything else is the real transport's: what uvicorn asks on every request
+    (``is_closing``) and the rest it calls directly are the real transport's
+    own methods, looked up once, with no Python call in between. One is made
+    per connection: slots, no dict.
+
+    With ``fin_with_last``, bytes still held when the connection is closed (a
+    ``Connection: close`` response, written and closed in one step) are corked
+    (``TCP_CORK``) before they are written: the kernel keeps them until the
+    close, which sends them in one segment with the FIN instead of two, one
+    segment fewer for both ends on every connection that ends this way. The
+    close is what releases them, at once; nothing waits on the cork's timer.
     """
 
-    __slots__ = ("_call_soon", "_held", "_transport")
+    __slots__ = (
+        "_call_soon",
+        "_fin_with_last",
+        "_held",
+        "_transport",
+        "get_extra_info",
+        "is_closing",
+        "pause_reading",
+        "resume_reading",
+    )
 
-    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, transport: Any, loop: asyncio.AbstractEventLoop, fin_with_last: bool = False
+    ) -> None:
         self._transport = transport
         self._call_soon = loop.call_soon
         self._held: list[bytes] | None = None
+        self._fin_with_last = fin_with_last
+        self.is_closing: Callable[[], bool] = transport.is_closing
+        self.get_extra_info: Callable[..., Any] = transport.get_extra_info
+        self.pause_reading: Callable[[], None] = transport.pause_reading
+        self.resume_reading: Callable[[], None] = transport.resume_reading
 
     def write(self, data: bytes) -> None:
         held = self._held
@@ -855,9 +927,15 @@ class _CoalescingTransport:
             self._transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     def close(self) -> None:
-        if self._held is not None:
-            self._flush()
-        self._transport.close()
+        held = self._held
+        transport = self._transport
+        if held is not None:
+            self._held = None
+            if not transport.is_closing():
+                if self._fin_with_last:
+                    _cork(transport)
+                transport.write(held[0] if len(held) == 1 else b"".join(held))
+        transport.close()
 
     def write_eof(self) -> None:
         self._flush()
@@ -871,20 +949,31 @@ class _CoalescingTransport:
         held = sum(len(data) for data in self._held) if self._held else 0
         return int(self._transport.get_write_buffer_size()) + held
 
-    def is_closing(self) -> bool:
-        return bool(self._transport.is_closing())
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._transport.get_extra_info(name, default)
-
-    def pause_reading(self) -> None:
-        self._transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._transport.resume_reading()
-
     def __getattr__(self, name: str) -> Any:  # the rest: set_protocol (an upgrade), is_reading...
         return getattr(self._transport, name)
+
+
+def _cork(transport: Any) -> None:
+    """Set ``TCP_CORK`` on the transport's socket; a socket already gone is left as it is.
+
+    Through a socket object of its own on the same descriptor, detached before
+    it is dropped (so the descriptor stays the transport's): the event loop's
+    socket stand-in would build a full ``socket.socket`` for the one call. The
+    family and type it is given are only recorded, never checked (``setsockopt``
+    acts on the descriptor), so reading the real ones (two enum conversions) is
+    skipped.
+    """
+    try:
+        fd = transport.get_extra_info("socket").fileno()
+        raw = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM, 0, fd)
+    except (AttributeError, OSError, ValueError):  # no socket, or closed: nothing to hold
+        return
+    try:
+        raw.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
+    except OSError:
+        pass  # the peer reset it: the write that follows says so
+    finally:
+        raw.detach()
 
 
 def _request_name(task: asyncio.Task[Any]) -> str:

@@ -12,7 +12,8 @@ from tether.serving import drain_signal
 async def app(scope: Any, receive: Any, send: Any) -> None:
     """`/answer?n=N` answers "N"; `/stream` streams a body without a length.
 
-    `&after=drain` first waits until the server drains; `&seconds=S` then takes S seconds.
+    `&after=drain` first waits until the server drains; `&seconds=S` then takes S seconds;
+    `&times=K` answers "N" K times over (a large body).
     `/stream?te=1` names chunked coding itself, as some apps do.
     """
     if scope["type"] != "http":
@@ -22,7 +23,7 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
         if "after" in query:
             await drain_signal().wait()
         await asyncio.sleep(float(query.get("seconds", ["0"])[0]))
-        body = query["n"][0].encode()
+        body = query["n"][0].encode() * int(query.get("times", ["1"])[0])
         headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
