@@ -122,7 +122,18 @@ def server_argv(name: str, port: int) -> list[str]:
 
 
 def children(pid: int) -> list[int]:
-    """Direct children of ``pid`` that are workers (not multiprocessing's helpers)."""
+    """The workers below ``pid``: its children, not multiprocessing's helpers.
+
+    A lone child that has children of its own is looked through: `tether run`
+    keeps its pid as a keeper whose one child is the master (tether._init).
+    """
+    workers = _direct(pid)
+    if len(workers) == 1 and (below := _direct(workers[0])):
+        return below
+    return workers
+
+
+def _direct(pid: int) -> list[int]:
     found = []
     with contextlib.suppress(OSError):
         for task in os.listdir(f"/proc/{pid}/task"):
