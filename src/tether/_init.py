@@ -42,7 +42,10 @@ terminal; Ctrl-Z stops the keeper too, so the shell sees its job stopped, and
 ``fg`` gives the terminal back to the service.
 
 Invariant: the keeper outlives every main process, and exits as soon as the
-last one is gone.
+last one is gone. If the keeper itself is killed outright (SIGKILL), the
+process it started hears SIGTERM from the kernel and stops as it would on a
+TERM; a successor that a handover started is not covered (it is not the
+keeper's own child when it starts).
 """
 
 from __future__ import annotations
@@ -117,8 +120,16 @@ def become_init() -> int | None:
     terminal = _foreground()
     handled = (*FORWARDED, signal.SIGCHLD)
     signal.pthread_sigmask(signal.SIG_BLOCK, handled)
+    keeper = os.getpid()
     pid = os.fork()
     if pid == 0:  # the service
+        # A keeper killed outright (`kill -9` of the pid a user started) must not
+        # leave the service running with nobody holding its pid: it stops too.
+        from tether._reaper import stop_with_parent
+
+        stop_with_parent(signal.SIGTERM)
+        if os.getppid() != keeper:  # gone before the line above took effect
+            os._exit(128 + signal.SIGTERM)
         notify.close()
         os.close(wake_r)
         os.close(wake_w)

@@ -30,11 +30,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["Reaper", "disown", "own", "reap_orphans", "set_child_subreaper"]
+__all__ = ["Reaper", "disown", "own", "reap_orphans", "set_child_subreaper", "stop_with_parent"]
 
 log = logging.getLogger("tether.reaper")
 
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_PDEATHSIG = 1
 
 #: Children whose owner reaps them itself (by pid, through a pidfd).
 _owned: set[int] = set()
@@ -65,6 +66,17 @@ def set_child_subreaper() -> bool:
         )  # pragma: no cover - Linux >= 3.4 always allows it
         return False
     return True
+
+
+def stop_with_parent(signum: int) -> bool:
+    """Have the kernel send ``signum`` to this process when its parent dies; False if refused.
+
+    Linux only (``PR_SET_PDEATHSIG``): a fork clears it, an exec keeps it.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    return bool(libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0)
 
 
 def _reap(pid: int) -> int | None:
