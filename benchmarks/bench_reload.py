@@ -264,7 +264,11 @@ class Server:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        wait_serving(self.port, self.proc)
+        try:
+            wait_serving(self.port, self.proc)
+        except BaseException:  # a server that never served is stopped, not left behind
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self.proc.poll() is None:
