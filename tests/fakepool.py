@@ -105,10 +105,16 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-async def serving(pool: Pool, fake: FakeOS) -> asyncio.Future[None]:
-    """Start the pool's first generation, make it READY, and serve (the task serving)."""
+async def starting(pool: Pool) -> asyncio.Future[None]:
+    """Start the pool's first generation; the start, once its workers are spawned."""
     start = asyncio.ensure_future(pool.start())
     await settle()
+    return start
+
+
+async def serving(pool: Pool, fake: FakeOS) -> asyncio.Future[None]:
+    """Start the pool's first generation, make it READY, and serve (the task serving)."""
+    start = await starting(pool)
     ready(pool, *fake.children)
     await start
     return asyncio.ensure_future(pool.serve())

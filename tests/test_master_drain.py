@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from fakepool import FakeOS, make_pool, ready, run, serving, settle
+from fakepool import FakeOS, make_pool, ready, run, serving, settle, starting
 from tether.config import RunConfig, ShutdownBudget, ShutdownPlan
 from tether.errors import ShutdownAbandoned
 from tether.master.drain import judge
@@ -30,8 +30,7 @@ def test_a_stop_during_the_first_start_drains_the_worker_already_ready() -> None
     async def scenario() -> None:
         fake = FakeOS()
         pool = make_pool(fake)
-        start = asyncio.ensure_future(pool.start())
-        await settle()
+        start = await starting(pool)
         first, second = fake.children
         ready(pool, first)
         await settle()
@@ -77,8 +76,7 @@ def test_a_stop_with_a_stuck_worker_reports_it_abandoned() -> None:
         fake.stubborn = True
         config = RunConfig(app="x:app", workers=1, graceful_timeout=0.0, cancel_timeout=0.0)
         pool = Pool(config, fake.spawn, PoolHooks(prioritise=_no_priority))
-        start = asyncio.ensure_future(pool.start())
-        await settle()
+        start = await starting(pool)
         ready(pool, *fake.children)
         await start
         with pytest.raises(ShutdownAbandoned) as info:
@@ -98,8 +96,7 @@ def test_the_workers_are_killed_at_the_plans_deadline_not_a_fresh_budget() -> No
         fake.stubborn = True
         config = RunConfig(app="x:app", workers=1, graceful_timeout=30.0)
         pool = Pool(config, fake.spawn, PoolHooks(prioritise=_no_priority))
-        start = asyncio.ensure_future(pool.start())
-        await settle()
+        start = await starting(pool)
         ready(pool, *fake.children)
         await start
         began = time.monotonic()
@@ -126,8 +123,7 @@ def test_a_second_stop_signal_cuts_the_wait_to_a_stop_that_ends_now() -> None:
         fake.stubborn = True
         config = RunConfig(app="x:app", workers=1, graceful_timeout=30.0, cancel_timeout=0.0)
         pool = Pool(config, fake.spawn, PoolHooks(prioritise=_no_priority))
-        start = asyncio.ensure_future(pool.start())
-        await settle()
+        start = await starting(pool)
         ready(pool, *fake.children)
         await start
         stopping = asyncio.ensure_future(pool.stop_workers(fast=False))
@@ -150,8 +146,7 @@ def test_judge_names_what_served_workers_lost_and_ignores_those_still_starting()
     async def scenario() -> None:
         fake = FakeOS()
         pool = make_pool(fake, workers=3)
-        start = asyncio.ensure_future(pool.start())
-        await settle()
+        start = await starting(pool)
         ready(pool, *fake.children)
         await start
         gen = pool.active

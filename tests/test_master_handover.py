@@ -11,7 +11,7 @@ import signal
 
 import pytest
 
-from fakepool import FakeOS, make_pool, ready, run, say, serving, settle
+from fakepool import FakeOS, make_pool, ready, run, say, serving, settle, starting
 from tether.config import RunConfig
 from tether.errors import StartupError
 from tether.master.pool import Pool, PoolHooks
@@ -23,8 +23,7 @@ def test_a_generation_is_promoted_once_every_worker_is_ready() -> None:
     async def scenario() -> None:
         fake = FakeOS()
         pool = make_pool(fake)
-        start = asyncio.ensure_future(pool.start())
-        await settle()
+        start = await starting(pool)
         ready(pool, fake.children[0])
         await settle()
         assert not start.done() and not pool.is_ready()
@@ -42,8 +41,7 @@ def test_a_first_generation_that_never_serves_is_a_startup_error() -> None:
     async def scenario() -> None:
         fake = FakeOS()
         pool = make_pool(fake)
-        start = asyncio.ensure_future(pool.start())
-        await settle()
+        start = await starting(pool)
         first, second = fake.children
         say(pool, first, STATUS="failed: cannot import 'app'")
         first.exit(3)

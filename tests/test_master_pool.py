@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import pytest
 
-from fakepool import FIRST_PID, FakeChild, FakeOS, ready, run, serving, settle
+from fakepool import FIRST_PID, FakeChild, FakeOS, ready, run, serving, settle, starting
 from tether._children import Child
 from tether.config import RunConfig
 from tether.master.pool import Pool, PoolHooks
@@ -84,8 +84,7 @@ def test_a_heartbeat_waiting_in_the_socket_saves_the_worker() -> None:
         pending: list[NotifyMessage] = []
         config = RunConfig(app="x:app", workers=1, watchdog_timeout=0.05)
         pool = Pool(config, fake.spawn, PoolHooks(pending=lambda: pending, prioritise=_no_priority))
-        start = asyncio.ensure_future(pool.start())
-        await settle()
+        start = await starting(pool)
         (child,) = fake.children
         ready(pool, child)
         await start
@@ -137,8 +136,7 @@ def test_the_masters_own_stall_kills_no_worker() -> None:
         fake = FakeOS()
         config = RunConfig(app="x:app", workers=1, watchdog_timeout=0.05)
         pool = Pool(config, fake.spawn, PoolHooks(prioritise=_no_priority))
-        start = asyncio.ensure_future(pool.start())
-        await settle()
+        start = await starting(pool)
         (child,) = fake.children
         ready(pool, child)
         await start

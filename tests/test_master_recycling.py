@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from fakepool import FakeChild, FakeOS, make_pool, ready, run, say, serving, settle
+from fakepool import FakeChild, FakeOS, make_pool, ready, run, say, serving, settle, starting
 from tether.master.pool import Pool
 
 
@@ -96,8 +96,7 @@ def test_a_worker_due_while_its_generation_starts_resumes_then_is_recycled() -> 
     async def scenario() -> None:
         fake = FakeOS()
         pool = make_pool(fake)
-        start = asyncio.ensure_future(pool.start())
-        await settle()
+        start = await starting(pool)
         first, second = fake.children
         ready(pool, first)
         recycle_due(pool, first)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
-from fakepool import FakeOS, make_pool, ready, run, settle
+from fakepool import FakeOS, make_pool, ready, run, settle, starting
 from tether._children import Child
 from tether.master.replacement import BACKOFF_FIRST, BACKOFF_MAX, delay
 
@@ -22,8 +22,7 @@ def test_a_sibling_failing_after_one_serves_is_replaced_not_fatal() -> None:
     async def scenario() -> None:
         fake = FakeOS()
         pool = make_pool(fake)
-        start = asyncio.ensure_future(pool.start())
-        await settle()
+        start = await starting(pool)
         first, second = fake.children
         ready(pool, first)
         second.exit(3)
@@ -47,8 +46,7 @@ def test_backoff_only_for_workers_that_never_served() -> None:
     async def scenario() -> None:
         fake = FakeOS()
         pool = make_pool(fake, workers=1)
-        start = asyncio.ensure_future(pool.start())
-        await settle()
+        start = await starting(pool)
         ready(pool, fake.children[0])
         await start
         gen = pool.active
@@ -82,8 +80,7 @@ def test_a_replacement_the_os_refuses_is_retried_until_it_starts() -> None:
     async def scenario() -> None:
         fake = FakeOS()
         pool = make_pool(fake, workers=1)
-        start = asyncio.ensure_future(pool.start())
-        await settle()
+        start = await starting(pool)
         ready(pool, fake.children[0])
         await start
         gen = pool.active
