@@ -52,6 +52,8 @@ class Tether:
     #: line per request fills 64 KiB quickly), which would block the server's writes.
     _err: list[str] = field(default_factory=list)
     _reader: threading.Thread | None = None
+    #: Notified by the reader at every line it appends, and when the stream ends.
+    _line: threading.Condition = field(default_factory=threading.Condition)
 
     def start(self) -> Tether:
         self._tmp = tempfile.TemporaryDirectory(prefix="tether-test-")
@@ -114,7 +116,11 @@ class Tether:
     def _drain(self, stream: Any) -> None:
         with contextlib.suppress(ValueError, OSError):  # closed under us by close()
             for line in iter(stream.readline, ""):
-                self._err.append(line)
+                with self._line:
+                    self._err.append(line)
+                    self._line.notify_all()
+        with self._line:
+            self._line.notify_all()  # the end of the stream: a waiter looks at the exit
 
     def output(self) -> str:
         """What the service has written to stderr so far (it may still be running)."""
@@ -122,14 +128,16 @@ class Tether:
 
     def wait_for_log(self, text: str, timeout: float = 20.0) -> None:
         """Wait until the service has written ``text`` to stderr; fail if it exits first."""
-        assert self.proc is not None
+        assert self.proc is not None and self._reader is not None
         deadline = time.monotonic() + timeout
-        while text not in self.output():
-            if self.proc.poll() is not None and text not in self.stderr():
-                raise AssertionError(f"exited with {self.proc.returncode}: {self.stderr()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {text!r} within {timeout}s: {self.output()[-3000:]}")
-            time.sleep(0.01)
+        with self._line:
+            while text not in "".join(self._err):
+                left = deadline - time.monotonic()
+                if not self._reader.is_alive():
+                    raise AssertionError(f"stderr ended ({self.proc.poll()}): {self.output()}")
+                if left <= 0:
+                    raise AssertionError(f"no {text!r} within {timeout}s: {self.output()[-3000:]}")
+                self._line.wait(left)
 
     def stderr(self) -> str:
         assert self.proc is not None
