@@ -106,7 +106,9 @@ def test_a_blocked_loop_is_logged_with_its_stack_while_it_is_blocked(tmp_path: P
     with tether("diag:blocking_handler", "--blocked-loop-threshold", "0.3", debug=False) as t:
         t.ready()
         with ThreadPoolExecutor(1) as pool:
-            answer = pool.submit(get, t.port, f"/crunch?flag={flag}")
+            # Neither the client nor the handler gives up on a slow, shared machine: the
+            # loop stays blocked until the flag exists, whenever the line comes.
+            answer = pool.submit(get, t.port, f"/crunch?flag={flag}&limit=120", timeout=150)
             line = eventually(
                 lambda: next((x for x in t.output().splitlines() if "loop blocked" in x), None),
                 "the blocked-loop line",

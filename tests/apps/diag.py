@@ -66,9 +66,10 @@ def crunch_until(flag: str, limit: float = 20.0) -> None:
 
 
 async def blocking_handler(scope: Any, receive: Any, send: Any) -> None:
-    """`/crunch?flag=PATH` blocks the event loop until PATH exists; anything else is 200."""
+    """`/crunch?flag=PATH[&limit=S]` blocks the event loop until PATH exists (at most S s, 20)."""
     if scope["type"] == "lifespan":
         return await _lifespan(receive, send)
     if scope["path"] == "/crunch":
-        crunch_until(scope["query_string"].decode().partition("=")[2])
+        query = dict(pair.split("=", 1) for pair in scope["query_string"].decode().split("&"))
+        crunch_until(query["flag"], float(query.get("limit", 20.0)))
     await _respond(send, b"ok\n")
