@@ -197,8 +197,8 @@ def idle_cpu(workers: int, seconds: float) -> float:
         get(port, "/")  # served once, so the recording path has run
         time.sleep(3)  # let start-up settle (imports, the connection's clock)
         pids = tree(proc.pid)
-        if workers:
-            assert len(pids) == 1 + workers, pids
+        # tether's keeper (the pid Popen started), the service process, its workers.
+        assert len(pids) == 2 + workers, pids
         before = sum(cpu_ns(p) for p in pids)
         time.sleep(seconds)
         return (sum(cpu_ns(p) for p in pids) - before) / 1e6
