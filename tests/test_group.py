@@ -316,3 +316,26 @@ def test_a_deadline_already_past_cancels_at_once_and_both_bounds_are_refused() -
         await group.wait()
 
     run(main())
+
+
+def test_a_plans_deadline_reaches_the_members_on_its_own_clock_unchanged() -> None:
+    """stop(deadline=) keeps the time.monotonic() value as given; one already past becomes now."""
+
+    async def main() -> None:
+        group = Group(graceful_timeout=30, cancel_timeout=1)
+        token = group.add(wait_for_stop)
+        assert token.monotonic_deadline is None and group.monotonic_deadline is None
+        deadline = time.monotonic() + 5.0
+        group.stop("a plan made earlier", deadline=deadline)
+        assert token.monotonic_deadline == group.monotonic_deadline == deadline
+        assert token.deadline is not None
+        assert abs(token.deadline - asyncio.get_running_loop().time() - 5.0) < 0.1
+        await group.wait()
+        late = Group(graceful_timeout=30, cancel_timeout=1)
+        late.add(wait_for_stop)
+        before = time.monotonic()
+        late.stop("a plan whose deadline has gone", deadline=before - 10.0)
+        assert late.monotonic_deadline is not None and late.monotonic_deadline >= before
+        await late.wait()
+
+    run(main())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from typing import Any
 
 import pytest
@@ -236,3 +237,38 @@ def test_a_response_is_written_in_one_call() -> None:
         assert closing.closed and closing.writes[0].endswith(b"hello\n")
 
     asyncio.run(main())
+
+
+async def lifespan_app(scope: Any, receive: Any, send: Any) -> None:
+    """Takes part in the lifespan protocol, so its shutdown has a reserve; serves nothing."""
+    while scope["type"] == "lifespan":
+        message = await receive()
+        await send({"type": message["type"] + ".complete"})
+        if message["type"] == "lifespan.shutdown":
+            return
+
+
+@pytest.mark.parametrize(("lifespan", "reserve"), [("off", 0.0), ("on", 1.0)])
+def test_phase_5_is_given_the_plans_deadline_less_the_apps_shutdown_reserve(
+    lifespan: str, reserve: float
+) -> None:
+    """The background hook gets an absolute time.monotonic() deadline, not seconds left."""
+    given: list[float] = []
+
+    async def background(deadline: float) -> list[Any]:
+        given.append(deadline)
+        return []
+
+    async def main() -> float:
+        options = ServeOptions(lifespan=lifespan)  # type: ignore[arg-type]
+        server = HttpServer(lifespan_app, [listening()], options, DrainHooks(background=background))
+        group = Group("test", graceful_timeout=30, cancel_timeout=1)
+        await group.start(server.run, name="http")
+        deadline = time.monotonic() + 5.0  # a plan's: made before the stop reaches the server
+        group.stop("test over", deadline=deadline)
+        await group.wait()
+        return deadline
+
+    deadline = asyncio.run(main())
+    # 5 s left: the app's shutdown keeps app_shutdown_reserve(5) = 1 s of it.
+    assert given == [deadline - reserve]

@@ -90,6 +90,7 @@ def test_a_stop_that_began_in_the_group_gets_its_plan_from_the_group() -> None:
         await watcher
         plan = stopping.under_way()
         assert abs(plan.deadline - time.monotonic() - 2.0) < 0.1
+        assert plan.deadline == group.monotonic_deadline  # the group's, not seconds left again
         assert begun == ["member 'job' returned"]
         await group.wait()
 

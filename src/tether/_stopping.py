@@ -87,12 +87,13 @@ class ProcessStop:
         """The plan of the stop under way, for every bound after it began.
 
         A stop that began in the group (a member's exit) has no plan of its
-        own: its plan ends at the group's deadline (read once, here).
+        own: its plan ends at the group's deadline (read once, here, on the
+        plan's clock).
         """
         if self._plan is None:
-            loop = asyncio.get_running_loop()
-            left = (self._group.deadline or loop.time()) - loop.time()
-            self._plan = ShutdownPlan.until(self._config, time.monotonic() + left)
+            deadline = self._group.monotonic_deadline
+            now = time.monotonic()
+            self._plan = ShutdownPlan.until(self._config, now if deadline is None else deadline)
         return self._plan
 
     def last_window(self) -> float:

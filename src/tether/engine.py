@@ -96,7 +96,9 @@ class ServeOptions:
 class DrainHooks:
     """What the runtime plugs into the shutdown phases."""
 
-    #: Phase 5: drain background work within the given seconds; returns what was abandoned.
+    #: Phase 5: drain background work by the given deadline, a ``time.monotonic()`` value
+    #: (the plan's clock: ``stop.monotonic_deadline`` less the app's shutdown reserve);
+    #: returns what was abandoned.
     background: Callable[[float], Awaitable[list[AbandonedWork]]] | None = None
     #: The set the engine keeps the tasks running requests in (http and websocket), so
     #: that tasks a handler starts can be recognised by their creator at no cost

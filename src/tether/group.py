@@ -60,6 +60,22 @@ class _StopState:
         self.event = asyncio.Event()
         self.reason: str | None = None
         self.deadline: float | None = None
+        #: The same moment on the plan's clock (``time.monotonic()``).
+        self.monotonic_deadline: float | None = None
+
+    def end_at(self, loop: asyncio.AbstractEventLoop, deadline: float) -> float:
+        """The graceful period ends at ``deadline`` (``time.monotonic()``, never before now).
+
+        Returns the same moment as event-loop time.
+
+        The one place a plan's deadline meets the loop's clock: asyncio's loop
+        reads ``time.monotonic()`` itself, uvloop the same clock to the
+        millisecond, so the offset is measured rather than assumed.
+        """
+        now = time.monotonic()
+        self.monotonic_deadline = max(now, deadline)
+        self.deadline = at = loop.time() + (self.monotonic_deadline - now)
+        return at
 
 
 class StopToken:
@@ -67,7 +83,10 @@ class StopToken:
 
     ``await token`` (or ``await token.wait()``) returns the reason once the group
     is stopping. ``deadline`` is the event-loop time by which graceful work
-    must be done; after it, the member is cancelled.
+    must be done; after it, the member is cancelled. ``monotonic_deadline`` is
+    the same moment as a ``time.monotonic()`` value, the clock of
+    :class:`~tether.config.ShutdownPlan`, for work that takes a plan's deadline
+    (``Tracker.shutdown(deadline=)``).
     """
 
     __slots__ = ("_ready", "_state", "name")
@@ -90,6 +109,11 @@ class StopToken:
     def deadline(self) -> float | None:
         """Event-loop time at which the graceful period ends (None while running)."""
         return self._state.deadline
+
+    @property
+    def monotonic_deadline(self) -> float | None:
+        """The same moment as a ``time.monotonic()`` value (None while running)."""
+        return self._state.monotonic_deadline
 
     def remaining(self) -> float | None:
         """Seconds left in the graceful period (None while running, never negative)."""
@@ -131,17 +155,6 @@ class _Running:
     def current_stack(self) -> str:
         """The member's await chain now, without the group's own wrapper frame."""
         return format_frames(task_frames(self.task, hide=_RUN_MEMBER_CODE))
-
-
-def _on_loop_clock(loop: asyncio.AbstractEventLoop, deadline: float) -> float:
-    """A ``time.monotonic()`` deadline as event-loop time (never before now).
-
-    The one place a plan's deadline meets the loop's clock: asyncio's loop
-    reads ``time.monotonic()`` itself, uvloop the same clock to the
-    millisecond, so the offset is measured rather than assumed.
-    """
-    now = loop.time()
-    return now + max(0.0, deadline - time.monotonic())
 
 
 async def _run_member(member: Member, token: StopToken) -> Any:
@@ -242,6 +255,11 @@ class Group:
         return self._state.deadline if self._state is not None else None
 
     @property
+    def monotonic_deadline(self) -> float | None:
+        """The same moment as a ``time.monotonic()`` value (None while running)."""
+        return self._state.monotonic_deadline if self._state is not None else None
+
+    @property
     def stopping(self) -> bool:
         """True once ``stop`` was called or a member exited."""
         return self._state is not None and self._state.event.is_set()
@@ -283,18 +301,18 @@ class Group:
         if not state.event.is_set():
             state.reason = reason
             if force:
-                state.deadline = loop.time()
+                at = state.end_at(loop, time.monotonic())
             elif deadline is not None:
-                state.deadline = _on_loop_clock(loop, deadline)
+                at = state.end_at(loop, deadline)
             else:
                 graceful = self.graceful_timeout if timeout is None else max(0.0, timeout)
-                state.deadline = loop.time() + graceful
+                at = state.end_at(loop, time.monotonic() + graceful)
             self._report.reason = reason
             state.event.set()
             logger.debug("group %r stopping: %s", self.name, reason)
-            self._cancel_handle = loop.call_at(state.deadline, self._cancel_members)
+            self._cancel_handle = loop.call_at(at, self._cancel_members)
         elif force and self._abandon_handle is None:
-            state.deadline = loop.time()
+            state.end_at(loop, time.monotonic())
             if self._cancel_handle is not None:
                 self._cancel_handle.cancel()
             self._cancel_members()

@@ -338,12 +338,10 @@ class Service:
         self.tracker.observer = telemetry.task_spans()
         telemetry.observe(self.view.families)
 
-    async def _drain_background(
-        self, budget: float | None = None, *, deadline: float | None = None
-    ) -> list[AbandonedWork]:
-        """Phase 5: wait for tracked and adopted work, then cancel and report the rest."""
+    async def _drain_background(self, deadline: float) -> list[AbandonedWork]:
+        """Phase 5: wait for tracked and adopted work by ``deadline``; cancel, report the rest."""
         cancel = ShutdownBudget.of(self.config).tracker_report
-        report = await self.tracker.shutdown(budget, deadline=deadline, cancel_timeout=cancel)
+        report = await self.tracker.shutdown(deadline=deadline, cancel_timeout=cancel)
         return report.abandoned_work()
 
     async def _run(self, app: App, kind: str | None, listeners: Listeners) -> None:
@@ -396,7 +394,7 @@ class Service:
         try:
             if self.http is None:
                 # No HTTP server ran phase 5: drain background work here, by the plan's deadline.
-                self.hooks.abandoned.extend(await self._drain_background(deadline=plan.deadline))
+                self.hooks.abandoned.extend(await self._drain_background(plan.deadline))
         finally:
             for cleanup in cleanups:
                 cleanup()

@@ -558,6 +558,8 @@ class HttpServer:
         # The drain (phases 4 and 5) ends early enough to leave the app's shutdown its slice.
         reserve = app_shutdown_reserve(deadline - loop.time()) if self._has_lifespan() else 0.0
         drain_by = deadline - reserve
+        # The same moment on the plan's clock, for phase 5 (a deadline, never seconds left).
+        background_by = (stop.monotonic_deadline or time.monotonic()) - reserve
         if self.hooks.metrics is not None:
             self.hooks.metrics.drains += 1
         began = time.perf_counter()
@@ -583,9 +585,7 @@ class HttpServer:
         if self.hooks.background is not None:
             # Shielded: if the group cancels us at the deadline, phase 5 still
             # finishes its own cancel-and-report, and we collect that report.
-            self._background = asyncio.ensure_future(
-                self.hooks.background(max(0.0, drain_by - loop.time()))
-            )
+            self._background = asyncio.ensure_future(self.hooks.background(background_by))
             left = await asyncio.shield(self._background)
             self._background = None
             self.hooks.abandoned.extend(left)
