@@ -11,23 +11,27 @@ around that which a serving process adds:
 - the HTTP part as ASGI: a WSGI app runs in a pool of ``--threads`` threads
   (a2wsgi), an ``asgi2`` app is wrapped into ASGI 3.
 
+The app's interface is the process's concern, not the HTTP engine's: every
+engine is given one ASGI 3 app, so nothing here imports an engine (the
+ASGI 2 adapter is the five lines of the spec's own definition).
+
 Invariant: ``tether._hooks`` is imported only when a gunicorn config file is
-given, so a process without one never loads it.
+given, and a2wsgi only for a WSGI app, so a process without one never loads it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, cast
 
 from tether.app import App, load_app
 from tether.config import RunConfig
-from tether.engine import ASGIApp
-from tether.serving import host_asgi2, host_wsgi
+from tether.engine import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from tether._hooks import ServerHooks
 
-__all__ = ["as_asgi", "import_app", "server_hooks"]
+__all__ = ["as_asgi", "host_asgi2", "host_wsgi", "import_app", "server_hooks"]
 
 
 def server_hooks(config: RunConfig) -> ServerHooks | None:
@@ -68,3 +72,33 @@ def as_asgi(
         return host_asgi2(app.http)
     asgi: ASGIApp = app.http
     return asgi
+
+
+def host_wsgi(app: Any, threads: int) -> ASGIApp:
+    """A WSGI app as ASGI: a2wsgi, with its requests run in a pool of ``threads`` threads."""
+    from a2wsgi import WSGIMiddleware
+
+    def terminated(environ: Any, start_response: Any) -> Iterable[bytes]:
+        # a2wsgi's wsgi.input returns b"" where the body ends, with or without a
+        # Content-Length. Saying so is what lets Werkzeug (Flask) read a chunked
+        # body: without it, no Content-Length means an empty body to it.
+        environ["wsgi.input_terminated"] = True
+        body: Iterable[bytes] = app(environ, start_response)
+        return body
+
+    return cast(ASGIApp, WSGIMiddleware(terminated, workers=threads))
+
+
+def host_asgi2(app: Any) -> ASGIApp:
+    """An ASGI 2 app (``app(scope)`` returns the coroutine function) as ASGI 3."""
+    return _Asgi2(app)
+
+
+class _Asgi2:
+    """ASGI 2's two calls as ASGI 3's one: ``await app(scope)(receive, send)``."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope)(receive, send)

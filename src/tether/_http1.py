@@ -1,4 +1,4 @@
-"""Two HTTP/1 rules uvicorn's protocol classes do not keep, kept for both of its parsers.
+"""Three HTTP/1 rules uvicorn's protocol classes do not keep, kept for both of its parsers.
 
 **A drain answers every request a connection has already delivered.** A
 client may pipeline: send several requests before it reads the first
@@ -8,7 +8,8 @@ on the next response, or closes once the response in progress ends, loses
 the requests queued behind it: the client sent them, the server read them,
 and they get no answer. Here a connection that still holds received
 requests is not closed, and only the response to the last request received
-is told to close (the request's own answer then ends the connection).
+is told to close (the request's own answer then ends the connection):
+:func:`closing_send` is the ``send`` a drain gives each request.
 
 **An HTTP/1.0 client never gets chunked transfer coding** (RFC 9112 §6.1
 forbids sending it to one). A response without ``Content-Length`` to an
@@ -18,6 +19,11 @@ does this itself; uvicorn's httptools protocol sends chunked, so its cycle
 for an HTTP/1.0 request is given a ``send`` that frames the body by the
 close. HTTP/1.0 connections are never kept alive (both protocols close
 them), so keep-alive without a length cannot arise.
+
+**A stream its app ends on the drain signal ends cleanly.** A response
+without a length that the app leaves open when it sees the drain signal
+(sse-starlette's streams do) is finished by :func:`end_stream`: the
+last chunk, or the close, rather than a cut connection and an app error.
 
 Invariant: on an HTTP/1.1 connection that is not draining, the only work
 added per request is one comparison of the request's version (httptools);
@@ -31,9 +37,10 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from types import MethodType
 from typing import Any
 
-__all__ = ["adapt", "last_received", "requests_waiting"]
+__all__ = ["adapt", "closing_send", "end_stream", "last_received", "requests_waiting"]
 
 Message = MutableMapping[str, Any]
+Send = Callable[[Message], Awaitable[None]]
 
 _HTTPTOOLS = ("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol")
 _H11 = ("uvicorn.protocols.http.h11_impl", "H11Protocol")
@@ -128,6 +135,45 @@ def last_received(send: Callable[[Message], Awaitable[None]]) -> Callable[[], bo
 
 def _always() -> bool:
     return True
+
+
+def closing_send(send: Send) -> Send:
+    """``send`` that says ``Connection: close`` if its request is its connection's last.
+
+    Asked when the response starts: requests the client pipelined behind this
+    one are answered first, and the last one's response ends the connection.
+    """
+    last = last_received(send)
+
+    async def send_closing(message: Message) -> None:
+        if message["type"] == "http.response.start" and last():
+            headers = list(message.get("headers", ()))
+            headers.append((b"connection", b"close"))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return send_closing
+
+
+async def end_stream(send: Send) -> None:
+    """Finish a response without a length that its app left open when the drain signal came.
+
+    A stream that ends on the drain signal (sse-starlette's) returns without
+    the last body message; the client gets a clean end of the stream rather
+    than a cut connection (an event stream then reconnects, to the next
+    generation in a reload), and the server does not log an app error. A
+    ``send`` that is not a uvicorn cycle's, or a response already complete,
+    framed by its length or disconnected, is left alone.
+    """
+    cycle: Any = getattr(send, "__self__", None)  # uvicorn's request cycle, whose method it is
+    if (
+        cycle is not None
+        and getattr(cycle, "response_started", False)
+        and (getattr(cycle, "chunked_encoding", False) or getattr(cycle, "close_delimited", False))
+        and not cycle.response_complete
+        and not cycle.disconnected
+    ):
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _send_http10(cycle: Any, message: Message) -> None:

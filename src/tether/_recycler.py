@@ -16,7 +16,8 @@ request fails (gunicorn's recycling, done as a reload of one process).
 Invariant: a successor is asked for at most once per process; the limits
 are drawn once (jitter included) when the HTTP engine is configured, and
 memory is read only while serving (a tick with connections open, and each
-watchdog heartbeat), never polled from a loop of its own.
+watchdog heartbeat), never polled from a loop of its own. The engine counts
+responses with :class:`RequestLimit` (one integer decrement a request).
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ import random
 from collections.abc import Callable
 
 from tether.config import RunConfig
-from tether.engine import DrainHooks, Engine
+from tether.engine import ASGIApp, DrainHooks, Engine, Receive, Scope, Send
 from tether.metrics import process_rss
 from tether.worker import recycle_report
 
-__all__ = ["MIB", "Recycler"]
+__all__ = ["MIB", "Recycler", "RequestLimit"]
 
 logger = logging.getLogger("tether.runtime")
 
@@ -119,3 +120,25 @@ class Recycler:
             self.recycle(
                 f"resident memory {rss / MIB:.0f} MiB passed --max-worker-memory {limit} MiB"
             )
+
+
+class RequestLimit:
+    """Counts finished HTTP requests; at the limit, asks once for a graceful stop.
+
+    The engine wraps the app with it when ``ServeOptions.limit_max_requests``
+    is set and ``DrainHooks.request_limit`` is what :meth:`Recycler.wire` plugged in.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, reached: Callable[[], None]) -> None:
+        self.app = app
+        self.left = limit
+        self.reached = reached
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if scope["type"] == "http":
+                self.left -= 1
+                if self.left == 0:
+                    self.reached()

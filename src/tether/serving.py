@@ -38,16 +38,15 @@ tether._accesslog).
 
 from __future__ import annotations
 
-import _socket
 import asyncio
 import dataclasses
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
 from email.utils import formatdate
-from typing import Any, cast
+from typing import Any
 
 from uvicorn.config import Config
 from uvicorn.lifespan.on import LifespanOn
@@ -57,8 +56,12 @@ from tether._accesslog import AccessLog
 from tether._adoption import task_owner, task_scope
 from tether._drain import DrainSignal, app_shutdown_reserve, current_drain_signal, drain_signal
 from tether._guard import HeadSweep, capped, guarded
-from tether._http1 import adapt, last_received, requests_waiting
+from tether._http1 import adapt, requests_waiting
+from tether._http1 import closing_send as _closing  # the names _DrainMiddleware calls
+from tether._http1 import end_stream as _end_stream
+from tether._recycler import RequestLimit
 from tether._stacks import count_as_own, task_label, task_stack
+from tether._transport import TCP_CORK, coalescing
 from tether.config import HttpOptions
 from tether.engine import ASGIApp, DrainHooks, Message, Receive, Scope, Send, ServeOptions
 from tether.errors import AbandonedWork, StartupError
@@ -72,8 +75,6 @@ __all__ = [
     "ServeOptions",
     "app_shutdown_reserve",
     "drain_signal",
-    "host_asgi2",
-    "host_wsgi",
 ]
 
 logger = logging.getLogger("tether.serving")
@@ -83,8 +84,6 @@ count_as_own("uvicorn")  # a request's task reads as the app's, not as uvicorn's
 _now = time.perf_counter  # per request: one global lookup, not two
 #: uvicorn's level below DEBUG.
 _TRACE = 5
-#: Linux's: hold written bytes until uncorked or closed (see _CoalescingTransport); 0: none.
-_TCP_CORK: int = getattr(socket, "TCP_CORK", 0)
 
 
 class _Connections(set[Any]):
@@ -269,83 +268,6 @@ class _DrainMiddleware:
             await _end_stream(server_send)
 
 
-async def _end_stream(send: Send) -> None:
-    """Finish a response without a length that its app left open when the drain signal came.
-
-    A stream that ends on the drain signal (sse-starlette's) returns without
-    the last body message; the client gets a clean end of the stream rather
-    than a cut connection (an event stream then reconnects, to the next
-    generation in a reload), and the server does not log an app error.
-    """
-    cycle: Any = getattr(send, "__self__", None)  # uvicorn's request cycle, whose method it is
-    if (
-        cycle is not None
-        and getattr(cycle, "response_started", False)
-        and (getattr(cycle, "chunked_encoding", False) or getattr(cycle, "close_delimited", False))
-        and not cycle.response_complete
-        and not cycle.disconnected
-    ):
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-def host_wsgi(app: Any, threads: int) -> ASGIApp:
-    """A WSGI app as ASGI: a2wsgi, with its requests run in a pool of ``threads`` threads."""
-    from a2wsgi import WSGIMiddleware
-
-    def terminated(environ: Any, start_response: Any) -> Iterable[bytes]:
-        # a2wsgi's wsgi.input returns b"" where the body ends, with or without a
-        # Content-Length. Saying so is what lets Werkzeug (Flask) read a chunked
-        # body: without it, no Content-Length means an empty body to it.
-        environ["wsgi.input_terminated"] = True
-        body: Iterable[bytes] = app(environ, start_response)
-        return body
-
-    return cast(ASGIApp, WSGIMiddleware(terminated, workers=threads))
-
-
-def host_asgi2(app: Any) -> ASGIApp:
-    """An ASGI2 app (``app(scope)`` returns the coroutine function) as ASGI3: uvicorn's adapter."""
-    from uvicorn.middleware.asgi2 import ASGI2Middleware
-
-    return cast(ASGIApp, ASGI2Middleware(app))
-
-
-class _RequestLimit:
-    """Counts finished HTTP requests; at the limit, asks once for a graceful stop."""
-
-    def __init__(self, app: ASGIApp, limit: int, reached: Callable[[], None]) -> None:
-        self.app = app
-        self.left = limit
-        self.reached = reached
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            if scope["type"] == "http":
-                self.left -= 1
-                if self.left == 0:
-                    self.reached()
-
-
-def _closing(send: Send) -> Send:
-    """``send`` that says ``Connection: close`` if its request is its connection's last.
-
-    Asked when the response starts: requests the client pipelined behind this
-    one are answered first, and the last one's response ends the connection.
-    """
-    last = last_received(send)
-
-    async def send_closing(message: Message) -> None:
-        if message["type"] == "http.response.start" and last():
-            headers = list(message.get("headers", ()))
-            headers.append((b"connection", b"close"))
-            message = {**message, "headers": headers}
-        await send(message)
-
-    return send_closing
-
-
 class HttpServer:
     """Serves one ASGI app on the given listening sockets until its stop token fires.
 
@@ -368,7 +290,7 @@ class HttpServer:
         self.sockets = sockets
         options = self.options
         if options.limit_max_requests is not None and self.hooks.request_limit is not None:
-            app = _RequestLimit(app, options.limit_max_requests, self.hooks.request_limit)
+            app = RequestLimit(app, options.limit_max_requests, self.hooks.request_limit)
         if options.access_log:
             app = AccessLog(app, options.access_logformat)
         if self.hooks.wrap is not None:
@@ -533,12 +455,12 @@ class HttpServer:
         # The last response of a plain TCP connection leaves with its FIN (TLS: the close
         # waits for the TLS shutdown, so nothing may be held back for it).
         fin = (
-            _TCP_CORK != 0
+            TCP_CORK != 0
             and config.ssl is None
             and all(sock.family in (socket.AF_INET, socket.AF_INET6) for sock in self.sockets)
         )
         factory = guarded(
-            _coalescing(adapt(config.http_protocol_class), fin_with_last=fin),
+            coalescing(adapt(config.http_protocol_class), fin_with_last=fin),
             head_timeout=options.head_timeout,
             max_head=options.max_head if cap is not None else None,
         )
@@ -839,141 +761,6 @@ class _WebSocketProtocol:
 
             self._protocol = import_from_string(WS_PROTOCOLS[self.name])
         return self._protocol(**kwargs)
-
-
-def _coalescing(factory: Any, *, fin_with_last: bool) -> Any:
-    """uvicorn's protocol, writing what one loop step sends in one system call.
-
-    uvicorn writes a response's head when the app sends ``http.response.start``
-    and its body when it sends ``http.response.body``: two ``write`` calls for
-    every small response, each a trip through the kernel's TCP stack and a
-    wake-up of the client. Sent through :class:`_CoalescingTransport`, they
-    leave as one. With ``fin_with_last`` (plain TCP), a response the connection
-    closes after leaves in the segment that carries the FIN.
-    """
-
-    class Coalescing(factory):  # type: ignore[misc]
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            # uvicorn reads the connection's addresses (three lookups) and sets up its flow
-            # control on the real transport, with no wrapper in between; what it writes
-            # from here on goes through the coalescing one.
-            super().connection_made(transport)
-            self.transport = _CoalescingTransport(transport, self.loop, fin_with_last)
-
-    return Coalescing
-
-
-class _CoalescingTransport:
-    """A connection's transport whose writes in one loop step go out together.
-
-    The first write of a step is held and a flush is scheduled for the end of
-    the step (``call_soon``: after the callbacks already due, before the loop
-    polls again); later writes join it. Whatever closes or reports on the
-    connection sees the held bytes first, so nothing is lost or reordered.
-    Everything else is the real transport's: what uvicorn asks on every request
-    (``is_closing``) and the rest it calls directly are the real transport's
-    own methods, looked up once, with no Python call in between. One is made
-    per connection: slots, no dict.
-
-    With ``fin_with_last``, bytes still held when the connection is closed (a
-    ``Connection: close`` response, written and closed in one step) are corked
-    (``TCP_CORK``) before they are written: the kernel keeps them until the
-    close, which sends them in one segment with the FIN instead of two, one
-    segment fewer for both ends on every connection that ends this way. The
-    close is what releases them, at once; nothing waits on the cork's timer.
-    """
-
-    __slots__ = (
-        "_call_soon",
-        "_fin_with_last",
-        "_held",
-        "_transport",
-        "get_extra_info",
-        "is_closing",
-        "pause_reading",
-        "resume_reading",
-    )
-
-    def __init__(
-        self, transport: Any, loop: asyncio.AbstractEventLoop, fin_with_last: bool = False
-    ) -> None:
-        self._transport = transport
-        self._call_soon = loop.call_soon
-        self._held: list[bytes] | None = None
-        self._fin_with_last = fin_with_last
-        self.is_closing: Callable[[], bool] = transport.is_closing
-        self.get_extra_info: Callable[..., Any] = transport.get_extra_info
-        self.pause_reading: Callable[[], None] = transport.pause_reading
-        self.resume_reading: Callable[[], None] = transport.resume_reading
-
-    def write(self, data: bytes) -> None:
-        held = self._held
-        if held is None:
-            self._held = [data]
-            self._call_soon(self._flush)
-        else:
-            held.append(data)
-
-    def writelines(self, lines: Iterable[bytes]) -> None:
-        for data in lines:
-            self.write(data)
-
-    def _flush(self) -> None:
-        held = self._held
-        if held is None:
-            return
-        self._held = None
-        if not self._transport.is_closing():
-            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
-
-    def close(self) -> None:
-        held = self._held
-        transport = self._transport
-        if held is not None:
-            self._held = None
-            if not transport.is_closing():
-                if self._fin_with_last:
-                    _cork(transport)
-                transport.write(held[0] if len(held) == 1 else b"".join(held))
-        transport.close()
-
-    def write_eof(self) -> None:
-        self._flush()
-        self._transport.write_eof()
-
-    def abort(self) -> None:
-        self._held = None
-        self._transport.abort()
-
-    def get_write_buffer_size(self) -> int:
-        held = sum(len(data) for data in self._held) if self._held else 0
-        return int(self._transport.get_write_buffer_size()) + held
-
-    def __getattr__(self, name: str) -> Any:  # the rest: set_protocol (an upgrade), is_reading...
-        return getattr(self._transport, name)
-
-
-def _cork(transport: Any) -> None:
-    """Set ``TCP_CORK`` on the transport's socket; a socket already gone is left as it is.
-
-    Through a socket object of its own on the same descriptor, detached before
-    it is dropped (so the descriptor stays the transport's): the event loop's
-    socket stand-in would build a full ``socket.socket`` for the one call. The
-    family and type it is given are only recorded, never checked (``setsockopt``
-    acts on the descriptor), so reading the real ones (two enum conversions) is
-    skipped.
-    """
-    try:
-        fd = transport.get_extra_info("socket").fileno()
-        raw = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM, 0, fd)
-    except (AttributeError, OSError, ValueError):  # no socket, or closed: nothing to hold
-        return
-    try:
-        raw.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
-    except OSError:
-        pass  # the peer reset it: the write that follows says so
-    finally:
-        raw.detach()
 
 
 def _request_name(task: asyncio.Task[Any]) -> str:
