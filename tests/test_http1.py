@@ -9,14 +9,18 @@ in one segment.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import struct
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
+
+from tether._http1 import closing_send, end_stream
 
 from proc import tether
 
@@ -150,3 +154,53 @@ def test_a_response_the_connection_closes_after_comes_with_the_fin(http: str) ->
             b"GET /answer?n=7&times=8000000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
         )
         assert headers[b"connection"] == b"close" and body == b"7" * 8_000_000
+
+
+# -- the drain's sends, in this process ------------------------------------------------
+
+
+class Cycle:
+    """The parts of uvicorn's request cycle a drain's send reads; ``send`` is its method."""
+
+    def __init__(self, *, chunked: bool = True, complete: bool = False) -> None:
+        self.response_started = True
+        self.chunked_encoding = chunked
+        self.close_delimited = False
+        self.response_complete = complete
+        self.disconnected = False
+        self.sent: list[dict[str, Any]] = []
+
+    async def send(self, message: Any) -> None:
+        self.sent.append(message)
+
+
+def test_a_drains_send_says_close_on_the_last_requests_response_only_at_its_start() -> None:
+    """closing_send adds Connection: close to the head, keeps the app's headers, not the body."""
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def main() -> None:
+        closing = closing_send(send)  # not a uvicorn cycle's: its request is always the last
+        head = {"type": "http.response.start", "status": 200, "headers": [(b"x-app", b"1")]}
+        await closing(head)
+        await closing({"type": "http.response.body", "body": b"hi"})
+
+    asyncio.run(main())
+    assert sent[0]["headers"] == [(b"x-app", b"1"), (b"connection", b"close")]
+    assert sent[1] == {"type": "http.response.body", "body": b"hi"}
+
+
+def test_a_stream_left_open_at_the_drain_is_ended_and_nothing_else_is_touched() -> None:
+    """end_stream sends the last body of an unframed stream left open; not of a framed one."""
+
+    async def main() -> list[list[dict[str, Any]]]:
+        cycles = [Cycle(), Cycle(chunked=False), Cycle(complete=True)]
+        for cycle in cycles:
+            await end_stream(cycle.send)
+        await end_stream(Cycle().sent.append)  # type: ignore[arg-type]  # no cycle behind it
+        return [cycle.sent for cycle in cycles]
+
+    last = {"type": "http.response.body", "body": b"", "more_body": False}
+    assert asyncio.run(main()) == [[last], [], []]

@@ -7,6 +7,7 @@ The end-to-end recycling under load, with real workers and ``wrk``, is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, cast
 
 from tether._recycler import Recycler
@@ -109,3 +110,37 @@ def test_resume_takes_requests_again_unless_stopping() -> None:
         assert stopped.resumed == 0
 
     asyncio.run(main())
+
+
+def test_the_request_limit_counts_http_responses_and_asks_once() -> None:
+    """Only HTTP requests count, failed ones too; at the limit `reached` is called once."""
+    from tether._recycler import RequestLimit
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("path") == "/fail":
+            raise RuntimeError("boom")
+
+    async def nothing() -> dict[str, Any]:
+        return {}
+
+    async def ignore(message: Any) -> None:
+        pass
+
+    async def main() -> list[str]:
+        reached: list[str] = []
+        limited = RequestLimit(app, 3, lambda: reached.append("limit"))
+
+        async def call(kind: str, path: str = "/") -> None:
+            await limited({"type": kind, "path": path}, nothing, ignore)
+
+        await call("lifespan")
+        await call("websocket")
+        await call("http")
+        with contextlib.suppress(RuntimeError):
+            await call("http", "/fail")
+        assert reached == []
+        for _ in range(3):
+            await call("http")
+        return reached
+
+    assert asyncio.run(main()) == ["limit"]

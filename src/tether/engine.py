@@ -9,9 +9,9 @@ sockets, the options and the runtime's drain hooks (:class:`ServeOptions`,
 :class:`DrainHooks`: defined here, so an engine needs nothing of another's).
 
 The invariant: outside the engine's implementation (``tether.serving`` and the
-protocol adapters it owns, ``tether._http1`` and ``tether._guard``), no module
-imports the engine's library or reaches into its objects; they hold an
-:class:`Engine` and ask it. Serving with another library is then one new
+protocol adapters it owns, ``tether._http1``, ``tether._guard`` and
+``tether._transport``), no module imports the engine's library or reaches into
+its objects; they hold an :class:`Engine` and ask it. Serving with another library is then one new
 module implementing :class:`Engine` (which names its package to
 ``tether._stacks.count_as_own``), and ``tether._engines.http_engine`` returning
 it (``tests/test_engine.py`` keeps that honest). This module imports no engine,

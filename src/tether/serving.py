@@ -30,10 +30,14 @@ Nothing here polls: waits are on events that the connection and task sets
 fire when they become empty.
 
 Why this module is long: HttpServer and its drain are written against uvicorn's protocol
-classes and their internals (connections, cycles, transports); keeping every touch of
-those internals in one module makes an uvicorn upgrade one file to check. What does not
-touch them is already apart (tether._drain, tether._http1, tether._guard,
-tether._accesslog).
+classes and their internals (connections, cycles, transports, its lifespan driver and
+server state); keeping every use of those internals in one module makes an uvicorn
+upgrade one file to check. What does not use them lives apart, each in the module of its
+concept: the drain signal (tether._drain), the HTTP/1 rules of a drain (tether._http1),
+what a connection is held to (tether._guard), coalesced writes (tether._transport), what
+runs only while there is traffic (tether._traffic), the websocket protocol imported at
+the first upgrade (tether._websocket), the access log (tether._accesslog), the request
+limit (tether._recycler) and the WSGI and ASGI 2 adapters (tether._hosting).
 """
 
 from __future__ import annotations
@@ -61,7 +65,9 @@ from tether._http1 import closing_send as _closing  # the names _DrainMiddleware
 from tether._http1 import end_stream as _end_stream
 from tether._recycler import RequestLimit
 from tether._stacks import count_as_own, task_label, task_stack
+from tether._traffic import Connections, SecondClock
 from tether._transport import TCP_CORK, coalescing
+from tether._websocket import LazyProtocol
 from tether.config import HttpOptions
 from tether.engine import ASGIApp, DrainHooks, Message, Receive, Scope, Send, ServeOptions
 from tether.errors import AbandonedWork, StartupError
@@ -86,45 +92,13 @@ _now = time.perf_counter  # per request: one global lookup, not two
 _TRACE = 5
 
 
-class _Connections(set[Any]):
-    """uvicorn's set of open connections, telling us when it turns busy and empty.
-
-    It changes once per connection, so a Python-level hook costs nothing that
-    matters. (The request-task set changes twice per request; it stays a plain
-    set and the drain waits on the tasks themselves.)
-    """
-
-    def __init__(self, on_busy: Callable[[], None], on_empty: Callable[[], None]) -> None:
-        super().__init__()
-        self.empty = asyncio.Event()
-        self.empty.set()
-        self._on_busy = on_busy
-        self._on_empty = on_empty
-
-    def add(self, item: Any) -> None:
-        if not self:
-            self.empty.clear()
-            self._on_busy()
-        set.add(self, item)
-
-    def discard(self, item: Any) -> None:
-        set.discard(self, item)
-        if not self and not self.empty.is_set():
-            self.empty.set()
-            self._on_empty()
-
-    def remove(self, item: Any) -> None:  # uvicorn's websocket protocols use remove
-        if item not in self:
-            raise KeyError(item)
-        self.discard(item)
-
-
 class _State(ServerState):
     """uvicorn's shared server state, with a watched connection set and a dated header.
 
     uvicorn refreshes the ``date`` header from a 100 ms tick that runs even
-    when idle. Ours is refreshed once a second by a timer that runs only while
-    a connection is open: no per-request cost, and no wake-ups when idle.
+    when idle. Ours is refreshed by a :class:`~tether._traffic.SecondClock`
+    that runs only while a connection is open: no per-request cost, and no
+    wake-ups when idle.
     """
 
     def __init__(
@@ -142,54 +116,32 @@ class _State(ServerState):
             self.tasks = tasks  # type: ignore[assignment]  # uvicorn adds and discards each request's
         self._dated = date
         self._traffic = traffic
-        self.watched_connections = _Connections(self._busy, self._empty)
+        self.watched_connections = Connections(self._busy, self._empty)
         self.connections = self.watched_connections
         self._extra = extra_headers
-        self._clock: asyncio.TimerHandle | None = None
         # The clock is also the event-loop lag probe: it only runs while there is traffic.
-        self._lag = lag
-        self._tick = tick
-        self._due = 0.0  # loop time the clock's next tick is due
-        self._refresh_date()
+        dated = self._refresh_date if date else None
+        needed = date or lag is not None or tick is not None
+        self._clock = SecondClock(on_second=dated, lag=lag, tick=tick) if needed else None
+        self._refresh_date(time.time())
 
-    def _refresh_date(self) -> None:
-        now = time.time()
+    def _refresh_date(self, now: float) -> None:
         if self._dated:
             self.default_headers = [(b"date", formatdate(now, usegmt=True).encode()), *self._extra]
         else:
             self.default_headers = list(self._extra)
-        if self._clock is not None:
-            loop = asyncio.get_running_loop()
-            if self._lag is not None:
-                self._lag(loop.time() - self._due)
-            # Fire just after the next second starts, so the header is never a second behind.
-            delay = 1.0 - now % 1.0
-            self._due = loop.time() + delay
-            self._clock = loop.call_later(delay, self._refresh_date)
-            if self._tick is not None:
-                self._tick()
 
     def _busy(self) -> None:
-        self._start_clock()
+        if self._clock is not None:
+            self._clock.start()
         if self._traffic is not None:
             self._traffic(True)
 
     def _empty(self) -> None:
-        self._stop_clock()
+        if self._clock is not None:
+            self._clock.stop()
         if self._traffic is not None:
             self._traffic(False)
-
-    def _start_clock(self) -> None:
-        if not self._dated and self._lag is None and self._tick is None:
-            return
-        loop = asyncio.get_running_loop()
-        self._due = loop.time()
-        self._clock = loop.call_later(0, self._refresh_date)
-
-    def _stop_clock(self) -> None:
-        if self._clock is not None:
-            self._clock.cancel()
-            self._clock = None
 
 
 class _Lifespan(LifespanOn):
@@ -723,44 +675,16 @@ def _config_kwargs(http: HttpOptions) -> dict[str, Any]:
         headers.insert(0, ("server", "tether"))
     kwargs["headers"] = headers
     kwargs["server_header"] = False
-    kwargs["ws"] = _WebSocketProtocol.of(kwargs["ws"])
+    kwargs["ws"] = LazyProtocol.of(kwargs["ws"], _ws_protocol)
     return kwargs
 
 
-class _WebSocketProtocol:
-    """uvicorn's websocket protocol for ``--ws NAME``, imported at the first websocket upgrade.
+def _ws_protocol(name: str) -> Any:
+    """uvicorn's websocket protocol class for ``--ws NAME`` (at the first upgrade)."""
+    from uvicorn.config import WS_PROTOCOLS
+    from uvicorn.importer import import_from_string
 
-    uvicorn's ``Config`` takes a protocol class or anything called like one; given
-    a name, it imports the library when it loads (websockets: about 8 ms and
-    1.5 MiB in every process). A service that serves no websocket never pays.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._protocol: Any = None
-
-    @classmethod
-    def of(cls, name: str) -> _WebSocketProtocol | None:
-        """The protocol for ``--ws NAME``; None when websockets are refused.
-
-        As uvicorn's ``auto``: refused when neither websockets nor wsproto is installed.
-        """
-        if name == "none":
-            return None
-        if name == "auto":
-            from importlib.util import find_spec
-
-            if find_spec("websockets") is None and find_spec("wsproto") is None:
-                return None
-        return cls(name)
-
-    def __call__(self, **kwargs: Any) -> Any:
-        if self._protocol is None:
-            from uvicorn.config import WS_PROTOCOLS
-            from uvicorn.importer import import_from_string
-
-            self._protocol = import_from_string(WS_PROTOCOLS[self.name])
-        return self._protocol(**kwargs)
+    return import_from_string(WS_PROTOCOLS[name])
 
 
 def _request_name(task: asyncio.Task[Any]) -> str:
