@@ -56,6 +56,7 @@ __all__ = [
     "no_adoption",
     "no_adoption_for",
     "origin_label",
+    "request_name",
     "request_scope",
 ]
 
@@ -126,6 +127,14 @@ def task_scope(task: asyncio.Future[Any]) -> dict[str, Any] | None:
     """
     scope = getattr(task_owner(task), "scope", None)
     return scope if isinstance(scope, dict) and "path" in scope else None
+
+
+def request_name(task: asyncio.Task[Any]) -> str:
+    """``METHOD /path`` for a request's task (``WS /path`` for a websocket), else its name."""
+    scope = task_scope(task)
+    if scope is not None:
+        return f"{scope.get('method', 'WS')} {scope['path']}"
+    return task.get_name()
 
 
 def task_owner(task: asyncio.Future[Any]) -> object:

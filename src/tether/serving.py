@@ -33,11 +33,8 @@ Why this module is long: HttpServer and its drain are written against uvicorn's 
 classes and their internals (connections, cycles, transports, its lifespan driver and
 server state); keeping every use of those internals in one module makes an uvicorn
 upgrade one file to check. What does not use them lives apart, each in the module of its
-concept: the drain signal (tether._drain), the HTTP/1 rules of a drain (tether._http1),
-what a connection is held to (tether._guard), coalesced writes (tether._transport), what
-runs only while there is traffic (tether._traffic), the websocket protocol imported at
-the first upgrade (tether._websocket), the access log (tether._accesslog), the request
-limit (tether._recycler) and the WSGI and ASGI 2 adapters (tether._hosting).
+concept (docs/layout.md, "Serving HTTP"): tether._drain, _http1, _guard, _transport,
+_traffic, _websocket, _accesslog.
 """
 
 from __future__ import annotations
@@ -57,7 +54,7 @@ from uvicorn.lifespan.on import LifespanOn
 from uvicorn.server import ServerState
 
 from tether._accesslog import AccessLog
-from tether._adoption import task_owner, task_scope
+from tether._adoption import request_name, task_owner
 from tether._drain import DrainSignal, app_shutdown_reserve, current_drain_signal, drain_signal
 from tether._guard import HeadSweep, capped, guarded
 from tether._http1 import adapt, requests_waiting
@@ -493,10 +490,12 @@ class HttpServer:
         self._close_after_response()
         if state.connections:
             logger.info("draining %d connection(s)", len(state.connections))
-            grace = min(self.options.idle_grace, stop.remaining() or 0.0)
-            # Idle connections may still carry one more request; give them the grace.
+            # Idle connections may still carry one more request; give them the grace,
+            # within the stop's deadline.
+            now = asyncio.get_running_loop().time()
+            grace_end = min(now + self.options.idle_grace, stop.deadline or now)
             try:
-                async with asyncio.timeout(grace):
+                async with asyncio.timeout_at(grace_end):
                     await state.watched_connections.empty.wait()
             except TimeoutError:
                 pass
@@ -520,7 +519,7 @@ class HttpServer:
             self.hooks.abandoned.append(
                 AbandonedWork(
                     "request",
-                    _request_name(task),
+                    request_name(task),
                     stack=task_stack(task),
                     detail="still running at the drain deadline; cancelled so that "
                     "the app's shutdown could run",
@@ -555,7 +554,7 @@ class HttpServer:
                 self.hooks.abandoned.append(
                     AbandonedWork(
                         "request",
-                        _request_name(task),
+                        request_name(task),
                         stack=task_stack(task),
                         detail=f"in phase {self.phase!r}",
                     )
@@ -685,11 +684,3 @@ def _ws_protocol(name: str) -> Any:
     from uvicorn.importer import import_from_string
 
     return import_from_string(WS_PROTOCOLS[name])
-
-
-def _request_name(task: asyncio.Task[Any]) -> str:
-    """``METHOD /path`` for a uvicorn request task."""
-    scope = task_scope(task)
-    if scope is not None:
-        return f"{scope.get('method', 'WS')} {scope['path']}"
-    return task.get_name()
