@@ -65,19 +65,22 @@ NOT_BEFORE_SPAWN = (
 #: `tether run ARGS`, writing the master's modules to $MODULES_AT_SPAWN when it first spawns.
 SPY = """\
 import json, os, sys
+import tether._forkstart
 import tether.sockets
 
-spawn = tether.sockets.spawn
+def spying(start):
+    def spy(*args, **kwargs):
+        out = os.environ["MODULES_AT_SPAWN"]
+        if not os.path.exists(out):
+            with open(out + ".tmp", "w") as f:
+                json.dump(sorted(sys.modules), f)
+            os.replace(out + ".tmp", out)
+        return start(*args, **kwargs)
+    return spy
 
-def spy(*args, **kwargs):
-    out = os.environ["MODULES_AT_SPAWN"]
-    if not os.path.exists(out):
-        with open(out + ".tmp", "w") as f:
-            json.dump(sorted(sys.modules), f)
-        os.replace(out + ".tmp", out)
-    return spawn(*args, **kwargs)
-
-tether.sockets.spawn = spy  # every child's start, before any module takes the name
+# Every child's start (a fork of the opening, or an exec), before any module takes the name.
+tether._forkstart.fork_worker = spying(tether._forkstart.fork_worker)
+tether.sockets.spawn = spying(tether.sockets.spawn)
 from tether.cli import main
 main(sys.argv[1:])
 """

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 
 from tether import sockets as sockets_mod
 from tether._appmetrics import MultiprocDir
+from tether._forkstart import fork_worker
 from tether._listeners import open_listeners
 from tether.config import RunConfig
 from tether.errors import ConfigError
@@ -148,13 +149,16 @@ def open_master(
     config: RunConfig,
     *,
     program: Sequence[str] | None = None,
+    forked: bool = False,
     app_metrics: MultiprocDir | None = None,
 ) -> Opening:
     """Bind or inherit the sockets, make the runtime directory; spawn the first workers.
 
     ``program`` is how a worker is started (:data:`tether.worker.WORKER_PROGRAM`);
-    None spawns nothing (the master spawns every worker itself). Raises ConfigError
-    with nothing left open.
+    None spawns nothing (the master spawns every worker itself). ``forked``: the
+    first workers are forks of this interpreter instead (tether._forkstart), which
+    saves each one the command line's imports; later ones always run ``program``.
+    Raises ConfigError with nothing left open.
     """
     env = os.environ
     upgrade = UpgradeContract.take(env)  # a USR2: the old master started this one
@@ -221,7 +225,9 @@ def open_master(
     if program is not None and upgrade is None and config.python_config is None:
         try:
             for wid in range(1, config.workers + 1):
-                opening.first_workers[wid], _ = spawn_worker(opening, config, program, wid, 1)
+                opening.first_workers[wid], _ = spawn_worker(
+                    opening, config, program, wid, 1, forked=forked
+                )
         except BaseException:
             opening.close()
             raise
@@ -229,11 +235,18 @@ def open_master(
 
 
 def spawn_worker(
-    opening: Opening, config: RunConfig, program: Sequence[str], wid: int, generation: int
+    opening: Opening,
+    config: RunConfig,
+    program: Sequence[str],
+    wid: int,
+    generation: int,
+    *,
+    forked: bool = False,
 ) -> tuple[int, str]:
     """Start worker ``wid`` of ``generation`` on the opening's sockets: (pid, debug path).
 
-    Raises OSError if the system refuses the process.
+    ``forked``: a fork of this interpreter runs the worker (tether._forkstart), not
+    ``program``. Raises OSError if the system refuses the process.
     """
     debug_path = os.path.join(opening.rundir, f"w{wid}.sock")
     contract = WorkerContract(
@@ -246,10 +259,17 @@ def spawn_worker(
         final_metrics=final_path(debug_path),  # its final counts, for /metrics
         stop_plan=opening.stop_plan_path,
     )
+    env = {**opening.worker_env, **contract.to_env()}
+    named = [("app", s) for s in opening.app_socks]
+    if forked:
+        listen, fds = sockets_mod.listen_env(named)
+        args = worker_argv(config, debug_path, program=())
+        fds.append(opening.parent_r)
+        return fork_worker(args, env={**env, **listen}, fds=fds, cwd=opening.cwd), debug_path
     pid, fds = sockets_mod.spawn(
         worker_argv(config, debug_path, program),
-        env={**opening.worker_env, **contract.to_env()},
-        sockets=[("app", s) for s in opening.app_socks],
+        env=env,
+        sockets=named,
         extra_fds=[opening.parent_r],
         cwd=opening.cwd,
         new_process_group=True,  # terminal signals go to the master, which decides

@@ -138,7 +138,9 @@ def _run_master(config: RunConfig) -> None:
     """
     from tether._opening import open_master
 
-    opening = open_master(config, program=WORKER_PROGRAM) if config.python_config is None else None
+    opening = None
+    if config.python_config is None:
+        opening = open_master(config, program=WORKER_PROGRAM, forked=True)
     try:
         from tether.master import run_master
 
