@@ -44,9 +44,10 @@ import dataclasses
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from email.utils import formatdate
+from types import MethodType
 from typing import Any, cast
 
 from uvicorn.config import Config
@@ -63,6 +64,7 @@ from tether.config import HttpOptions
 from tether.engine import ASGIApp, DrainHooks, Message, Receive, Scope, Send, ServeOptions
 from tether.errors import AbandonedWork, StartupError
 from tether.group import StopToken
+from tether.metrics import recording_send
 
 __all__ = [
     "ASGIApp",
@@ -232,30 +234,22 @@ class _DrainMiddleware:
                 finally:
                     metrics.websockets -= 1
             else:
-                # Counted here, in the same frame: two clock reads, a plain function in
-                # front of send (no extra coroutine per message; after the response's
-                # start it only adds the body's length), one call to record.
-                status = 0
-                sent = 0
-
-                def recording_send(message: Message) -> Awaitable[None]:
-                    nonlocal status, sent
-                    if status:
-                        sent += len(message.get("body", b""))
-                    elif message["type"] == "http.response.start":
-                        status = message["status"]
-                    return send(message)
-
+                # Counted here, in the same frame: two clock reads, one call to record, and
+                # in front of send a bound method over a list (no closure, no cells, no
+                # extra coroutine per message; see tether.metrics.recording_send).
+                response: list[Any] = [0, 0, send]  # status, body bytes, send
                 started = scope["tether.started"] = _now()
                 try:
-                    await self.app(scope, receive, recording_send)
+                    await self.app(scope, receive, MethodType(recording_send, response))
                 except asyncio.CancelledError:
                     raise  # cut at the deadline: counted as such, not as an answer
                 except BaseException:
                     # Before a response started, the server answers 500 for the app.
-                    metrics.request(scope["method"], status or 500, _now() - started, sent)
+                    metrics.request(
+                        scope["method"], response[0] or 500, _now() - started, response[1]
+                    )
                     raise
-                metrics.request(scope["method"], status or 500, _now() - started, sent)
+                metrics.request(scope["method"], response[0] or 500, _now() - started, response[1])
         except asyncio.CancelledError:
             if not self.cut:
                 raise
