@@ -212,6 +212,8 @@ class _DrainMiddleware:
         self.app = app
         self.hooks = hooks
         self.metrics = hooks.metrics
+        #: The access log when it is right beneath: one send wrapper records for both.
+        self.access = app if isinstance(app, AccessLog) else None
         self.draining = False
         #: Requests still running at the drain deadline were cut (see HttpServer._cut).
         self.cut = False
@@ -233,6 +235,8 @@ class _DrainMiddleware:
                     await self.app(scope, receive, send)
                 finally:
                     metrics.websockets -= 1
+            elif self.access is not None and self.access.on():
+                await self.access.recorded(scope, receive, send, metrics)
             else:
                 # Counted here, in the same frame: two clock reads, one call to record, and
                 # in front of send a bound method over a list (no closure, no cells, no
