@@ -226,17 +226,25 @@ class _DrainMiddleware:
         if self.draining:
             send = _closing(send)
         metrics = self.metrics
+        app = self.app
+        # The access log right beneath, for an HTTP request: when it writes lines and the
+        # metrics are recorded, one send wrapper serves both; when it writes none, its
+        # pass-through (one more coroutine per request) is skipped, recording or not.
+        logged = self.access if kind == "http" else None
+        if logged is not None and not logged.on():
+            app = logged.app
+            logged = None
         try:
             if metrics is None:
-                await self.app(scope, receive, send)
+                await app(scope, receive, send)
             elif kind != "http":
                 metrics.websockets += 1
                 try:
-                    await self.app(scope, receive, send)
+                    await app(scope, receive, send)
                 finally:
                     metrics.websockets -= 1
-            elif self.access is not None and self.access.on():
-                await self.access.recorded(scope, receive, send, metrics)
+            elif logged is not None:
+                await logged.recorded(scope, receive, send, metrics)
             else:
                 # Counted here, in the same frame: two clock reads, one call to record, and
                 # in front of send a bound method over a list (no closure, no cells, no
@@ -244,7 +252,7 @@ class _DrainMiddleware:
                 response: list[Any] = [0, 0, send]  # status, body bytes, send
                 started = scope["tether.started"] = _now()
                 try:
-                    await self.app(scope, receive, MethodType(recording_send, response))
+                    await app(scope, receive, MethodType(recording_send, response))
                 except asyncio.CancelledError:
                     raise  # cut at the deadline: counted as such, not as an answer
                 except BaseException:
