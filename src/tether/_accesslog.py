@@ -273,6 +273,7 @@ class AccessLog:
         logged but not counted as an answer.
         """
         exchange = _Exchange(self, scope, send)
+        # The server's start mark (its drain report shows each request's age from it).
         started = scope["tether.started"] = exchange.started
         try:
             try:
