@@ -11,26 +11,36 @@ Cost, per request: one small object whose method wraps ``send``, and one
 ``Logger.info`` call. The record's arguments are an :class:`AccessAtoms`
 mapping that computes each gunicorn atom only when a formatter asks for it,
 so a line that names four atoms computes four, and a disabled logger
-computes none.
+computes none. When the request metrics are recorded too, the HTTP server
+calls :meth:`AccessLog.recorded`: the same object's ``send`` and its clock
+read serve both, instead of a second wrapper around ``send``.
 
 Error handling: a response the app never finished (it raised, or the client
 went away) is still logged once, with the status the client saw (500 if the
-response had not started).
+response had not started). What the client saw is the first start and the
+bodies after it: a second start or a body before the start is refused by the
+engine, so it changes neither the status nor the length.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether._logsafe import printable, printable_path
 from tether.errors import ConfigError
 
+if TYPE_CHECKING:
+    from tether.metrics import ProcessMetrics
+
 __all__ = ["DEFAULT_FORMAT", "AccessAtoms", "AccessLog", "check_format"]
+
+_now = time.perf_counter
 
 #: The line when ``--access-logformat`` is not given: client, request line, status, bytes, seconds.
 DEFAULT_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'
@@ -178,24 +188,25 @@ class _Exchange:
         self.scope = scope
         self.send_inner = send
         self.started = time.perf_counter()
-        self.status = 500
+        self.status = 0  # until the response starts; logged as 500 if it never does
         self.headers: Any = None
         self.length = 0
         self.logged = False
 
     async def send(self, message: Any) -> None:
-        kind = message["type"]
-        if kind == "http.response.start":
-            self.status = message["status"]
-            self.headers = message.get("headers")
-        elif kind == "http.response.body":
+        # What the client sees, as the request metrics count it: the first start's status,
+        # and the bodies sent after it (uvicorn refuses a body before the start).
+        if self.status:
             body = message.get("body")
             if body:
                 self.length += len(body)
-            if not message.get("more_body", False):
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
                 await self.send_inner(message)
                 self.finish()
                 return
+        elif message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.headers = message.get("headers")
         await self.send_inner(message)
 
     async def handshake(self, message: Any) -> None:
@@ -213,7 +224,7 @@ class _Exchange:
             return
         self.logged = True
         duration = time.perf_counter() - self.started
-        atoms = AccessAtoms(self.scope, self.status, self.headers, self.length, duration)
+        atoms = AccessAtoms(self.scope, self.status or 500, self.headers, self.length, duration)
         logger = self.log.logger
         # makeRecord + handle is Logger.info without its caller lookup (a walk up the
         # stack per record), which would name this line anyway.
@@ -244,3 +255,36 @@ class AccessLog:
             await self.app(scope, receive, exchange.send)
         finally:
             exchange.finish()
+
+    def on(self) -> bool:
+        """True if records are written (the logger takes INFO): else ``__call__`` passes through."""
+        return self.logger.isEnabledFor(logging.INFO)
+
+    async def recorded(
+        self, scope: Scope, receive: Any, send: Any, metrics: ProcessMetrics
+    ) -> None:
+        """One HTTP request, logged and counted in ``metrics`` (a ProcessMetrics) at once.
+
+        What the HTTP server calls when it records request metrics and this log
+        is on and right beneath it: one ``send`` wrapper and one clock read at the
+        start serve both, instead of each wrapping ``send`` again. Counted as the
+        server counts alone: the duration until the app returns, the first start's
+        status (500 if none), the body bytes after it; a cancelled request is
+        logged but not counted as an answer.
+        """
+        exchange = _Exchange(self, scope, send)
+        # The server's start mark (its drain report shows each request's age from it).
+        started = scope["tether.started"] = exchange.started
+        try:
+            try:
+                await self.app(scope, receive, exchange.send)
+            finally:
+                exchange.finish()
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            metrics.request(
+                scope["method"], exchange.status or 500, _now() - started, exchange.length
+            )
+            raise
+        metrics.request(scope["method"], exchange.status or 500, _now() - started, exchange.length)

@@ -62,6 +62,7 @@ __all__ = [
     "final_path",
     "process_families",
     "process_rss",
+    "recording_send",
     "write_final",
 ]
 
@@ -77,6 +78,26 @@ _BYTES = _SECONDS + 1
 
 #: Methods kept as label values; anything else is counted as ``OTHER`` (labels stay bounded).
 _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
+
+
+def recording_send(response: list[Any], message: Any) -> Awaitable[None]:
+    """One request's ``send``, bound to ``response``: [status, body bytes, the server's send].
+
+    The HTTP server gives the app ``MethodType(recording_send, [0, 0, send])``
+    and reads the status (0: the response never started) and the body bytes
+    from the list when the app returns. Why this shape: it is the cheapest
+    per-request wrapper measured (``benchmarks/bench_metrics.py``): a bound
+    method over a list is two allocations, no cells and no ``__init__`` frame,
+    and the server's own coroutine is returned, not awaited in one more. Until
+    the response starts only its start is looked for; after that, only the
+    bodies' lengths are added.
+    """
+    if response[0]:
+        response[1] += len(message.get("body", b""))
+    elif message["type"] == "http.response.start":
+        response[0] = message["status"]
+    send: Callable[[Any], Awaitable[None]] = response[2]
+    return send(message)
 
 
 class Histogram:

@@ -44,9 +44,10 @@ import dataclasses
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import nullcontext
 from email.utils import formatdate
+from types import MethodType
 from typing import Any
 
 from uvicorn.config import Config
@@ -66,9 +67,10 @@ from tether._traffic import Connections, SecondClock
 from tether._transport import TCP_CORK, coalescing
 from tether._websocket import LazyProtocol
 from tether.config import HttpOptions
-from tether.engine import ASGIApp, DrainHooks, Message, Receive, Scope, Send, ServeOptions
+from tether.engine import ASGIApp, DrainHooks, Receive, Scope, Send, ServeOptions
 from tether.errors import AbandonedWork, StartupError
 from tether.group import StopToken
+from tether.metrics import recording_send
 
 __all__ = [
     "ASGIApp",
@@ -158,6 +160,8 @@ class _DrainMiddleware:
         self.app = app
         self.hooks = hooks
         self.metrics = hooks.metrics
+        #: The access log when it is right beneath: one send wrapper records for both.
+        self.access = app if isinstance(app, AccessLog) else None
         self.draining = False
         #: Requests still running at the drain deadline were cut (see HttpServer._cut).
         self.cut = False
@@ -170,40 +174,42 @@ class _DrainMiddleware:
         if self.draining:
             send = _closing(send)
         metrics = self.metrics
+        app = self.app
+        # The access log right beneath, for an HTTP request: when it writes lines and the
+        # metrics are recorded, one send wrapper serves both; when it writes none, its
+        # pass-through (one more coroutine per request) is skipped, recording or not.
+        logged = self.access if kind == "http" else None
+        if logged is not None and not logged.on():
+            app = logged.app
+            logged = None
         try:
             if metrics is None:
-                await self.app(scope, receive, send)
+                await app(scope, receive, send)
             elif kind != "http":
                 metrics.websockets += 1
                 try:
-                    await self.app(scope, receive, send)
+                    await app(scope, receive, send)
                 finally:
                     metrics.websockets -= 1
+            elif logged is not None:
+                await logged.recorded(scope, receive, send, metrics)
             else:
-                # Counted here, in the same frame: two clock reads, a plain function in
-                # front of send (no extra coroutine per message; after the response's
-                # start it only adds the body's length), one call to record.
-                status = 0
-                sent = 0
-
-                def recording_send(message: Message) -> Awaitable[None]:
-                    nonlocal status, sent
-                    if status:
-                        sent += len(message.get("body", b""))
-                    elif message["type"] == "http.response.start":
-                        status = message["status"]
-                    return send(message)
-
+                # Counted here, in the same frame: two clock reads, one call to record, and
+                # in front of send a bound method over a list (no closure, no cells, no
+                # extra coroutine per message; see tether.metrics.recording_send).
+                response: list[Any] = [0, 0, send]  # status, body bytes, send
                 started = scope["tether.started"] = _now()
                 try:
-                    await self.app(scope, receive, recording_send)
+                    await app(scope, receive, MethodType(recording_send, response))
                 except asyncio.CancelledError:
                     raise  # cut at the deadline: counted as such, not as an answer
                 except BaseException:
                     # Before a response started, the server answers 500 for the app.
-                    metrics.request(scope["method"], status or 500, _now() - started, sent)
+                    metrics.request(
+                        scope["method"], response[0] or 500, _now() - started, response[1]
+                    )
                     raise
-                metrics.request(scope["method"], status or 500, _now() - started, sent)
+                metrics.request(scope["method"], response[0] or 500, _now() - started, response[1])
         except asyncio.CancelledError:
             if not self.cut:
                 raise
