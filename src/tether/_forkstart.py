@@ -34,7 +34,7 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from tether.sockets import LISTEN_FDS_START
 
@@ -42,9 +42,14 @@ __all__ = ["fork_worker"]
 
 
 def fork_worker(
-    args: Sequence[str], *, env: Mapping[str, str], fds: Sequence[int], cwd: str
+    main: Callable[[list[str]], object],
+    args: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    fds: Sequence[int],
+    cwd: str,
 ) -> int:
-    """Fork a worker running ``tether ARGS`` in this interpreter; its pid.
+    """Fork a worker that runs ``main(args)`` (the ``tether`` command) here; its pid.
 
     ``fds`` land on 3, 4, ... in the child; ``env`` is its whole environment, to
     which ``LISTEN_PID`` (the child's pid) is added. Raises OSError if the
@@ -58,7 +63,7 @@ def fork_worker(
     code = 1
     try:
         _become_worker(env, fds, cwd)
-        code = _run(args)
+        code = _run(main, args)
     except BaseException:  # the child's last word, whatever it is
         with contextlib.suppress(BaseException):
             traceback.print_exc()
@@ -113,12 +118,10 @@ def _above(fd: int, floor: int) -> int:
     return high
 
 
-def _run(args: Sequence[str]) -> int:
-    from tether.cli import main
-
+def _run(main: Callable[[list[str]], object], args: Sequence[str]) -> int:
     sys.argv[1:] = args
     try:
-        main.main(args=list(args), prog_name="tether")
+        main(list(args))
     except SystemExit as exc:
         if exc.code is None:
             return 0

@@ -41,7 +41,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from tether import sockets as sockets_mod
@@ -149,15 +149,16 @@ def open_master(
     config: RunConfig,
     *,
     program: Sequence[str] | None = None,
-    forked: bool = False,
+    forked: Callable[[list[str]], object] | None = None,
     app_metrics: MultiprocDir | None = None,
 ) -> Opening:
     """Bind or inherit the sockets, make the runtime directory; spawn the first workers.
 
     ``program`` is how a worker is started (:data:`tether.worker.WORKER_PROGRAM`);
-    None spawns nothing (the master spawns every worker itself). ``forked``: the
-    first workers are forks of this interpreter instead (tether._forkstart), which
-    saves each one the command line's imports; later ones always run ``program``.
+    None spawns nothing (the master spawns every worker itself). ``forked`` (the
+    ``tether`` command's entry, given its arguments): the first workers are forks
+    of this interpreter that call it (tether._forkstart), which saves each one an
+    interpreter's start and the command line's imports; later ones run ``program``.
     Raises ConfigError with nothing left open.
     """
     env = os.environ
@@ -241,12 +242,13 @@ def spawn_worker(
     wid: int,
     generation: int,
     *,
-    forked: bool = False,
+    forked: Callable[[list[str]], object] | None = None,
 ) -> tuple[int, str]:
     """Start worker ``wid`` of ``generation`` on the opening's sockets: (pid, debug path).
 
-    ``forked``: a fork of this interpreter runs the worker (tether._forkstart), not
-    ``program``. Raises OSError if the system refuses the process.
+    ``forked``: a fork of this interpreter calls it with the worker's arguments
+    (tether._forkstart) instead of running ``program``. Raises OSError if the
+    system refuses the process.
     """
     debug_path = os.path.join(opening.rundir, f"w{wid}.sock")
     contract = WorkerContract(
@@ -261,11 +263,12 @@ def spawn_worker(
     )
     env = {**opening.worker_env, **contract.to_env()}
     named = [("app", s) for s in opening.app_socks]
-    if forked:
+    if forked is not None:
         listen, fds = sockets_mod.listen_env(named)
         args = worker_argv(config, debug_path, program=())
         fds.append(opening.parent_r)
-        return fork_worker(args, env={**env, **listen}, fds=fds, cwd=opening.cwd), debug_path
+        pid = fork_worker(forked, args, env={**env, **listen}, fds=fds, cwd=opening.cwd)
+        return pid, debug_path
     pid, fds = sockets_mod.spawn(
         worker_argv(config, debug_path, program),
         env=env,

@@ -140,7 +140,7 @@ def _run_master(config: RunConfig) -> None:
 
     opening = None
     if config.python_config is None:
-        opening = open_master(config, program=WORKER_PROGRAM, forked=True)
+        opening = open_master(config, program=WORKER_PROGRAM, forked=_forked_worker)
     try:
         from tether.master import run_master
 
@@ -148,6 +148,11 @@ def _run_master(config: RunConfig) -> None:
     finally:
         if opening is not None:
             opening.close()  # what the master did not take over (it raised first)
+
+
+def _forked_worker(args: list[str]) -> None:
+    """A first worker forked from the opening (tether._forkstart): ``tether ARGS`` here."""
+    main.main(args=args, prog_name="tether")
 
 
 def _run_single(config: RunConfig) -> None:
