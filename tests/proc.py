@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from waiting import eventually
+
 APPS = Path(__file__).parent / "apps"
 
 
@@ -196,6 +198,28 @@ def get(port: int, path: str = "/", timeout: float = 10.0) -> tuple[int, str, di
         conn.close()
 
 
+def in_flight(debug_port: int) -> float:
+    """The in-flight gauge on a debug server's /metrics (a master's sums its workers')."""
+    lines = get(debug_port, "/metrics", 30)[1].splitlines()
+    gauge = [
+        line
+        for line in lines
+        if line.startswith(("tether_http_requests_in_flight ", "tether_http_requests_in_flight{"))
+    ]
+    assert gauge, "no in-flight gauge in /metrics"
+    return sum(float(line.rsplit(None, 1)[1]) for line in gauge)
+
+
+def until_in_flight(t: Tether, count: int, within: float = 60.0) -> None:
+    """Wait until ``count`` requests are in flight in ``t``: a scenario's requests have arrived.
+
+    A client thread that has sent a request has not made the server read it yet; on a
+    loaded machine that can take seconds, so a signal sent after a fixed pause may find
+    none of them in flight.
+    """
+    eventually(lambda: in_flight(t.debug_port) >= count, f"{count} requests in flight", within)
+
+
 @contextlib.contextmanager
 def running(args: list[str], **env: str) -> Iterator[Tether]:
     """`tether run ARGS` (exactly these), ready; killed at the end if still alive."""
@@ -236,7 +260,19 @@ def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[st
     )
 
 
-__all__ = ["APPS", "Tether", "fetch", "free_port", "get", "run_cli", "running", "signal", "tether"]
+__all__ = [
+    "APPS",
+    "Tether",
+    "fetch",
+    "free_port",
+    "get",
+    "in_flight",
+    "run_cli",
+    "running",
+    "signal",
+    "tether",
+    "until_in_flight",
+]
 
 
 @contextlib.contextmanager
