@@ -79,7 +79,7 @@ class Tether:
         self._reader.start()
         return self
 
-    def wait_for(self, key: str, timeout: float = 20.0) -> dict[str, str]:
+    def wait_for(self, key: str, timeout: float = 60.0) -> dict[str, str]:
         """Wait for a notify message with ``key`` (READY, STOPPING...)."""
         assert self.notify is not None and self.proc is not None
         deadline = time.monotonic() + timeout
@@ -111,7 +111,7 @@ class Tether:
         assert self.proc is not None
         os.killpg(self.proc.pid, signal.SIGINT)
 
-    def wait(self, timeout: float = 30.0) -> int:
+    def wait(self, timeout: float = 60.0) -> int:
         assert self.proc is not None
         return self.proc.wait(timeout)
 
@@ -128,7 +128,7 @@ class Tether:
         """What the service has written to stderr so far (it may still be running)."""
         return "".join(self._err)
 
-    def wait_for_log(self, text: str, timeout: float = 20.0) -> None:
+    def wait_for_log(self, text: str, timeout: float = 60.0) -> None:
         """Wait until the service has written ``text`` to stderr; fail if it exits first."""
         assert self.proc is not None and self._reader is not None
         deadline = time.monotonic() + timeout
