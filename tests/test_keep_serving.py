@@ -105,7 +105,9 @@ def test_term_after_a_reload_keeps_draining(tmp_path: Path) -> None:
     successor = 0
     with tether("plain:app") as t, ThreadPoolExecutor(5) as pool:
         first = int(t.wait_for("READY")["MAINPID"])
-        slow = [pool.submit(get, t.port, "/slow?seconds=4", 30) for _ in range(5)]
+        # Long enough to outlast the successor's start on a loaded machine: the TERM must
+        # reach the old process while it still drains them.
+        slow = [pool.submit(get, t.port, "/slow?seconds=15", 60) for _ in range(5)]
         eventually(lambda: in_flight(t) >= 5, "5 requests in flight")
         t.signal(signal.SIGHUP)
         try:
@@ -195,16 +197,18 @@ def test_a_reload_reports_no_leak() -> None:
 def test_signals_while_the_app_imports_do_not_end_it(tmp_path: Path, workers: str) -> None:
     """HUP, USR1, USR2, TTIN and TTOU that reach the importing process are harmless."""
     marker = tmp_path / "importing"
-    env = {"SLOW_IMPORT_MARKER": str(marker), "SLOW_IMPORT_SECONDS": "2"}
+    env = {"SLOW_IMPORT_MARKER": str(marker), "SLOW_IMPORT_SECONDS": "60"}
     with tether("slow_import:app", "--workers", workers, **env) as t:  # type: ignore[arg-type]
         assert t.proc is not None
-        # The app's import writes the marker: signals sent after it reach a process importing.
+        # The app's import writes the marker and lasts until it is removed: signals sent
+        # in between reach a process importing.
         proc = t.proc
         eventually(lambda: marker.exists() or proc.poll() is not None, "the import begun")
         assert proc.poll() is None, t.stderr()
         importing = int(marker.read_text())  # the worker, in master mode
         for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU):
             os.kill(importing, sig)
+        marker.unlink()
         t.ready()
         assert get(t.port, "/")[:2] == (200, "ok")
         t.signal(signal.SIGTERM)
