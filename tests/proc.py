@@ -248,11 +248,14 @@ def fetch(
         conn.close()
 
 
-def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    """`tether ARGS...` to completion."""
+def run_cli(
+    *args: str, timeout: float = 30.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`tether ARGS...` to completion (``env``: variables to set over this process's)."""
     return subprocess.run(
         [sys.executable, "-m", "tether", *args],
         cwd=APPS,
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
