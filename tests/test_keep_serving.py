@@ -21,7 +21,7 @@ import pytest
 from masterproc import pids_gone
 from waiting import eventually
 
-from proc import Tether, get, tether
+from proc import Tether, get, tether, until_in_flight
 
 GRACEFUL = 0.5
 HARD_STOP = GRACEFUL + 2 * 2.0 + 1.0
@@ -41,14 +41,6 @@ def children(pid: int) -> set[int]:
     """The direct children of ``pid`` (a master's workers), from the kernel."""
     with open(f"/proc/{pid}/task/{pid}/children") as f:
         return {int(p) for p in f.read().split()}
-
-
-def in_flight(t: Tether) -> float:
-    """The in-flight gauge from the debug server's /metrics."""
-    for line in get(t.debug_port, "/metrics")[1].splitlines():
-        if line.startswith("tether_http_requests_in_flight "):
-            return float(line.split()[1])
-    raise AssertionError("no in-flight gauge in /metrics")
 
 
 def wait_for_status(t: Tether, text: str) -> None:
@@ -73,7 +65,7 @@ def test_usr1_and_a_failed_reload_never_end_the_service(tmp_path: Path) -> None:
         # Requests in flight across the whole window: a hard stop would cut them.
         long = f"/slow?seconds={2 * HARD_STOP + 1}"
         slow = [pool.submit(get, t.port, long, 60) for t in (single, master)]
-        eventually(lambda: in_flight(single) >= 1, "the long request in flight")
+        until_in_flight(single, 1)
         (tmp_path / "versioned.py").write_text("def app(:\n")
         signalled = time.monotonic()
         single.signal(signal.SIGUSR1)
@@ -108,7 +100,7 @@ def test_term_after_a_reload_keeps_draining(tmp_path: Path) -> None:
         # Long enough to outlast the successor's start on a loaded machine: the TERM must
         # reach the old process while it still drains them.
         slow = [pool.submit(get, t.port, "/slow?seconds=15", 60) for _ in range(5)]
-        eventually(lambda: in_flight(t) >= 5, "5 requests in flight")
+        until_in_flight(t, 5)
         t.signal(signal.SIGHUP)
         try:
             successor = int(t.wait_for("READY")["MAINPID"])
