@@ -184,7 +184,7 @@ class MasterProc:
                 self.proc.wait(10)
             if self.rx is not None:
                 self.rx.close()
-            leftover = pids_gone(sorted(self.seen_workers), 5)
+            leftover = pids_gone(sorted(self.seen_workers), 30)
             for pid in leftover:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)

@@ -177,7 +177,7 @@ class Receiver:
                 self.received.logs.append(request)
             self._changed.notify_all()
 
-    def wait_for(self, done: Callable[[Received], bool], timeout: float = 15.0) -> Received:
+    def wait_for(self, done: Callable[[Received], bool], timeout: float = 60.0) -> Received:
         """Wait until ``done(received)`` holds after an export; AssertionError at ``timeout``."""
         deadline = time.monotonic() + timeout
         with self._changed:

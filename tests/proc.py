@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from waiting import eventually
+
 APPS = Path(__file__).parent / "apps"
 
 
@@ -77,7 +79,7 @@ class Tether:
         self._reader.start()
         return self
 
-    def wait_for(self, key: str, timeout: float = 20.0) -> dict[str, str]:
+    def wait_for(self, key: str, timeout: float = 60.0) -> dict[str, str]:
         """Wait for a notify message with ``key`` (READY, STOPPING...)."""
         assert self.notify is not None and self.proc is not None
         deadline = time.monotonic() + timeout
@@ -109,7 +111,7 @@ class Tether:
         assert self.proc is not None
         os.killpg(self.proc.pid, signal.SIGINT)
 
-    def wait(self, timeout: float = 30.0) -> int:
+    def wait(self, timeout: float = 60.0) -> int:
         assert self.proc is not None
         return self.proc.wait(timeout)
 
@@ -126,7 +128,7 @@ class Tether:
         """What the service has written to stderr so far (it may still be running)."""
         return "".join(self._err)
 
-    def wait_for_log(self, text: str, timeout: float = 20.0) -> None:
+    def wait_for_log(self, text: str, timeout: float = 60.0) -> None:
         """Wait until the service has written ``text`` to stderr; fail if it exits first."""
         assert self.proc is not None and self._reader is not None
         deadline = time.monotonic() + timeout
@@ -196,6 +198,26 @@ def get(port: int, path: str = "/", timeout: float = 10.0) -> tuple[int, str, di
         conn.close()
 
 
+def in_flight(debug_port: int) -> float:
+    """The in-flight gauge on a debug server's /metrics (a master's sums its workers').
+
+    0 when it is not shown: a master leaves out a worker that was too slow to answer it.
+    """
+    lines = get(debug_port, "/metrics", 30)[1].splitlines()
+    prefixes = ("tether_http_requests_in_flight ", "tether_http_requests_in_flight{")
+    return sum(float(line.rsplit(None, 1)[1]) for line in lines if line.startswith(prefixes))
+
+
+def until_in_flight(t: Tether, count: int, within: float = 60.0) -> None:
+    """Wait until ``count`` requests are in flight in ``t``: a scenario's requests have arrived.
+
+    A client thread that has sent a request has not made the server read it yet; on a
+    loaded machine that can take seconds, so a signal sent after a fixed pause may find
+    none of them in flight.
+    """
+    eventually(lambda: in_flight(t.debug_port) >= count, f"{count} requests in flight", within)
+
+
 @contextlib.contextmanager
 def running(args: list[str], **env: str) -> Iterator[Tether]:
     """`tether run ARGS` (exactly these), ready; killed at the end if still alive."""
@@ -224,11 +246,14 @@ def fetch(
         conn.close()
 
 
-def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    """`tether ARGS...` to completion."""
+def run_cli(
+    *args: str, timeout: float = 30.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`tether ARGS...` to completion (``env``: variables to set over this process's)."""
     return subprocess.run(
         [sys.executable, "-m", "tether", *args],
         cwd=APPS,
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -236,7 +261,19 @@ def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[st
     )
 
 
-__all__ = ["APPS", "Tether", "fetch", "free_port", "get", "run_cli", "running", "signal", "tether"]
+__all__ = [
+    "APPS",
+    "Tether",
+    "fetch",
+    "free_port",
+    "get",
+    "in_flight",
+    "run_cli",
+    "running",
+    "signal",
+    "tether",
+    "until_in_flight",
+]
 
 
 @contextlib.contextmanager

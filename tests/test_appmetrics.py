@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -241,7 +242,7 @@ def test_a_directory_the_user_names_is_used_as_given(
             assert value(families, "app_requests_total") == 8
             assert value(families, "app_workers_up") == 1
             assert await master.stop() == 0
-        assert not pids_gone(sorted(master.seen_workers), 5)
+        assert not pids_gone(sorted(master.seen_workers), 30)
         left = sorted(p.name for p in mine.iterdir())
         assert left and not [name for name in left if name.startswith("gauge_live")], left
 
@@ -255,15 +256,19 @@ def test_a_missing_user_directory_is_one_line_and_exit_2(tmp_path: Path, workers
     missing = tmp_path / "missing"
     argv = [sys.executable, "-m", "tether", "run", "hello:app", "--workers", workers]
     argv += ["--bind", f"127.0.0.1:{free_port()}", "--no-debug"]
-    proc = subprocess.run(
-        argv,
-        cwd=tmp_path,
-        env={**os.environ, MULTIPROC_ENV: str(missing)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    # Its own TMPDIR (short: unix sockets go there): a master's start sweeps what dead
+    # masters left there and says so (seen: the parallel suite's killed masters added that
+    # line to the one expected).
+    with tempfile.TemporaryDirectory(prefix="tether-", dir="/tmp") as own:
+        proc = subprocess.run(
+            argv,
+            cwd=tmp_path,
+            env={**os.environ, MULTIPROC_ENV: str(missing), "TMPDIR": own},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"tether: error: {MULTIPROC_ENV}={missing} does not exist; create it (empty) before "

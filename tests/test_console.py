@@ -59,7 +59,8 @@ def test_console_in_a_browser_shows_workers_members_and_requests(tmp_path: Path)
     with tether("tether.demo:app", "--workers", "2") as t:
         t.ready()
         with socket.create_connection(("127.0.0.1", t.port), timeout=10) as slow:
-            slow.sendall(b"GET /slow?seconds=30 HTTP/1.1\r\nHost: test\r\n\r\n")
+            # In flight for as long as two chromium runs take on a loaded machine: killed after.
+            slow.sendall(b"GET /slow?seconds=120 HTTP/1.1\r\nHost: test\r\n\r\n")
             until_in_flight(t.debug_port, "/slow")
             status = get_json(t.debug_port, "/debug/workers")
             pids = [w["pid"] for g in status["generations"] for w in g["workers"]]

@@ -21,7 +21,7 @@ import pytest
 from masterproc import pids_gone
 from waiting import eventually
 
-from proc import Tether, get, tether
+from proc import Tether, get, tether, until_in_flight
 
 GRACEFUL = 0.5
 HARD_STOP = GRACEFUL + 2 * 2.0 + 1.0
@@ -41,14 +41,6 @@ def children(pid: int) -> set[int]:
     """The direct children of ``pid`` (a master's workers), from the kernel."""
     with open(f"/proc/{pid}/task/{pid}/children") as f:
         return {int(p) for p in f.read().split()}
-
-
-def in_flight(t: Tether) -> float:
-    """The in-flight gauge from the debug server's /metrics."""
-    for line in get(t.debug_port, "/metrics")[1].splitlines():
-        if line.startswith("tether_http_requests_in_flight "):
-            return float(line.split()[1])
-    raise AssertionError("no in-flight gauge in /metrics")
 
 
 def wait_for_status(t: Tether, text: str) -> None:
@@ -73,7 +65,7 @@ def test_usr1_and_a_failed_reload_never_end_the_service(tmp_path: Path) -> None:
         # Requests in flight across the whole window: a hard stop would cut them.
         long = f"/slow?seconds={2 * HARD_STOP + 1}"
         slow = [pool.submit(get, t.port, long, 60) for t in (single, master)]
-        eventually(lambda: in_flight(single) >= 1, "the long request in flight")
+        until_in_flight(single, 1)
         (tmp_path / "versioned.py").write_text("def app(:\n")
         signalled = time.monotonic()
         single.signal(signal.SIGUSR1)
@@ -105,8 +97,10 @@ def test_term_after_a_reload_keeps_draining(tmp_path: Path) -> None:
     successor = 0
     with tether("plain:app") as t, ThreadPoolExecutor(5) as pool:
         first = int(t.wait_for("READY")["MAINPID"])
-        slow = [pool.submit(get, t.port, "/slow?seconds=4", 30) for _ in range(5)]
-        eventually(lambda: in_flight(t) >= 5, "5 requests in flight")
+        # Long enough to outlast the successor's start on a loaded machine: the TERM must
+        # reach the old process while it still drains them.
+        slow = [pool.submit(get, t.port, "/slow?seconds=15", 60) for _ in range(5)]
+        until_in_flight(t, 5)
         t.signal(signal.SIGHUP)
         try:
             successor = int(t.wait_for("READY")["MAINPID"])
@@ -195,16 +189,18 @@ def test_a_reload_reports_no_leak() -> None:
 def test_signals_while_the_app_imports_do_not_end_it(tmp_path: Path, workers: str) -> None:
     """HUP, USR1, USR2, TTIN and TTOU that reach the importing process are harmless."""
     marker = tmp_path / "importing"
-    env = {"SLOW_IMPORT_MARKER": str(marker), "SLOW_IMPORT_SECONDS": "2"}
+    env = {"SLOW_IMPORT_MARKER": str(marker), "SLOW_IMPORT_SECONDS": "60"}
     with tether("slow_import:app", "--workers", workers, **env) as t:  # type: ignore[arg-type]
         assert t.proc is not None
-        # The app's import writes the marker: signals sent after it reach a process importing.
+        # The app's import writes the marker and lasts until it is removed: signals sent
+        # in between reach a process importing.
         proc = t.proc
         eventually(lambda: marker.exists() or proc.poll() is not None, "the import begun")
         assert proc.poll() is None, t.stderr()
         importing = int(marker.read_text())  # the worker, in master mode
         for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU):
             os.kill(importing, sig)
+        marker.unlink()
         t.ready()
         assert get(t.port, "/")[:2] == (200, "ok")
         t.signal(signal.SIGTERM)

@@ -236,7 +236,7 @@ def test_usr2_upgrade_hands_over_without_failures(tmp_path: Path) -> None:
             try:
                 assert load.stats.failed == 0, load.stats.errors
                 assert pidfile.read_text().strip() == str(new_pid)
-                assert pids_gone(old_workers, 5) == []
+                assert pids_gone(old_workers, 30) == []
                 status = (await master.ctl("status"))["status"]
                 assert status["master"]["pid"] == new_pid
             finally:

@@ -141,7 +141,7 @@ def started_workers(log: str) -> set[int]:
     return {int(pid) for pid in re.findall(r"started worker \d+ \(pid (\d+),", log)}
 
 
-async def until(master: MasterProc, check: Any, limit: float = 30.0) -> dict[str, Any]:
+async def until(master: MasterProc, check: Any, limit: float = 60.0) -> dict[str, Any]:
     """Poll ``tether ctl status`` until ``check(status)`` holds; the status."""
     async with asyncio.timeout(limit):
         while True:
@@ -176,7 +176,7 @@ def pids_of(status: dict[str, Any], generation: int | None = None) -> list[int]:
 async def after_more_requests(load: Load, n: int = 50) -> None:
     """Wait until the load has seen ``n`` more good responses."""
     target = load.stats.ok + n
-    async with asyncio.timeout(20):
+    async with asyncio.timeout(60):
         while load.stats.ok < target:
             await asyncio.sleep(0.01)
 
@@ -211,7 +211,7 @@ def test_hup_storm_is_coalesced_under_load(tmp_path: Path) -> None:
             assert len(current) == 2
             assert (await asyncio.to_thread(http_get, master.port))[1].startswith("v2 ")
             stray = started_workers(log) - set(current)
-            assert pids_gone(sorted(stray), 5) == []
+            assert pids_gone(sorted(stray), 30) == []
             master.seen_workers.update(current)
 
     asyncio.run(scenario())
@@ -232,7 +232,7 @@ def test_sigterm_during_a_reload_stops_cleanly(tmp_path: Path) -> None:
             assert len(everyone) == 4
             master.seen_workers.update(everyone)
             assert await master.stop() == 0, master.log()
-            assert pids_gone(sorted(started_workers(master.log())), 5) == []
+            assert pids_gone(sorted(started_workers(master.log())), 30) == []
             assert "stopped" in master.log()
 
     asyncio.run(scenario())
@@ -251,7 +251,7 @@ def test_kill_9_of_a_new_worker_fails_the_reload(tmp_path: Path) -> None:
                 status = await until(master, lambda s: len(pids_of(s, 2)) == 2)
                 victim = pids_of(status, 2)[0]
                 os.kill(victim, signal.SIGKILL)
-                outcome = await asyncio.wait_for(reload, 20)
+                outcome = await asyncio.wait_for(reload, 60)
                 status = await until(master, lambda s: settled(s, 2))
                 await after_more_requests(load)
             assert outcome["ok"] is False
@@ -262,7 +262,7 @@ def test_kill_9_of_a_new_worker_fails_the_reload(tmp_path: Path) -> None:
             assert load.stats.failed == 0, load.stats.errors
             assert set(load.stats.versions) == {"v1"}
             assert status["generations"][0]["number"] == 1
-            assert pids_gone(sorted(started_workers(master.log()) - set(pids_of(status))), 5) == []
+            assert pids_gone(sorted(started_workers(master.log()) - set(pids_of(status))), 30) == []
             master.seen_workers.update(pids_of(status))
 
     asyncio.run(scenario())
@@ -273,23 +273,25 @@ def test_deploy_whose_startup_hangs_fails_after_reload_timeout(tmp_path: Path) -
     write_fault_app(tmp_path, "v1")
 
     async def scenario() -> None:
-        async with MasterProc(tmp_path, "--reload-timeout", "3") as master:
+        # Long enough for the new workers to reach the hang before they are caught: they
+        # start at the idle priority, so on a loaded machine (seen: under other CPU-bound
+        # work) they were still importing at 3 s and the dump showed the import instead.
+        async with MasterProc(tmp_path, "--reload-timeout", "10") as master:
             await master.wait_for("READY")
-            # Paced traffic: a reload's workers start at the idle priority, and under a
-            # saturating load they would not reach the hang within 3 s to be caught there.
+            # Paced traffic: under a saturating load they would not reach it either.
             async with Load(master.port, connections=4, pause=0.01) as load:
                 write_fault_app(tmp_path, "v2", mode="hang")
-                outcome = await asyncio.wait_for(master.ctl("reload"), 20)
+                outcome = await asyncio.wait_for(master.ctl("reload"), 60)
                 await after_more_requests(load)
             assert outcome["ok"] is False
-            assert "was not READY within --reload-timeout 3s" in outcome["error"]
+            assert "was not READY within --reload-timeout 10s" in outcome["error"]
             assert load.stats.failed == 0, load.stats.errors
             assert set(load.stats.versions) == {"v1"}
             log = master.log()
             line = next(line for line in log.splitlines() if "reload failed:" in line)
             assert re.search(
                 r"reload failed: worker \d+ \(pid \d+, generation 2\) was not READY within "
-                r"--reload-timeout 3s",
+                r"--reload-timeout 10s",
                 line,
             ), line
             # Before it was killed, the laggard was asked where it hangs (USR1).
@@ -352,7 +354,7 @@ def test_worker_that_dies_after_ready_before_the_switch_fails_the_reload(tmp_pat
             assert status["master"]["restarts"] == 0
             assert load.stats.failed == 0, load.stats.errors
             assert set(load.stats.versions) == {"v1"}
-            assert pids_gone(sorted(started_workers(log) - set(pids_of(status))), 5) == []
+            assert pids_gone(sorted(started_workers(log) - set(pids_of(status))), 30) == []
             master.seen_workers.update(pids_of(status))
 
     asyncio.run(scenario())
@@ -371,12 +373,12 @@ def test_watchdog_replaces_a_blocked_worker_and_logs_its_stacks(tmp_path: Path) 
                 writer.write(b"GET /block?seconds=30 HTTP/1.1\r\nHost: test\r\n\r\n")
                 await writer.drain()
                 status = await until(
-                    master, lambda s: settled(s, 1) and pids_of(s) != [victim], limit=20
+                    master, lambda s: settled(s, 1) and pids_of(s) != [victim], limit=60
                 )
                 assert await reader.read() == b""  # the blocked request died with its worker
             finally:
                 writer.close()
-            assert pids_gone([victim], 5) == []
+            assert pids_gone([victim], 30) == []
             log = master.log()
             assert status["master"]["restarts"] == 1, log
             assert "sent no heartbeat for 2s (--watchdog-timeout)" in log

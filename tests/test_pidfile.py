@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -103,8 +104,13 @@ def test_pidfile_names_the_process_and_a_second_instance_is_refused(
         t.ready()
         assert t.proc is not None
         assert pidfile.read_text() == f"{t.proc.pid}\n"
-        second = run_cli("run", "plain:app", "--bind", "127.0.0.1:0", "--no-debug",
-                         "--workers", workers, "--pidfile", str(pidfile))  # fmt: skip
+        # Its own TMPDIR (short: unix sockets go there): a master's start sweeps what dead
+        # masters left there and says so, and the parallel suite's killed masters would add
+        # that line to the one expected.
+        with tempfile.TemporaryDirectory(prefix="tether-", dir="/tmp") as own:
+            second = run_cli("run", "plain:app", "--bind", "127.0.0.1:0", "--no-debug",
+                             "--workers", workers, "--pidfile", str(pidfile),
+                             env={"TMPDIR": own})  # fmt: skip
         assert second.returncode == 2, second.stderr
         assert second.stderr.strip().splitlines() == [
             f"tether: error: already running as pid {t.proc.pid} (pidfile {pidfile}); "

@@ -43,7 +43,7 @@ def test_hup_hands_over_to_new_code_and_old_process_exits(tmp_path: Path) -> Non
             second = t.wait_for("READY")
             successor = int(second["MAINPID"])
             assert successor != int(first["MAINPID"])
-            assert t.wait(timeout=15) == 0
+            assert t.wait() == 0
             assert get(t.port, "/")[1] == "v2"
             assert get(t.debug_port, "/readyz")[0] == 200
         finally:

@@ -26,7 +26,7 @@ from tether.config import RunConfig, ShutdownPlan
 from tether.errors import ConfigError
 from waiting import eventually
 
-from proc import Tether, get, tether
+from proc import get, tether, until_in_flight
 
 GRACEFUL = 6.0
 DRAIN_DELAY = 2.0
@@ -44,14 +44,6 @@ class Seen:
     code: int
 
 
-def in_flight(t: Tether) -> float:
-    """The in-flight gauge from the debug server's /metrics (a master sums its workers')."""
-    for line in get(t.debug_port, "/metrics")[1].splitlines():
-        if line.startswith("tether_http_requests_in_flight "):
-            return float(line.split()[1])
-    return 0.0
-
-
 def accepts(port: int) -> bool:
     """Whether a connection to ``port`` is accepted now (refused once the listeners close)."""
     try:
@@ -67,7 +59,7 @@ def stop_once(workers: str) -> Seen:
     with tether("plain:app", "--workers", workers, *flags) as t, ThreadPoolExecutor(1) as pool:
         t.ready()
         slow = pool.submit(get, t.port, "/slow?seconds=30", 30.0)
-        eventually(lambda: in_flight(t) >= 1, "the long request in flight")
+        until_in_flight(t, 1)
         t.signal(signal.SIGTERM)
         term = time.monotonic()
         t.wait_for("STOPPING", timeout=5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -91,6 +92,7 @@ async def blocking(scope: Any, receive: Any, send: Any) -> None:
     if scope["path"] == "/block":
         import time
 
+        print("blocking the event loop", file=sys.stderr, flush=True)  # for a test to wait on
         time.sleep(3600)
     await _respond(send, b"hello\n")
 
@@ -129,6 +131,7 @@ async def slow_startup(scope: Any, receive: Any, send: Any) -> None:
     """An app whose lifespan startup takes a minute."""
     if scope["type"] == "lifespan":
         await receive()
+        print("lifespan startup begins", file=sys.stderr, flush=True)  # for a test to wait on
         await asyncio.sleep(60)
         await send({"type": "lifespan.startup.complete"})
         return
