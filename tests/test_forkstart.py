@@ -57,6 +57,10 @@ def test_a_first_worker_is_forked_and_holds_none_of_the_masters_fds(tmp_path: Pa
         fds = {int(k): v for k, v in dict(report["fds"]).items()}  # type: ignore[call-overload]
         listening, pipe = fds[3]["target"], fds[4]["target"]
         assert listening.startswith("socket:") and pipe.startswith("pipe:")
+        # Each held once: a second copy of the listening socket would keep accepting
+        # after the worker stops (the drain delay's end), a second pipe end hide EOF.
+        assert [v["target"] for v in fds.values()].count(listening) == 1, fds
+        assert [v["target"] for v in fds.values()].count(pipe) == 1, fds
         assert fds[4]["mode"] == os.O_RDONLY  # the parent pipe's read end, never its write end
         assert not [fd for fd, v in fds.items() if v["target"] == pipe and v["mode"] != os.O_RDONLY]
         # Nothing else the master holds reaches the worker: not its notify socket, not its

@@ -94,11 +94,14 @@ def _become_worker(env: Mapping[str, str], fds: Sequence[int], cwd: str) -> None
 def _arrange_fds(fds: Sequence[int]) -> None:
     """``fds`` onto 3, 4, ...; every other fd above 2 onto /dev/null (see the docstring)."""
     top = LISTEN_FDS_START + len(fds)
-    moved = [os.dup(fd) for fd in fds]  # copies first: a target may be another's source
-    floor = max([top, *moved]) + 1
-    moved = [_above(fd, floor) for fd in moved]
-    for target, fd in enumerate(moved, LISTEN_FDS_START):
+    # Copies above every target first, so that no dup2 onto a target clobbers a source
+    # still to be moved; they are this function's own numbers, closed once moved.
+    floor = max([top, *fds]) + 1
+    copies = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in fds]
+    for target, fd in enumerate(copies, LISTEN_FDS_START):
         os.dup2(fd, target, inheritable=True)
+    for fd in copies:
+        os.close(fd)
     null = os.open(os.devnull, os.O_RDWR)
     kept = set(range(LISTEN_FDS_START, top)) | {null}
     for name in os.listdir("/proc/self/fd"):
@@ -108,14 +111,6 @@ def _arrange_fds(fds: Sequence[int]) -> None:
         with contextlib.suppress(OSError):  # the listing's own fd, closed by now
             if fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC:  # what exec would close
                 os.dup2(null, fd, inheritable=False)
-    # Every moved copy is above ``top``: now /dev/null too, its number still taken.
-
-
-def _above(fd: int, floor: int) -> int:
-    """``fd`` as a number at or above ``floor`` (so no dup2 onto a target clobbers a source)."""
-    high = fcntl.fcntl(fd, fcntl.F_DUPFD, floor)
-    os.close(fd)
-    return high
 
 
 def _run(main: Callable[[list[str]], object], args: Sequence[str]) -> int:
