@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
 import pytest
 
@@ -59,3 +60,27 @@ def test_without_a_program_the_opening_binds_but_spawns_nothing(
         assert opening.app_socks[0].getsockname()[1] > 0
     finally:
         opening.close()
+
+
+def test_with_a_second_thread_running_the_first_workers_are_exec_d_not_forked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fork copies one thread (a lock another held stays held): then the program is run."""
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    config = RunConfig(app="hello:app", workers=1, binds=("127.0.0.1:0",))
+    forked: list[list[str]] = []
+    release = threading.Event()
+    other = threading.Thread(target=release.wait, name="a log handler's thread")
+    other.start()
+    try:
+        opening = open_master(config, program=SLEEPER, forked=forked.append)
+        try:
+            (pid,) = opening.first_workers.values()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                assert f.read().split(b"\0")[:2] == [os.fsencode(SLEEPER[0]), b"-c"]
+            assert forked == []
+        finally:
+            opening.close()
+    finally:
+        release.set()
+        other.join()

@@ -40,6 +40,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -247,8 +248,8 @@ def spawn_worker(
     """Start worker ``wid`` of ``generation`` on the opening's sockets: (pid, debug path).
 
     ``forked``: a fork of this interpreter calls it with the worker's arguments
-    (tether._forkstart) instead of running ``program``. Raises OSError if the
-    system refuses the process.
+    (tether._forkstart) instead of running ``program``, unless this process runs
+    more than one thread. Raises OSError if the system refuses the process.
     """
     debug_path = os.path.join(opening.rundir, f"w{wid}.sock")
     contract = WorkerContract(
@@ -263,7 +264,9 @@ def spawn_worker(
     )
     env = {**opening.worker_env, **contract.to_env()}
     named = [("app", s) for s in opening.app_socks]
-    if forked is not None:
+    # A fork copies one thread: a lock another thread held would stay held in the child
+    # (a --log-config whose handler runs a thread, say); then the worker is exec'd.
+    if forked is not None and threading.active_count() == 1:
         listen, fds = sockets_mod.listen_env(named)
         args = worker_argv(config, debug_path, program=())
         fds.append(opening.parent_r)
