@@ -14,9 +14,15 @@ import pytest
 
 from tether._opening import open_master
 from tether.config import RunConfig
+from waiting import eventually
 
 #: A stand-in for a worker: it holds what it inherited until it is killed.
 SLEEPER = (sys.executable, "-c", "import time; time.sleep(60)")
+
+
+def _cmdline(pid: int) -> list[bytes]:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().split(b"\0")
 
 
 def _alive(pid: int) -> bool:
@@ -76,8 +82,12 @@ def test_with_a_second_thread_running_the_first_workers_are_exec_d_not_forked(
         opening = open_master(config, program=SLEEPER, forked=forked.append)
         try:
             (pid,) = opening.first_workers.values()
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                assert f.read().split(b"\0")[:2] == [os.fsencode(SLEEPER[0]), b"-c"]
+            # Exec'd through sockets.spawn's /bin/sh trampoline, which execs the program next.
+            eventually(
+                lambda: _cmdline(pid)[:2] == [os.fsencode(SLEEPER[0]), b"-c"],
+                "the program exec'd",
+                10,
+            )
             assert forked == []
         finally:
             opening.close()

@@ -1,5 +1,5 @@
 """``python -m tether`` is the ``tether`` command."""
 
-from tether.cli import main
+from tether._entry import main
 
 main()

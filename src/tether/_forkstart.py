@@ -7,7 +7,9 @@ paid after the master paid the same imports. When the master opens
 (:mod:`tether._opening`) it has no threads, no event loop, no HTTP engine and
 no app yet, so a ``fork`` at that moment gives a child that is what an
 exec'd worker would be once it had parsed its command line, minus the wait.
-Only the first generation is forked; every later worker (a reload, a
+Worker 1 is usually not forked here but prestarted (tether._prestart, which
+uses this module's steps once it has its job). Only the first generation is
+forked; every later worker (a reload, a
 replacement, ``--max-requests``) is exec'd, so a deploy loads new code.
 
 The child is made to look like the exec'd worker it replaces: its own process
@@ -38,7 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from tether.sockets import LISTEN_FDS_START
 
-__all__ = ["fork_worker"]
+__all__ = ["become_worker", "fork_worker", "run_main"]
 
 
 def fork_worker(
@@ -62,8 +64,8 @@ def fork_worker(
         return pid
     code = 1
     try:
-        _become_worker(env, fds, cwd)
-        code = _run(main, args)
+        become_worker(env, fds, cwd)
+        code = run_main(main, args)
     except BaseException:  # the child's last word, whatever it is
         with contextlib.suppress(BaseException):
             traceback.print_exc()
@@ -74,7 +76,8 @@ def fork_worker(
         os._exit(code)
 
 
-def _become_worker(env: Mapping[str, str], fds: Sequence[int], cwd: str) -> None:
+def become_worker(env: Mapping[str, str], fds: Sequence[int], cwd: str) -> None:
+    """Turn this forked child into what an exec'd worker would be (the module docstring)."""
     os.setpgid(0, 0)  # terminal signals go to the master, which decides
     for signum in signal.valid_signals():
         with contextlib.suppress(OSError, ValueError, TypeError):
@@ -113,7 +116,8 @@ def _arrange_fds(fds: Sequence[int]) -> None:
                 os.dup2(null, fd, inheritable=False)
 
 
-def _run(main: Callable[[list[str]], object], args: Sequence[str]) -> int:
+def run_main(main: Callable[[list[str]], object], args: Sequence[str]) -> int:
+    """Run ``main(args)`` as the command ``tether ARGS``; the exit code it ends with."""
     sys.argv[1:] = args
     try:
         main(list(args))

@@ -61,7 +61,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from tether.notify import parse_message
+from tether.notify import KEEPER_LOGGING, KEEPER_PREFIX, parse_message
 
 __all__ = ["become_init"]
 
@@ -89,6 +89,10 @@ def _ignore(_signum: int, _frame: FrameType | None) -> None:
     """The wakeup fd carries the signal; the handler only has to exist (PID 1 drops the rest)."""
 
 
+#: Whether this process has forked its keeper, or tried: the service never forks another.
+_tried = False
+
+
 def become_init() -> int | None:
     """Fork a keeper (the module docstring): the service's exit code in it, None in the service.
 
@@ -96,6 +100,10 @@ def become_init() -> int | None:
     older than 3.4), it says so in one line and returns None at once: the
     service runs in this process, and a handover ends the pid its parent watches.
     """
+    global _tried
+    if _tried:
+        return None  # tried already (tether._entry), and this process is the service
+    _tried = True
     pid1 = os.getpid() == 1
     if not pid1:
         from tether._reaper import set_child_subreaper
@@ -108,7 +116,7 @@ def become_init() -> int | None:
             )
             return None
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    name = f"@tether-init-{os.urandom(8).hex()}"
+    name = f"{KEEPER_PREFIX}{os.urandom(8).hex()}"
     notify.bind(b"\0" + name[1:].encode())
     notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     notify.setblocking(False)
@@ -157,6 +165,22 @@ def become_init() -> int | None:
         notify.close()
         os.close(wake_r)
         os.close(wake_w)
+
+
+def _log_like_the_service(setup: str) -> None:
+    """Set up this keeper's logging as its service did (it forked before the options were read)."""
+    import json
+    import sys
+
+    from tether.logs import setup_logging
+
+    try:
+        level, log_format, config, app_dir = json.loads(setup)
+        if config and app_dir not in sys.path:
+            sys.path.insert(0, app_dir)  # a --log-config may name the app's own handlers
+        setup_logging(level, log_format, config or None)
+    except Exception as exc:  # the keeper keeps going with the logging it has
+        log.warning("keeper: cannot set up logging as the service did: %s", exc)
 
 
 def _foreground() -> bool:
@@ -251,7 +275,12 @@ class _Init:
                     for fd in struct.unpack(f"{len(blob) // 4}i", blob[: len(blob) // 4 * 4]):
                         with contextlib.suppress(OSError):
                             os.close(fd)
-            mainpid = parse_message(data).get("MAINPID", "")
+            fields = parse_message(data)
+            if KEEPER_LOGGING in fields:
+                if sender == self.main:
+                    _log_like_the_service(fields[KEEPER_LOGGING])
+                continue  # the keeper's own business, not a supervisor's
+            mainpid = fields.get("MAINPID", "")
             if mainpid.isdigit() and self._may_name(sender, int(mainpid)):
                 if int(mainpid) != self.main:
                     log.info("keeper: pid %s is now the main process (was %d)", mainpid, self.main)

@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from tether import _prestart
 from tether import sockets as sockets_mod
 from tether._appmetrics import MultiprocDir
 from tether._forkstart import fork_worker
@@ -233,6 +234,7 @@ def open_master(
         except BaseException:
             opening.close()
             raise
+    _prestart.discard()  # not taken: hooks, an upgrade, or fewer workers than it expected
     return opening
 
 
@@ -247,9 +249,11 @@ def spawn_worker(
 ) -> tuple[int, str]:
     """Start worker ``wid`` of ``generation`` on the opening's sockets: (pid, debug path).
 
-    ``forked``: a fork of this interpreter calls it with the worker's arguments
-    (tether._forkstart) instead of running ``program``, unless this process runs
-    more than one thread. Raises OSError if the system refuses the process.
+    ``forked``: the worker prestarted before the master read its options
+    (tether._prestart), or else a fork of this interpreter, calls it with the
+    worker's arguments (tether._forkstart) instead of running ``program``; the
+    fork is skipped when this process runs more than one thread. Raises
+    OSError if the system refuses the process.
     """
     debug_path = os.path.join(opening.rundir, f"w{wid}.sock")
     contract = WorkerContract(
@@ -264,14 +268,27 @@ def spawn_worker(
     )
     env = {**opening.worker_env, **contract.to_env()}
     named = [("app", s) for s in opening.app_socks]
-    # A fork copies one thread: a lock another thread held would stay held in the child
-    # (a --log-config whose handler runs a thread, say); then the worker is exec'd.
-    if forked is not None and threading.active_count() == 1:
+    if forked is not None:
         listen, fds = sockets_mod.listen_env(named)
         args = worker_argv(config, debug_path, program=())
         fds.append(opening.parent_r)
-        pid = fork_worker(forked, args, env={**env, **listen}, fds=fds, cwd=opening.cwd)
-        return pid, debug_path
+        child_env = {**env, **listen}
+        prestarted = _prestart.take()  # begun before the master read its options
+        if prestarted is not None:
+            try:
+                pid = prestarted.launch(args, env=child_env, fds=fds, cwd=opening.cwd)
+            except OSError:
+                prestarted.kill()  # gone: fork or exec as if there had been none
+            else:
+                log.debug(
+                    "worker %d (pid %d) is the one begun before the options were read", wid, pid
+                )
+                return pid, debug_path
+        # A fork copies one thread: a lock another thread held would stay held in the child
+        # (a --log-config whose handler runs a thread, say); then the worker is exec'd.
+        if threading.active_count() == 1:
+            pid = fork_worker(forked, args, env=child_env, fds=fds, cwd=opening.cwd)
+            return pid, debug_path
     pid, fds = sockets_mod.spawn(
         worker_argv(config, debug_path, program),
         env=env,

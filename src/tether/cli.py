@@ -11,6 +11,7 @@ short.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -39,7 +40,8 @@ from tether.config import (
 )
 from tether.errors import ShutdownAbandoned, TetherError
 from tether.logs import setup_logging
-from tether.worker import WORKER_PROGRAM, started_by_master
+from tether.notify import KEEPER_LOGGING, KEEPER_PREFIX, Notifier
+from tether.worker import WORKER_PROGRAM, keeps_pid
 
 __all__ = ["exit_code_for", "main"]
 
@@ -157,6 +159,10 @@ def _forked_worker(args: list[str]) -> None:
 
 def _run_single(config: RunConfig) -> None:
     import asyncio
+
+    from tether import _prestart
+
+    _prestart.discard()  # the command line said --workers N, a later source said 0
 
     from tether.runtime import Service
 
@@ -735,7 +741,8 @@ def run(**opts: Any) -> None:
         # A --log-config may name handlers and filters of the app's own package.
         _importable(config.app_dir)
         setup_logging(config.log_level, config.log_format, config.log_config)
-        if _keeps_pid() and (code := _become_init()) is not None:
+        _tell_keeper_logging(config)
+        if keeps_pid(os.environ) and (code := _become_init()) is not None:
             pass  # this process kept its pid for the service, its child; see tether._init
         else:
             if config.pidfile is not None:
@@ -757,14 +764,15 @@ def run(**opts: Any) -> None:
     sys.exit(code)
 
 
-def _keeps_pid() -> bool:
-    """Whether this pid must outlive handovers (tether._init): nobody follows MAINPID=.
-
-    PID 1 always keeps its pid; a master's worker never hands over.
-    """
-    if os.getpid() == 1:
-        return True
-    return not os.environ.get("NOTIFY_SOCKET") and not started_by_master(os.environ)
+def _tell_keeper_logging(config: RunConfig) -> None:
+    """A keeper forked before the options were read (tether._entry) logs as this process does."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address.startswith(KEEPER_PREFIX):
+        return
+    app_dir = os.path.abspath(config.app_dir)
+    setup = [config.log_level, config.log_format, config.log_config or "", app_dir]
+    with Notifier(address) as notifier:
+        notifier.send(f"{KEEPER_LOGGING}={json.dumps(setup)}")
 
 
 def _importable(app_dir: str) -> None:

@@ -59,6 +59,14 @@ _QUEUE_LIMIT = 1024
 _SOCKET_DIR_LIMIT = 107 - 24
 
 
+#: The abstract name a keeper (tether._init) gives the notify socket of its service.
+KEEPER_PREFIX = "@tether-init-"
+#: What a keeper's service tells it once it has set up its logging, so that the
+#: keeper's own lines look like the service's: ``[level, format, config file or "",
+#: the app's directory]`` as JSON. Never passed on to a supervisor.
+KEEPER_LOGGING = "TETHER_KEEPER_LOGGING"
+
+
 def _socket_address(name: str) -> str | bytes | None:
     if name.startswith("@"):
         return b"\0" + os.fsencode(name[1:])  # Linux abstract namespace

@@ -87,6 +87,7 @@ __all__ = [
     "final_path",
     "handoff_env",
     "is_successor",
+    "keeps_pid",
     "read_stop_plan",
     "recycle_report",
     "started_by_master",
@@ -233,6 +234,16 @@ def _number(environ: Mapping[str, str], name: str) -> int:
 def started_by_master(environ: Mapping[str, str]) -> bool:
     """Whether ``environ`` is a master's worker's (before :func:`withdraw` runs)."""
     return bool(environ.get(PARENT_FD_ENV))
+
+
+def keeps_pid(environ: Mapping[str, str]) -> bool:
+    """Whether this pid must outlive handovers (tether._init): nobody follows MAINPID=.
+
+    PID 1 always keeps its pid; a master's worker never hands over.
+    """
+    if os.getpid() == 1:
+        return True
+    return not environ.get("NOTIFY_SOCKET") and not started_by_master(environ)
 
 
 def withdraw(environ: MutableMapping[str, str]) -> None:

@@ -1,0 +1,215 @@
+"""A master's first worker, begun before the master has read its command line.
+
+A master's first worker is forked from the master's opening
+(:mod:`tether._forkstart`), but the opening comes only after the master has
+imported its command line (click, the options, the config sources: tens of
+milliseconds) and bound its sockets; the worker then imports the event loop,
+the HTTP engine and tether's runtime (as long again) before it can import the
+app. The two stretches do not depend on each other, and a master's start to
+its first answer is their sum. So when the command line visibly asks for a
+master (``--workers N``, N >= 1, on the command line or in
+``TETHER_WORKERS`` / ``WEB_CONCURRENCY``), the ``tether`` command forks once
+more at its very start (:mod:`tether._entry`), before it has imported
+anything of its own: the child imports what every worker imports and waits;
+the parent goes on to parse, bind and open. At the first spawn the opening
+sends the child the worker's arguments, environment, working directory and
+fds over a socket pair, and the child becomes that worker with
+:mod:`tether._forkstart`'s steps; the two stretches overlap.
+
+What the child imports is tether, its HTTP engine and their dependencies,
+never the app or a library the app configures from its environment
+(``prometheus_client`` reads ``PROMETHEUS_MULTIPROC_DIR`` when it is
+imported, and the master sets that later).
+
+Invariants: the child never runs the master's code and never returns from
+:func:`start`: it ends in ``os._exit``. It waits in its own process group
+(a Ctrl-C reaches the master, which decides), and it exits as soon as its
+socket pair reads end-of-file: the master is gone, or has no use for it. A
+child the master does not use is killed and reaped (:func:`discard`: at the
+opening's end, on ``--workers 0``, at exit). The hint is only a hint: a
+config file that sets ``workers`` gets no prestarted worker (the opening
+forks as before), and one that sets ``workers = 0`` has it discarded.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+
+from tether.sockets import LISTEN_FDS_START
+
+__all__ = ["Prestarted", "discard", "start", "take", "wants_master"]
+
+#: The header before the job: its length in bytes (the fds ride on it).
+_HEADER = struct.Struct("!I")
+#: More than any bind list needs; the job says how many it sent.
+_MAX_FDS = 250
+
+_started: Prestarted | None = None
+
+
+def wants_master(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
+    """Whether ``tether ARGV`` visibly runs a master: ``run`` with workers >= 1 given.
+
+    The environment's count counts unless the command line gives its own
+    (the command line wins, as for every option).
+    """
+    if not argv or argv[0] != "run":
+        return False
+    workers: str | None = None
+    for name in ("WEB_CONCURRENCY", "TETHER_WORKERS"):  # the later wins
+        workers = environ.get(name, workers)
+    args = list(argv[1:])
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg in ("--workers", "-w") and i + 1 < len(args):
+            workers = args[i + 1]
+        elif arg.startswith("--workers="):
+            workers = arg.partition("=")[2]
+        elif arg.startswith("-w") and len(arg) > 2 and not arg.startswith("--"):
+            workers = arg[2:]
+    return workers is not None and workers.strip().isdigit() and int(workers) >= 1
+
+
+class Prestarted:
+    """The master's side of a prestarted worker: its pid and the socket it waits on."""
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock
+
+    def launch(
+        self, args: Sequence[str], *, env: Mapping[str, str], fds: Sequence[int], cwd: str
+    ) -> int:
+        """Make the waiting child the worker ``tether ARGS``; its pid.
+
+        As :func:`tether._forkstart.fork_worker`: ``fds`` land on 3, 4, ... and
+        ``env`` is the whole environment. Raises OSError if the child is gone.
+        """
+        job = json.dumps({"args": list(args), "env": dict(env), "cwd": cwd, "fds": len(fds)})
+        data = job.encode("utf-8", "surrogateescape")
+        try:
+            socket.send_fds(self.sock, [_HEADER.pack(len(data))], list(fds))
+            self.sock.sendall(data)
+        finally:
+            self.sock.close()
+        return self.pid
+
+    def kill(self) -> None:
+        """Kill the child and reap it."""
+        self.sock.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+
+
+def take() -> Prestarted | None:
+    """The prestarted worker for the first spawn, once; None if there is none."""
+    global _started
+    found, _started = _started, None
+    return found
+
+
+def discard() -> None:
+    """Kill and reap the prestarted worker nobody took (nothing if there is none)."""
+    found = take()
+    if found is not None:
+        found.kill()
+
+
+def start(worker_main: Callable[[list[str]], object]) -> None:
+    """Fork the prestarted worker; in the child, never returns (see the module docstring).
+
+    ``worker_main(args)`` is what the child runs once it has its job: the
+    ``tether`` command with the worker's arguments.
+    """
+    global _started
+    if _started is not None:
+        return
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        theirs.close()
+        _started = Prestarted(pid, ours)
+        atexit.register(discard)
+        return
+    code = 0
+    try:
+        ours.close()
+        os.setpgid(0, 0)
+        _preload()
+        job = _receive(theirs)
+        theirs.close()
+        if job is not None:
+            code = _become(worker_main, *job)
+    except BaseException:  # the child's last word, whatever it is
+        code = 1
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _preload() -> None:
+    """What every worker imports before its app; a failure here is the worker's to report."""
+    for name in ("tether.cli", "tether.runtime", "tether.serving", "uvloop"):
+        with contextlib.suppress(Exception):
+            __import__(name)
+
+
+def _receive(sock: socket.socket) -> tuple[list[str], dict[str, str], str, list[int]] | None:
+    """The job the master sent, with its fds; None at end-of-file (the master is gone)."""
+    head, fds, _flags, _addr = socket.recv_fds(
+        sock, _HEADER.size, _MAX_FDS, socket.MSG_CMSG_CLOEXEC
+    )
+    if not head:
+        return None
+    while len(head) < _HEADER.size:
+        more = sock.recv(_HEADER.size - len(head))
+        if not more:
+            return None
+        head += more
+    (length,) = _HEADER.unpack(head)
+    data = bytearray()
+    while len(data) < length:
+        more = sock.recv(min(length - len(data), 1 << 20))
+        if not more:
+            return None
+        data += more
+    job = json.loads(data.decode("utf-8", "surrogateescape"))
+    if job["fds"] != len(fds):
+        msg = f"the master sent {job['fds']} fds, {len(fds)} arrived"
+        raise RuntimeError(msg)
+    return job["args"], job["env"], job["cwd"], fds
+
+
+def _become(
+    worker_main: Callable[[list[str]], object],
+    args: list[str],
+    env: dict[str, str],
+    cwd: str,
+    fds: list[int],
+) -> int:
+    from tether._forkstart import become_worker, run_main
+
+    become_worker(env, fds, cwd)
+    for fd in fds:  # those not moved onto their own number point at /dev/null by now
+        if fd >= LISTEN_FDS_START + len(fds):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    return run_main(worker_main, args)
