@@ -37,10 +37,11 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from typing import NoReturn
 
 from tether.sockets import LISTEN_FDS_START
 
-__all__ = ["become_worker", "fork_worker", "run_main"]
+__all__ = ["become_worker", "end_child", "fork_worker", "run_main"]
 
 
 def fork_worker(
@@ -62,11 +63,23 @@ def fork_worker(
     pid = os.fork()
     if pid:
         return pid
+
+    def child() -> int:
+        become_worker(env, fds, cwd)
+        return run_main(main, args)
+
+    end_child(child)
+
+
+def end_child(body: Callable[[], int]) -> NoReturn:
+    """Run a forked child's ``body`` and exit with its code: never back into the parent's code.
+
+    Anything ``body`` raises is the child's last word: its traceback on stderr, exit 1.
+    """
     code = 1
     try:
-        become_worker(env, fds, cwd)
-        code = run_main(main, args)
-    except BaseException:  # the child's last word, whatever it is
+        code = body()
+    except BaseException:
         with contextlib.suppress(BaseException):
             traceback.print_exc()
     finally:

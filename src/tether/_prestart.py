@@ -41,9 +41,9 @@ import signal
 import socket
 import struct
 import sys
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 
+from tether._forkstart import become_worker, end_child, run_main
 from tether.sockets import LISTEN_FDS_START
 
 __all__ = ["Prestarted", "discard", "start", "take", "wants_master"]
@@ -145,24 +145,16 @@ def start(worker_main: Callable[[list[str]], object]) -> None:
         _started = Prestarted(pid, ours)
         atexit.register(discard)
         return
-    code = 0
-    try:
+
+    def child() -> int:
         ours.close()
         os.setpgid(0, 0)
         _preload()
         job = _receive(theirs)
         theirs.close()
-        if job is not None:
-            code = _become(worker_main, *job)
-    except BaseException:  # the child's last word, whatever it is
-        code = 1
-        with contextlib.suppress(BaseException):
-            traceback.print_exc()
-    finally:
-        with contextlib.suppress(BaseException):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(code)
+        return 0 if job is None else _become(worker_main, *job)
+
+    end_child(child)
 
 
 def _preload() -> None:
@@ -205,8 +197,6 @@ def _become(
     cwd: str,
     fds: list[int],
 ) -> int:
-    from tether._forkstart import become_worker, run_main
-
     become_worker(env, fds, cwd)
     for fd in fds:  # those not moved onto their own number point at /dev/null by now
         if fd >= LISTEN_FDS_START + len(fds):
