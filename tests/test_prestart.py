@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tether._prestart import wants_master
+from tether._prestart import WORKERS_ENV, WORKERS_FLAGS, wants_master
 from waiting import eventually
 
 from proc import APPS, get, tether
@@ -47,6 +47,22 @@ def test_a_master_is_recognised_from_the_command_line_and_environment(
     argv: list[str], env: dict[str, str], expected: bool
 ) -> None:
     assert wants_master(argv, env) is expected
+
+
+def test_the_worker_count_flags_are_the_command_lines() -> None:
+    """What wants_master looks for is what `tether run` defines for --workers."""
+    from tether.cli import run
+
+    (param,) = [p for p in run.params if p.name == "workers"]
+    assert sorted(param.opts) == sorted(WORKERS_FLAGS)
+    assert param.opts[0] == WORKERS_FLAGS[0]  # the long one first
+
+
+def test_the_worker_count_variables_are_the_sources() -> None:
+    """What wants_master reads from the environment is what the option sources read."""
+    from tether._configsources import ENV_PREFIX, FALLBACK_ENV
+
+    assert (FALLBACK_ENV["workers"], ENV_PREFIX + "WORKERS") == WORKERS_ENV
 
 
 def _children(pid: int) -> list[int]:
@@ -82,7 +98,6 @@ def test_the_first_worker_is_the_one_begun_before_the_options_were_read() -> Non
         t.ready()
         status, body, _ = get(t.port)
         assert status == 200, body
-        assert "worker 1 (pid" in t.output()
         assert "is the one begun before the options were read" in t.output()
         assert t.proc is not None
         master = t.proc.pid

@@ -57,6 +57,7 @@ import selectors
 import signal
 import socket
 import struct
+import sys
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -170,7 +171,6 @@ def become_init() -> int | None:
 def _log_like_the_service(setup: str) -> None:
     """Set up this keeper's logging as its service did (it forked before the options were read)."""
     import json
-    import sys
 
     from tether.logs import setup_logging
 

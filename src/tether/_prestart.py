@@ -9,8 +9,8 @@ app. The two stretches do not depend on each other, and a master's start to
 its first answer is their sum. So when the command line visibly asks for a
 master (``--workers N``, N >= 1, on the command line or in
 ``TETHER_WORKERS`` / ``WEB_CONCURRENCY``), the ``tether`` command forks once
-more at its very start (:mod:`tether._entry`), before it has imported
-anything of its own: the child imports what every worker imports and waits;
+more at its very start (:mod:`tether._entry`), before it imports click and
+its options: the child imports what every worker imports and waits;
 the parent goes on to parse, bind and open. At the first spawn the opening
 sends the child the worker's arguments, environment, working directory and
 fds over a socket pair, and the child becomes that worker with
@@ -46,12 +46,20 @@ from collections.abc import Callable, Mapping, Sequence
 from tether._forkstart import become_worker, end_child, run_main
 from tether.sockets import LISTEN_FDS_START
 
-__all__ = ["Prestarted", "discard", "start", "take", "wants_master"]
+__all__ = ["WORKERS_ENV", "WORKERS_FLAGS", "Prestarted", "discard", "start", "take", "wants_master"]
 
 #: The header before the job: its length in bytes (the fds ride on it).
 _HEADER = struct.Struct("!I")
 #: More than any bind list needs; the job says how many it sent.
 _MAX_FDS = 250
+
+#: `tether run`'s flags for its worker count, long then short, and the variables it
+#: reads it from, the fallback first. Written here, not imported: this runs before the
+#: fork, and importing the command line's modules first makes both processes slower
+#: (measured: +4 ms to the first answer). tests/test_prestart.py checks both against
+#: tether.cli and tether._configsources.
+WORKERS_FLAGS = ("--workers", "-w")
+WORKERS_ENV = ("WEB_CONCURRENCY", "TETHER_WORKERS")
 
 _started: Prestarted | None = None
 
@@ -65,18 +73,19 @@ def wants_master(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
     if not argv or argv[0] != "run":
         return False
     workers: str | None = None
-    for name in ("WEB_CONCURRENCY", "TETHER_WORKERS"):  # the later wins
+    for name in WORKERS_ENV:  # the later wins
         workers = environ.get(name, workers)
+    long, short = WORKERS_FLAGS
     args = list(argv[1:])
     for i, arg in enumerate(args):
         if arg == "--":
             break
-        if arg in ("--workers", "-w") and i + 1 < len(args):
+        if arg in WORKERS_FLAGS and i + 1 < len(args):
             workers = args[i + 1]
-        elif arg.startswith("--workers="):
+        elif arg.startswith(long + "="):
             workers = arg.partition("=")[2]
-        elif arg.startswith("-w") and len(arg) > 2 and not arg.startswith("--"):
-            workers = arg[2:]
+        elif arg.startswith(short) and len(arg) > len(short) and not arg.startswith("--"):
+            workers = arg[len(short) :]
     return workers is not None and workers.strip().isdigit() and int(workers) >= 1
 
 
@@ -95,8 +104,9 @@ class Prestarted:
         As :func:`tether._forkstart.fork_worker`: ``fds`` land on 3, 4, ... and
         ``env`` is the whole environment. Raises OSError if the child is gone.
         """
+        # ASCII: json escapes the lone surrogates a non-UTF-8 environment value decodes to.
         job = json.dumps({"args": list(args), "env": dict(env), "cwd": cwd, "fds": len(fds)})
-        data = job.encode("utf-8", "surrogateescape")
+        data = job.encode("ascii")
         try:
             socket.send_fds(self.sock, [_HEADER.pack(len(data))], list(fds))
             self.sock.sendall(data)
@@ -134,8 +144,6 @@ def start(worker_main: Callable[[list[str]], object]) -> None:
     ``tether`` command with the worker's arguments.
     """
     global _started
-    if _started is not None:
-        return
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -183,7 +191,7 @@ def _receive(sock: socket.socket) -> tuple[list[str], dict[str, str], str, list[
         if not more:
             return None
         data += more
-    job = json.loads(data.decode("utf-8", "surrogateescape"))
+    job = json.loads(data.decode("ascii"))
     if job["fds"] != len(fds):
         msg = f"the master sent {job['fds']} fds, {len(fds)} arrived"
         raise RuntimeError(msg)
