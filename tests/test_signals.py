@@ -19,6 +19,7 @@ from tether.signals import (
     SIGNALS,
     STOPPING,
     Mode,
+    defer_stops,
     handle_signals,
     install,
     signum_for,
@@ -129,6 +130,28 @@ def test_install_routes_each_row_of_the_mode_to_its_method(mode: Mode) -> None:
 
     asyncio.run(main())
     assert _dispositions() == before
+
+
+def test_a_stop_deferred_before_the_masters_loop_is_delivered_once_it_installs() -> None:
+    """defer_stops(): a TERM before install() neither kills nor is lost; it reaches the master."""
+    before = _dispositions()
+    try:
+        defer_stops()
+        os.kill(os.getpid(), signal.SIGTERM)  # the default action would end this process
+
+        async def main() -> tuple[str, int]:
+            recorder = Recorder()
+            with install(asyncio.get_running_loop(), recorder, "master"):
+                return await asyncio.wait_for(recorder.got.get(), 5)
+
+        action, signum = asyncio.run(main())
+        assert signum == signal.SIGTERM
+        (row,) = [row for row in SIGNALS if row.signum == signal.SIGTERM]
+        assert action == row.action("master")
+    finally:
+        for signum, handler in before.items():
+            if signal.getsignal(signum) is not handler:
+                signal.signal(signum, handler)  # type: ignore[arg-type]
 
 
 def test_every_action_has_its_method_on_each_mode_handler() -> None:

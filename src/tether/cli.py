@@ -143,6 +143,8 @@ def _run_master(config: RunConfig) -> None:
     opening = None
     if config.python_config is None:
         opening = open_master(config, program=WORKER_PROGRAM, forked=_forked_worker)
+        # Its first workers may serve before the master's loop is up: a stop waits for it.
+        signals.defer_stops()
     try:
         from tether.master import run_master
 

@@ -50,6 +50,7 @@ __all__ = [
     "Mode",
     "Signal",
     "handle_signals",
+    "defer_stops",
     "install",
     "signum_for",
     "signums",
@@ -210,10 +211,44 @@ def install(
         for signum in ignored:
             previous[signum] = signal.signal(signum, signal.SIG_IGN)
         with handle_signals(loop, calls, immediate=immediate, owner=owner):
+            _replay_deferred()
             yield
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
+
+
+#: Stop signals kept by :func:`defer_stops` until the next :func:`install`; None: not deferring.
+_deferred: list[int] | None = None
+
+
+def defer_stops() -> None:
+    """From now until :func:`install`, a stop signal is kept and then delivered, not fatal.
+
+    For a master between its opening and its event loop: its first workers may
+    be serving already (tether._prestart), so a TERM must drain them as it
+    would a moment later, not end the master with the default action. Once
+    replayed, the signals act as by default again outside a mode's block.
+    """
+    global _deferred
+    _deferred = []
+    for signum in STOPPING:
+        signal.signal(signum, _defer)
+
+
+def _defer(signum: int, _frame: FrameType | None) -> None:
+    if _deferred is not None:
+        _deferred.append(signum)
+        return
+    signal.signal(signum, signal.SIG_DFL)  # replayed already: what it would have done
+    signal.raise_signal(signum)
+
+
+def _replay_deferred() -> None:
+    global _deferred
+    pending, _deferred = _deferred or [], None
+    for signum in pending:
+        signal.raise_signal(signum)
 
 
 @contextlib.contextmanager
