@@ -6,9 +6,11 @@ watches (:mod:`tether._init`; the service is its child), then, when the
 command line asks for a master, that master's first worker, which imports
 the HTTP engine while the master reads its options and binds
 (:mod:`tether._prestart`). Doing both this early costs nothing and makes the
-two stretches overlap; ``tether.cli.run`` still forks the keeper itself when
-the command is started some other way (``tether.cli.main`` called from
-Python). Everything else is :mod:`tether.cli`'s.
+two stretches overlap. Before either, it holds the garbage collector off
+until the process serves (:mod:`tether._startgc`). ``tether.cli.run`` still
+forks the keeper itself when the command is started some other way
+(``tether.cli.main`` called from Python). Everything else is
+:mod:`tether.cli`'s.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ def main() -> None:
     """The ``tether`` command (``python -m tether`` is the same)."""
     argv = sys.argv[1:]
     if argv[:1] == ["run"] and "--help" not in argv and "-h" not in argv:
+        from tether._startgc import hold
+
+        hold()  # until the process serves: see tether._startgc
         from tether.worker import keeps_pid, started_by_master
 
         if not started_by_master(os.environ):  # a worker goes straight to its command line

@@ -153,6 +153,9 @@ def become_init() -> int | None:
     if passed:
         os.closerange(3, 3 + int(count))  # only the service holds them: its close is final
     previous: dict[int, Any] = {s: signal.signal(s, _ignore) for s in handled}
+    from tether._startgc import release
+
+    release()  # the keeper has no start to hurry (tether._startgc)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from tether import leaks, signals
+from tether import _startgc, leaks, signals
 from tether import sockets as sockets_mod
 from tether._appmetrics import check_user_dir, forget_process
 from tether._debugmember import debug_member, log_task_dump, wait_quietly
@@ -416,13 +416,14 @@ class Service:
         )
 
     def _became_ready(self, cleanups: list[Callable[[], object]]) -> None:
-        if self.config.gc_freeze:
-            # What the import and startup made lives as long as the process: move it out
-            # of the collector's sight, so that a busy worker's collections scan only
-            # what requests make (what preloading before fork gives gunicorn's users).
-            # The young generations are collected first, so the garbage startup just left
-            # is freed rather than frozen; a full collection would cost tens of ms before
-            # the first request, and finds nothing in an imported app's older objects.
+        # --gc-freeze: what startup made lives as long as the process, so a busy worker's
+        # collections need scan only what requests make (what preloading gives gunicorn's
+        # users). The young generations are collected first: startup's garbage is freed,
+        # not frozen. A start the `tether` command held (tether._startgc) waits a second.
+        catching_up = _startgc.catch_up(asyncio.get_running_loop(), freeze=self.config.gc_freeze)
+        if catching_up is not None:
+            cleanups.append(catching_up.cancel)
+        elif self.config.gc_freeze:
             gc.collect(1)
             gc.freeze()
         self.ready = True

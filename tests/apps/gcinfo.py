@@ -1,13 +1,16 @@
-"""Answers with how many objects the collector holds frozen, and whether startup's garbage went.
+"""Answers with the collector's state: frozen objects, startup's garbage, the thresholds.
 
 Its lifespan startup leaves a reference cycle behind (garbage only the
-collector can free): frozen with the rest, it would never be freed.
+collector can free): frozen with the rest, it would never be freed. The
+answer is ``FROZEN COLLECTED AT_IMPORT NOW``: the first threshold while this
+module was imported (0: automatic collection held off) and now.
 """
 
 import gc
 from typing import Any
 
 collected = False
+AT_IMPORT = gc.get_threshold()[0]
 
 
 class Cycle:
@@ -29,6 +32,6 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-    body = f"{gc.get_freeze_count()} {collected}".encode()
+    body = f"{gc.get_freeze_count()} {collected} {AT_IMPORT} {gc.get_threshold()[0]}".encode()
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": body})

@@ -62,7 +62,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from tether import signals
+from tether import _startgc, signals
 from tether import sockets as sockets_mod
 from tether._appmetrics import MultiprocDir
 from tether._children import Child
@@ -488,6 +488,8 @@ class Master:
         else:
             self.systemd.ready(status, mainpid=self._pid)
         self._first_ready.set()
+        # The collector was held off for the start (tether._startgc); nothing to freeze here.
+        _startgc.catch_up(asyncio.get_running_loop())
         where = ", ".join(str(sockets_mod.bound_address(s)) for s in self._app_socks)
         log.info("master %d: serving %s on %s: %s", self._pid, self.config.app, where, status)
 
