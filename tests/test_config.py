@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from tether._configsources import resolve
 from tether.cli import run
-from tether.config import HttpOptions, RunConfig, ShutdownBudget
+from tether.config import SSL_PASSWORD_ENV, HttpOptions, RunConfig, ShutdownBudget
 from tether.errors import ConfigError
 from tether.worker import PARENT_FD_ENV
 
@@ -127,6 +127,15 @@ def test_to_argv_carries_every_worker_option(
             assert getattr(worker, f.name) == getattr(config, f.name), f.name
     assert (worker.workers, worker.pidfile, worker.drain_delay) == (0, None, 0.0)
     assert worker.debug_bind == f"unix:{tmp_path / 'w.sock'}"
+    # What a forked or prestarted worker is handed instead of parsing: the same, exactly.
+    assert config.for_worker(debug_path=str(tmp_path / "w.sock")) == worker
+    assert config.for_worker(debug_path=None) == resolved(config.to_argv(debug_path=None)[1:])
+    # The key's password never rides on a command line: a worker reads it as its master left it.
+    locked = config.replace(http=dataclasses.replace(config.http, ssl_keyfile_password="pw"))
+    monkeypatch.setenv(SSL_PASSWORD_ENV, "pw")
+    parsed = resolved(locked.to_argv(debug_path=None)[1:])
+    assert locked.for_worker(debug_path=None) == parsed
+    assert parsed.http.ssl_keyfile_password == "pw"
 
 
 def test_defaults_of_the_cli_are_the_dataclass_defaults(

@@ -74,7 +74,7 @@ def test_with_a_second_thread_running_the_first_workers_are_exec_d_not_forked(
     """A fork copies one thread (a lock another held stays held): then the program is run."""
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     config = RunConfig(app="hello:app", workers=1, binds=("127.0.0.1:0",))
-    forked: list[list[str]] = []
+    forked: list[RunConfig] = []
     release = threading.Event()
     other = threading.Thread(target=release.wait, name="a log handler's thread")
     other.start()

@@ -113,6 +113,19 @@ def test_without_the_debug_server_its_modules_are_never_imported() -> None:
         assert sorted(loaded(t.port) & (NOT_FOR_SERVING | DEBUG_SERVER)) == []
 
 
+#: The command line's option declarations and sources: a worker is handed its resolved config.
+COMMAND_LINE = frozenset({"tether.cli", "tether._configsources", "tether._gunicorn"})
+
+
+def test_a_prestarted_worker_never_imports_the_command_line() -> None:
+    """`--workers 1`: the worker begun before the options were read serves without parsing them."""
+    with tether("modules:app", "--workers", "1") as t:
+        t.ready()
+        assert sorted(loaded(t.port) & COMMAND_LINE) == []
+        t.signal(signal.SIGTERM)
+        assert t.wait() == 0
+
+
 def test_the_master_spawns_its_workers_before_importing_the_http_engine(tmp_path: Path) -> None:
     """At its first spawn the master has imported none of NOT_BEFORE_SPAWN; then it serves."""
     out = tmp_path / "modules.json"

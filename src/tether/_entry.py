@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tether.config import RunConfig
 
 __all__ = ["main"]
 
@@ -45,8 +49,8 @@ def main() -> None:
     cli_main()
 
 
-def _worker(args: list[str]) -> None:
-    """A prestarted worker's command: ``tether ARGS``, as a forked worker runs it."""
-    from tether.cli import _forked_worker
+def _worker(config: RunConfig) -> None:
+    """A prestarted worker's command: its resolved config, run as a forked worker runs it."""
+    from tether._runner import run_worker
 
-    _forked_worker(args)
+    run_worker(config)

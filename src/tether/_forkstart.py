@@ -45,18 +45,20 @@ __all__ = ["become_worker", "end_child", "fork_worker", "run_main"]
 
 
 def fork_worker(
-    main: Callable[[list[str]], object],
+    main: Callable[[], object],
     args: Sequence[str],
     *,
     env: Mapping[str, str],
     fds: Sequence[int],
     cwd: str,
 ) -> int:
-    """Fork a worker that runs ``main(args)`` (the ``tether`` command) here; its pid.
+    """Fork a worker that runs ``main()`` as the command ``tether ARGS`` here; its pid.
 
-    ``fds`` land on 3, 4, ... in the child; ``env`` is its whole environment, to
-    which ``LISTEN_PID`` (the child's pid) is added. Raises OSError if the
-    system refuses the process.
+    ``main`` runs the worker's resolved config (tether._runner.run_worker);
+    ``args`` is the command line an exec'd worker would have had, its
+    ``sys.argv``. ``fds`` land on 3, 4, ... in the child; ``env`` is its whole
+    environment, to which ``LISTEN_PID`` (the child's pid) is added. Raises
+    OSError if the system refuses the process.
     """
     sys.stdout.flush()
     sys.stderr.flush()  # nothing the master buffered is written twice
@@ -129,11 +131,11 @@ def _arrange_fds(fds: Sequence[int]) -> None:
                 os.dup2(null, fd, inheritable=False)
 
 
-def run_main(main: Callable[[list[str]], object], args: Sequence[str]) -> int:
-    """Run ``main(args)`` as the command ``tether ARGS``; the exit code it ends with."""
+def run_main(main: Callable[[], object], args: Sequence[str]) -> int:
+    """Run ``main()`` as the command ``tether ARGS``; the exit code it ends with."""
     sys.argv[1:] = args
     try:
-        main(list(args))
+        main()
     except SystemExit as exc:
         if exc.code is None:
             return 0

@@ -34,6 +34,7 @@ Nothing is left open when :func:`open_master` raises.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -151,16 +152,17 @@ def open_master(
     config: RunConfig,
     *,
     program: Sequence[str] | None = None,
-    forked: Callable[[list[str]], object] | None = None,
+    forked: Callable[[RunConfig], object] | None = None,
     app_metrics: MultiprocDir | None = None,
 ) -> Opening:
     """Bind or inherit the sockets, make the runtime directory; spawn the first workers.
 
     ``program`` is how a worker is started (:data:`tether.worker.WORKER_PROGRAM`);
-    None spawns nothing (the master spawns every worker itself). ``forked`` (the
-    ``tether`` command's entry, given its arguments): the first workers are forks
-    of this interpreter that call it (tether._forkstart), which saves each one an
-    interpreter's start and the command line's imports; later ones run ``program``.
+    None spawns nothing (the master spawns every worker itself). ``forked`` (a
+    worker's run, given its resolved config: tether._runner.run_worker): the first
+    workers are forks of this interpreter that call it (tether._forkstart), which
+    saves each one an interpreter's start and the command line's imports and
+    parse; later ones run ``program``.
     Raises ConfigError with nothing left open.
     """
     env = os.environ
@@ -245,13 +247,13 @@ def spawn_worker(
     wid: int,
     generation: int,
     *,
-    forked: Callable[[list[str]], object] | None = None,
+    forked: Callable[[RunConfig], object] | None = None,
 ) -> tuple[int, str]:
     """Start worker ``wid`` of ``generation`` on the opening's sockets: (pid, debug path).
 
     ``forked``: the worker prestarted before the master read its options
     (tether._prestart), or else a fork of this interpreter, calls it with the
-    worker's arguments (tether._forkstart) instead of running ``program``; the
+    worker's resolved config (tether._forkstart) instead of running ``program``; the
     fork is skipped when this process runs more than one thread. Raises
     OSError if the system refuses the process.
     """
@@ -271,12 +273,13 @@ def spawn_worker(
     if forked is not None:
         listen, fds = sockets_mod.listen_env(named)
         args = worker_argv(config, debug_path, program=())
+        resolved = config.for_worker(debug_path=debug_path)  # what it would parse from args
         fds.append(opening.parent_r)
         child_env = {**env, **listen}
         prestarted = _prestart.take()  # begun before the master read its options
         if prestarted is not None:
             try:
-                pid = prestarted.launch(args, env=child_env, fds=fds, cwd=opening.cwd)
+                pid = prestarted.launch(resolved, args, env=child_env, fds=fds, cwd=opening.cwd)
             except OSError:
                 prestarted.kill()  # gone: fork or exec as if there had been none
             else:
@@ -287,7 +290,8 @@ def spawn_worker(
         # A fork copies one thread: a lock another thread held would stay held in the child
         # (a --log-config whose handler runs a thread, say); then the worker is exec'd.
         if threading.active_count() == 1:
-            pid = fork_worker(forked, args, env=child_env, fds=fds, cwd=opening.cwd)
+            run = functools.partial(forked, resolved)
+            pid = fork_worker(run, args, env=child_env, fds=fds, cwd=opening.cwd)
             return pid, debug_path
     pid, fds = sockets_mod.spawn(
         worker_argv(config, debug_path, program),

@@ -12,9 +12,13 @@ master (``--workers N``, N >= 1, on the command line or in
 more at its very start (:mod:`tether._entry`), before it imports click and
 its options: the child imports what every worker imports and waits;
 the parent goes on to parse, bind and open. At the first spawn the opening
-sends the child the worker's arguments, environment, working directory and
-fds over a socket pair, and the child becomes that worker with
-:mod:`tether._forkstart`'s steps; the two stretches overlap.
+sends the child the worker's resolved config, arguments, environment,
+working directory and fds over a socket pair, and the child becomes that
+worker with :mod:`tether._forkstart`'s steps; the two stretches overlap.
+The config comes resolved (``RunConfig.for_worker``) so that the child
+never imports the command line's option declarations nor parses them. The
+job is a pickle: it crosses only the socket pair between this process and
+its own fork, running the same code.
 
 What the child imports is tether, its HTTP engine and their dependencies,
 never the app or a library the app configures from its environment
@@ -35,16 +39,20 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import os
+import pickle
 import signal
 import socket
 import struct
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tether._forkstart import become_worker, end_child, run_main
 from tether.sockets import LISTEN_FDS_START
+
+if TYPE_CHECKING:
+    from tether.config import RunConfig
 
 __all__ = ["WORKERS_ENV", "WORKERS_FLAGS", "Prestarted", "discard", "start", "take", "wants_master"]
 
@@ -97,16 +105,21 @@ class Prestarted:
         self.sock = sock
 
     def launch(
-        self, args: Sequence[str], *, env: Mapping[str, str], fds: Sequence[int], cwd: str
+        self,
+        config: RunConfig,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        fds: Sequence[int],
+        cwd: str,
     ) -> int:
-        """Make the waiting child the worker ``tether ARGS``; its pid.
+        """Make the waiting child the worker that runs ``config`` as ``tether ARGS``; its pid.
 
         As :func:`tether._forkstart.fork_worker`: ``fds`` land on 3, 4, ... and
         ``env`` is the whole environment. Raises OSError if the child is gone.
         """
-        # ASCII: json escapes the lone surrogates a non-UTF-8 environment value decodes to.
-        job = json.dumps({"args": list(args), "env": dict(env), "cwd": cwd, "fds": len(fds)})
-        data = job.encode("ascii")
+        job = {"config": config, "args": list(args), "env": dict(env), "cwd": cwd}
+        data = pickle.dumps({**job, "fds": len(fds)}, pickle.HIGHEST_PROTOCOL)
         try:
             socket.send_fds(self.sock, [_HEADER.pack(len(data))], list(fds))
             self.sock.sendall(data)
@@ -137,11 +150,11 @@ def discard() -> None:
         found.kill()
 
 
-def start(worker_main: Callable[[list[str]], object]) -> None:
+def start(worker_main: Callable[[RunConfig], object]) -> None:
     """Fork the prestarted worker; in the child, never returns (see the module docstring).
 
-    ``worker_main(args)`` is what the child runs once it has its job: the
-    ``tether`` command with the worker's arguments.
+    ``worker_main(config)`` is what the child runs once it has its job: the
+    worker's resolved config (tether._runner.run_worker).
     """
     global _started
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -158,56 +171,51 @@ def start(worker_main: Callable[[list[str]], object]) -> None:
         ours.close()
         os.setpgid(0, 0)
         _preload()
-        job = _receive(theirs)
+        job, fds = _receive(theirs)
         theirs.close()
-        return 0 if job is None else _become(worker_main, *job)
+        return 0 if job is None else _become(worker_main, job, fds)
 
     end_child(child)
 
 
 def _preload() -> None:
     """What every worker imports before its app; a failure here is the worker's to report."""
-    for name in ("tether.cli", "tether.runtime", "tether.serving", "uvloop"):
+    for name in ("tether._runner", "tether.runtime", "tether.serving", "uvloop"):
         with contextlib.suppress(Exception):
             __import__(name)
 
 
-def _receive(sock: socket.socket) -> tuple[list[str], dict[str, str], str, list[int]] | None:
-    """The job the master sent, with its fds; None at end-of-file (the master is gone)."""
+def _receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
+    """The job the master sent and its fds; (None, []) at end-of-file (the master is gone)."""
     head, fds, _flags, _addr = socket.recv_fds(
         sock, _HEADER.size, _MAX_FDS, socket.MSG_CMSG_CLOEXEC
     )
     if not head:
-        return None
+        return None, []
     while len(head) < _HEADER.size:
         more = sock.recv(_HEADER.size - len(head))
         if not more:
-            return None
+            return None, []
         head += more
     (length,) = _HEADER.unpack(head)
     data = bytearray()
     while len(data) < length:
         more = sock.recv(min(length - len(data), 1 << 20))
         if not more:
-            return None
+            return None, []
         data += more
-    job = json.loads(data.decode("ascii"))
+    job: dict[str, Any] = pickle.loads(data)
     if job["fds"] != len(fds):
         msg = f"the master sent {job['fds']} fds, {len(fds)} arrived"
         raise RuntimeError(msg)
-    return job["args"], job["env"], job["cwd"], fds
+    return job, fds
 
 
-def _become(
-    worker_main: Callable[[list[str]], object],
-    args: list[str],
-    env: dict[str, str],
-    cwd: str,
-    fds: list[int],
-) -> int:
-    become_worker(env, fds, cwd)
+def _become(worker_main: Callable[[RunConfig], object], job: dict[str, Any], fds: list[int]) -> int:
+    become_worker(job["env"], fds, job["cwd"])
     for fd in fds:  # those not moved onto their own number point at /dev/null by now
         if fd >= LISTEN_FDS_START + len(fds):
             with contextlib.suppress(OSError):
                 os.close(fd)
-    return run_main(worker_main, args)
+    config = job["config"]
+    return run_main(lambda: worker_main(config), job["args"])

@@ -466,6 +466,27 @@ class RunConfig:
                 argv += _as_args(f.metadata["flag"], getattr(obj, f.name), f)
         return argv
 
+    def for_worker(self, *, debug_path: str | None) -> RunConfig:
+        """The config a worker resolves from :meth:`to_argv`, without a command line to parse.
+
+        A worker forked or prestarted by its master (tether._forkstart,
+        tether._prestart) is handed this instead of parsing its command line
+        (tests/test_config.py checks that the two agree). The key's password
+        comes along as an exec'd worker reads it: from the master's environment.
+        """
+
+        def passed(obj: object) -> dict[str, Any]:
+            fields = dataclasses.fields(obj)  # type: ignore[arg-type]
+            return {f.name: getattr(obj, f.name) for f in fields if f.metadata.get("worker")}
+
+        http = HttpOptions(**passed(self.http), ssl_keyfile_password=self.http.ssl_keyfile_password)
+        return RunConfig(
+            app=self.app,
+            debug_bind=f"unix:{debug_path}" if debug_path else None,
+            http=http,
+            **passed(self),
+        )
+
     def replace(self, **changes: object) -> RunConfig:
         """A copy with some options changed (validated again)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
