@@ -21,7 +21,6 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator
 from typing import NoReturn
 
 from tether import signals
@@ -31,6 +30,7 @@ from tether.errors import ShutdownAbandoned, TetherError
 from tether.logs import setup_logging
 from tether.notify import KEEPER_LOGGING, KEEPER_PREFIX, Notifier
 from tether.worker import WORKER_PROGRAM, keeps_pid
+from tether.worker import leaves as _leaves
 
 __all__ = [
     "EXIT_ABANDONED",
@@ -47,14 +47,6 @@ __all__ = [
 logger = logging.getLogger("tether")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_START, EXIT_ABANDONED = 0, 1, 2, 3, 4
-
-
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
 
 
 #: When a run ends with several problems, the most serious decides the exit code.

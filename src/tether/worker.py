@@ -88,6 +88,7 @@ __all__ = [
     "handoff_env",
     "is_successor",
     "keeps_pid",
+    "leaves",
     "read_stop_plan",
     "recycle_report",
     "started_by_master",
@@ -427,17 +428,18 @@ def read_stop_plan(path: str | None) -> float | None:
         return None
 
 
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
+def leaves(exc: BaseException) -> Iterator[BaseException]:
+    """Every error inside ``exc``, exception groups unpacked."""
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            yield from _leaves(inner)
+            yield from leaves(inner)
     else:
         yield exc
 
 
 def failure_line(exc: BaseException) -> str:
     """One line naming why a start failed (the first error; for the master's STATUS)."""
-    first = next(iter(_leaves(exc)), exc)
+    first = next(iter(leaves(exc)), exc)
     text = str(first) or type(first).__name__
     if not type(first).__module__.startswith("tether"):
         text = f"{type(first).__name__}: {text}"
