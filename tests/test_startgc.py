@@ -29,11 +29,9 @@ def test_hold_turns_automatic_collection_off_and_release_puts_it_back(
     """Held: the first threshold is 0 (and a second hold changes nothing); released: as before."""
     _startgc.hold()
     _startgc.hold()
-    assert _startgc.is_held()
     assert gc.get_threshold() == (0, *thresholds[1:])
     assert gc.isenabled()  # held by the threshold, not gc.disable()
     _startgc.release()
-    assert not _startgc.is_held()
     assert gc.get_threshold() == thresholds
 
 
@@ -82,6 +80,17 @@ def test_a_process_that_never_held_is_left_alone(thresholds: tuple[int, int, int
     assert gc.get_threshold()[0] == 1234
 
 
+def test_a_process_that_never_held_freezes_at_once(thresholds: tuple[int, int, int]) -> None:
+    """Not held (``tether.cli.main`` called from Python): ``--gc-freeze`` happens right away."""
+    loop = asyncio.new_event_loop()
+    try:
+        assert _startgc.catch_up(loop, freeze=True) is None
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        loop.close()
+
+
 def test_catch_up_releases_after_its_delay(
     thresholds: tuple[int, int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -92,9 +101,9 @@ def test_catch_up_releases_after_its_delay(
         _startgc.hold()
         handle = _startgc.catch_up(asyncio.get_running_loop())
         assert handle is not None
-        assert _startgc.is_held()  # not yet
+        assert gc.get_threshold()[0] == 0  # not yet
         start = asyncio.get_running_loop().time()
-        while _startgc.is_held():
+        while gc.get_threshold()[0] == 0:
             await asyncio.sleep(POLL)
         return asyncio.get_running_loop().time() - start
 

@@ -27,10 +27,10 @@ from tether import signals
 from tether._pidfile import PidFile
 from tether.config import DEBUG_TOKEN_ENV, SSL_PASSWORD_ENV, RunConfig
 from tether.errors import ShutdownAbandoned, TetherError
+from tether.errors import leaves as _leaves
 from tether.logs import setup_logging
 from tether.notify import KEEPER_LOGGING, KEEPER_PREFIX, Notifier
 from tether.worker import WORKER_PROGRAM, keeps_pid
-from tether.worker import leaves as _leaves
 
 __all__ = [
     "EXIT_ABANDONED",

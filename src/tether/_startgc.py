@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["CATCH_UP_DELAY", "catch_up", "hold", "is_held", "release"]
+__all__ = ["CATCH_UP_DELAY", "catch_up", "hold", "release"]
 
 #: Seconds after a process serves before it collects what its start left.
 CATCH_UP_DELAY = 1.0
@@ -56,17 +56,12 @@ def hold() -> None:
     gc.set_threshold(0, *_before[1:])
 
 
-def is_held() -> bool:
-    """Whether this process holds automatic collection off for its start."""
-    return _before is not None
-
-
 def release(*, collect: bool = False, freeze: bool = False) -> None:
     """Give the collector its thresholds back; first collect and freeze if asked.
 
     ``collect``: the young generations, where everything the start made still
     is; ``freeze``: then ``gc.freeze()`` what survived. Nothing happens in a
-    process that does not hold (the freeze included: the caller does its own).
+    process that does not hold.
     """
     global _before
     before, _before = _before, None
@@ -83,12 +78,16 @@ def release(*, collect: bool = False, freeze: bool = False) -> None:
 def catch_up(
     loop: asyncio.AbstractEventLoop, *, freeze: bool = False
 ) -> asyncio.TimerHandle | None:
-    """:func:`release` with a collection, :data:`CATCH_UP_DELAY` from now; its handle.
+    """The process serves: collect the young generations, then ``gc.freeze()`` if ``freeze``.
 
-    None (and nothing scheduled) when the collector is not held. Cancelling
-    the handle (a stop within the second) leaves the process held, which is
-    harmless for a process that is ending.
+    Held: :func:`release` does it :data:`CATCH_UP_DELAY` from now, and this
+    returns the timer's handle (cancelling it, at a stop within the second,
+    leaves the process held, harmless for a process that is ending). Not
+    held: done now (nothing without ``freeze``), None.
     """
-    if _before is None:
-        return None
-    return loop.call_later(CATCH_UP_DELAY, lambda: release(collect=True, freeze=freeze))
+    if _before is not None:
+        return loop.call_later(CATCH_UP_DELAY, lambda: release(collect=True, freeze=freeze))
+    if freeze:
+        gc.collect(1)
+        gc.freeze()
+    return None

@@ -460,9 +460,7 @@ class RunConfig:
         argv += ["--debug-bind", f"unix:{debug_path}"] if debug_path else ["--no-debug"]
         argv += ["--drain-delay", "0"]
         for obj in (self, self.http):
-            for f in dataclasses.fields(obj):
-                if not f.metadata.get("worker"):
-                    continue
+            for f in _passed_on(obj):
                 argv += _as_args(f.metadata["flag"], getattr(obj, f.name), f)
         return argv
 
@@ -474,22 +472,25 @@ class RunConfig:
         (tests/test_config.py checks that the two agree). The key's password
         comes along as an exec'd worker reads it: from the master's environment.
         """
-
-        def passed(obj: object) -> dict[str, Any]:
-            fields = dataclasses.fields(obj)  # type: ignore[arg-type]
-            return {f.name: getattr(obj, f.name) for f in fields if f.metadata.get("worker")}
-
-        http = HttpOptions(**passed(self.http), ssl_keyfile_password=self.http.ssl_keyfile_password)
+        http = HttpOptions(
+            **{f.name: getattr(self.http, f.name) for f in _passed_on(self.http)},
+            ssl_keyfile_password=self.http.ssl_keyfile_password,
+        )
         return RunConfig(
             app=self.app,
             debug_bind=f"unix:{debug_path}" if debug_path else None,
             http=http,
-            **passed(self),
+            **{f.name: getattr(self, f.name) for f in _passed_on(self)},
         )
 
     def replace(self, **changes: object) -> RunConfig:
         """A copy with some options changed (validated again)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _passed_on(obj: RunConfig | HttpOptions) -> list[dataclasses.Field[Any]]:
+    """The fields of ``obj`` a master passes on to its workers (the rest: their defaults)."""
+    return [f for f in dataclasses.fields(obj) if f.metadata.get("worker")]
 
 
 def _as_args(flag: str, value: Any, f: dataclasses.Field[Any]) -> list[str]:

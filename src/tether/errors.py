@@ -17,6 +17,7 @@ only raises.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "ShutdownAbandoned",
     "StartupError",
     "TetherError",
+    "leaves",
 ]
 
 
@@ -110,3 +112,12 @@ class ShutdownAbandoned(TetherError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "shutdown deadline passed"
+
+
+def leaves(exc: BaseException) -> Iterator[BaseException]:
+    """Every error inside ``exc``, exception groups unpacked."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from leaves(inner)
+    else:
+        yield exc

@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import faulthandler
 import functools
-import gc
 import logging
 import os
 import signal
@@ -423,9 +422,6 @@ class Service:
         catching_up = _startgc.catch_up(asyncio.get_running_loop(), freeze=self.config.gc_freeze)
         if catching_up is not None:
             cleanups.append(catching_up.cancel)
-        elif self.config.gc_freeze:
-            gc.collect(1)
-            gc.freeze()
         self.ready = True
         self.status = "serving"
         if self.loop_watch is not None:

@@ -66,11 +66,11 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tether.errors import ConfigError
+from tether.errors import ConfigError, leaves
 
 if TYPE_CHECKING:
     from tether.config import RunConfig
@@ -88,7 +88,6 @@ __all__ = [
     "handoff_env",
     "is_successor",
     "keeps_pid",
-    "leaves",
     "read_stop_plan",
     "recycle_report",
     "started_by_master",
@@ -426,15 +425,6 @@ def read_stop_plan(path: str | None) -> float | None:
         return float(value) if key == "deadline" else None
     except (OSError, ValueError):
         return None
-
-
-def leaves(exc: BaseException) -> Iterator[BaseException]:
-    """Every error inside ``exc``, exception groups unpacked."""
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from leaves(inner)
-    else:
-        yield exc
 
 
 def failure_line(exc: BaseException) -> str:
