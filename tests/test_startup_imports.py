@@ -24,7 +24,7 @@ from waiting import eventually
 from proc import APPS, free_port, get, tether
 
 #: Never loaded by a process that serves without being scraped, reloaded, run as PID 1 or
-#: sent a websocket. (watchfiles is not here: importing uvicorn imports it, for its reloader.)
+#: sent a websocket, nor uvicorn's command line and reloaders (tether._uvicornpkg).
 #: (ctypes: only a process that reaps orphans, a master or PID 1, needs it.)
 NOT_FOR_SERVING = frozenset(
     {
@@ -35,6 +35,9 @@ NOT_FOR_SERVING = frozenset(
         "tether._init",
         "tether._reloader",
         "tomllib",
+        "uvicorn.main",
+        "uvicorn.supervisors",
+        "watchfiles",
         "websockets",
         # OpenTelemetry: only with OTEL_* variables set (tether._otel).
         "opentelemetry",
@@ -114,7 +117,7 @@ def test_without_the_debug_server_its_modules_are_never_imported() -> None:
 
 
 #: The command line's option declarations and sources: a worker is handed its resolved config.
-COMMAND_LINE = frozenset({"tether.cli", "tether._configsources", "tether._gunicorn"})
+COMMAND_LINE = frozenset({"click", "tether.cli", "tether._configsources", "tether._gunicorn"})
 
 
 def test_a_prestarted_worker_never_imports_the_command_line() -> None:

@@ -50,6 +50,9 @@ from email.utils import formatdate
 from types import MethodType
 from typing import Any
 
+import tether._uvicornpkg  # noqa: F401 (first: uvicorn's package without its command line)
+
+# isort: split
 from uvicorn.config import Config
 from uvicorn.lifespan.on import LifespanOn
 from uvicorn.server import ServerState
