@@ -288,6 +288,35 @@ def test_fd_and_uds_are_served(workers: str, tmp_path: Path) -> None:
         proc.communicate()
 
 
+def test_the_scope_has_each_connections_addresses_for_every_family(tmp_path: Path) -> None:
+    """IPv4, IPv6 and a unix socket at once: scope client and server are the connection's own.
+
+    tether hands uvicorn the addresses the event loop read at the accept
+    (tether._transport.addresses_known); they must be what the sockets say.
+    """
+    port, port6 = free_port(), free_port()
+    uds = str(tmp_path / "app.sock")
+    args = ["echo:app", "--workers", "0", "--bind", f"127.0.0.1:{port}"]
+    args += ["--bind", f"[::1]:{port6}", "--uds", uds]
+    with running(args) as t:
+        inet = ((socket.AF_INET, "127.0.0.1", port), (socket.AF_INET6, "::1", port6))
+        for family, host, at in inet:
+            with socket.socket(family) as sock:
+                sock.settimeout(10)
+                sock.connect((host, at))
+                conn = http.client.HTTPConnection(host)
+                conn.sock = sock
+                conn.request("GET", "/")
+                seen = json.loads(conn.getresponse().read())
+                assert seen["client"] == [host, sock.getsockname()[1]], family
+                assert seen["server"] == [host, at], family
+        _, seen = unix_get(uds)
+        assert seen["client"] is None
+        assert seen["server"] == [uds, None]
+        t.signal(15)
+        assert t.wait() == 0
+
+
 def test_date_header_and_custom_headers() -> None:
     """--no-date-header drops the date; each --header is on every response."""
     port = free_port()

@@ -15,27 +15,58 @@ import pytest
 from tether._traffic import Connections, SecondClock
 
 
-def test_the_set_says_when_it_turns_busy_and_empty_once_each() -> None:
-    """busy on the first connection, empty on the last one gone; the event follows the set."""
+def test_the_set_says_busy_at_once_and_idle_once_it_stayed_empty() -> None:
+    """busy on the first connection; idle when a look idle_after later finds it still empty.
+
+    ``empty`` follows the set exactly (the drain waits on it); the callbacks alternate.
+    """
 
     async def main() -> None:
         seen: list[str] = []
-        conns = Connections(lambda: seen.append("busy"), lambda: seen.append("empty"))
+        idle = asyncio.Event()
+
+        def on_idle() -> None:
+            seen.append("idle")
+            idle.set()
+
+        conns = Connections(lambda: seen.append("busy"), on_idle, idle_after=0.05)
         assert conns.empty.is_set()
         conns.add("a")
         conns.add("b")
         assert seen == ["busy"] and not conns.empty.is_set()
         conns.discard("a")
         conns.discard("missing")
-        assert seen == ["busy"]
         conns.remove("b")
-        assert seen == ["busy", "empty"] and conns.empty.is_set()
+        assert conns.empty.is_set()
+        assert seen == ["busy"]  # not yet: it may be the moment between two connections
+        await asyncio.wait_for(idle.wait(), 5)
+        assert seen == ["busy", "idle"]
         conns.discard("b")
-        assert seen == ["busy", "empty"]
         with pytest.raises(KeyError):
             conns.remove("b")
         conns.add("c")
-        assert seen == ["busy", "empty", "busy"]
+        assert seen == ["busy", "idle", "busy"] and not conns.empty.is_set()
+
+    asyncio.run(main())
+
+
+def test_connections_that_follow_each_other_are_one_busy_stretch() -> None:
+    """Emptied and refilled before the look (Connection: close traffic): no idle, no second busy."""
+
+    async def main() -> None:
+        seen: list[str] = []
+        conns = Connections(lambda: seen.append("busy"), lambda: seen.append("idle"), 0.05)
+        for i in range(100):
+            conns.add(i)
+            conns.discard(i)
+            assert conns.empty.is_set()
+        conns.add("open")
+        while conns._check is not None:  # the look scheduled when the set first emptied
+            await asyncio.sleep(0.01)
+        assert seen == ["busy"]  # it found a connection open
+        conns.discard("open")
+        conns.close()  # the server is done: idle now, and no look left pending
+        assert seen == ["busy", "idle"] and conns._check is None
 
     asyncio.run(main())
 

@@ -159,26 +159,66 @@ def test_cork_leaves_the_descriptor_to_its_socket(connected: socket.socket) -> N
     cork(Recording())  # no socket (a test transport, a closed connection): left as it is
 
 
-def test_coalescing_puts_the_transport_in_after_the_connection_is_made() -> None:
-    """The protocol sets itself up on the real transport; what it writes then goes through ours."""
+class Addressed(Recording):
+    """A recording transport over a real connected socket, with the loop's two cached addresses."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        assert self.sock is not None
+        if name == "sockname":
+            return self.sock.getsockname()
+        if name == "peername":
+            return self.sock.getpeername() if self.sock.family != socket.AF_UNIX else ""
+        return super().get_extra_info(name, default)
+
+
+def _connected(family: int, where: Any) -> Iterator[socket.socket]:
+    """The server's end of a real connection of ``family``, accepted on ``where``."""
+    with socket.socket(family, socket.SOCK_STREAM) as listener:
+        listener.bind(where)
+        listener.listen(1)
+        with socket.socket(family, socket.SOCK_STREAM) as client:
+            client.connect(listener.getsockname())
+            server, _ = listener.accept()
+            with server:
+                yield server
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6", "unix"])
+def test_the_protocol_reads_the_addresses_the_loop_has_not_the_socket(
+    family: str, tmp_path: Any
+) -> None:
+    """uvicorn's address helpers, given the coalescing transport, read what the real socket says.
+
+    Set up on our transport (its flow control included); during connection_made its
+    "socket" is the stand-in with the loop's addresses, afterwards the real one again.
+    """
+    from uvicorn.protocols.utils import get_local_addr, get_remote_addr
+
+    where = {
+        "ipv4": (socket.AF_INET, ("127.0.0.1", 0)),
+        "ipv6": (socket.AF_INET6, ("::1", 0)),
+        "unix": (socket.AF_UNIX, str(tmp_path / "s")),
+    }[family]
 
     class Protocol:
         def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
             self.loop = loop
-            self.seen: Any = None
 
         def connection_made(self, transport: Any) -> None:
-            self.seen = transport
             self.transport = transport
+            self.socket_seen = transport.get_extra_info("socket")
+            self.server = get_local_addr(transport)
+            self.client = get_remote_addr(transport)
 
-    async def main() -> None:
-        real = Recording()
-        protocol = coalescing(Protocol, fin_with_last=False)(asyncio.get_running_loop())
+    def check(sock: socket.socket) -> None:
+        real: Any = Addressed(sock)
+        protocol = coalescing(Protocol, fin_with_last=False)(asyncio.new_event_loop())
         protocol.connection_made(real)
-        assert protocol.seen is real
+        protocol.loop.close()
         assert isinstance(protocol.transport, CoalescingTransport)
-        protocol.transport.write(b"x")
-        await asyncio.sleep(0)
-        assert real.events == [("write", b"x", None)]
+        assert protocol.socket_seen is not sock
+        assert (protocol.server, protocol.client) == (get_local_addr(real), get_remote_addr(real))
+        assert protocol.transport.get_extra_info("socket") is sock
 
-    asyncio.run(main())
+    for sock in _connected(*where):
+        check(sock)

@@ -130,7 +130,7 @@ class HeadSweep:
         self._timer: asyncio.TimerHandle | None = None
 
     def traffic(self, busy: bool) -> None:
-        """The first connection opened (True) or the last one closed (False)."""
+        """The first connection opened (True), or none has been open for a while (False)."""
         if busy:
             if self._timer is None:
                 loop = asyncio.get_running_loop()

@@ -17,7 +17,8 @@ How: while connections are open, the loop runs a timer every quarter of the
 threshold that notes when it is next due. A watcher thread sleeps until that
 time plus the threshold; if the timer has not run by then, the loop is
 blocked, and the thread reads the loop thread's frame
-(``sys._current_frames``). With no connection open, the timer stops and the
+(``sys._current_frames``). With no connection open for a second (not at each
+moment between two connections: tether._traffic), the timer stops and the
 thread sleeps without a timeout: an idle service wakes up for nothing, as
 with the date-header clock, and what a block costs nobody is left to the
 watchdog.
@@ -74,7 +75,7 @@ class LoopWatch:
     # -- the loop's side ------------------------------------------------------------
 
     def traffic(self, busy: bool) -> None:
-        """The first connection opened (True) or the last one closed (False)."""
+        """The first connection opened (True), or none has been open for a while (False)."""
         self._busy = busy
         if not self._enabled:
             return

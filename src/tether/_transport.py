@@ -43,13 +43,50 @@ def coalescing(factory: Any, *, fin_with_last: bool) -> Any:
 
     class Coalescing(factory):  # type: ignore[misc]
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            # uvicorn reads the connection's addresses (three lookups) and sets up its flow
-            # control on the real transport, with no wrapper in between; what it writes
-            # from here on goes through the coalescing one.
-            super().connection_made(transport)
-            self.transport = CoalescingTransport(transport, self.loop, fin_with_last)
+            coalescing = CoalescingTransport(transport, self.loop, fin_with_last)
+            # uvicorn asks for the socket only to read its two addresses: see addresses_known.
+            coalescing.get_extra_info = addresses_known(transport)
+            super().connection_made(coalescing)
+            coalescing.get_extra_info = transport.get_extra_info
 
     return Coalescing
+
+
+def addresses_known(transport: Any) -> Callable[..., Any]:
+    """``transport.get_extra_info`` whose "socket" reads the addresses the loop already has.
+
+    uvicorn's protocols read a new connection's local and peer addresses from
+    the transport's socket object (``getsockname()``, ``getpeername()``). The
+    event loop read both when it accepted the connection (its "sockname" and
+    "peername"); asked again through uvloop's socket stand-in, they cost five
+    system calls and two ``socket.socket`` objects per connection. The socket
+    given here answers from what the loop has: the same values, formatted by
+    uvicorn as before (an IPv6 address, a Unix socket's path, no peer name).
+    """
+    real = transport.get_extra_info
+
+    def get_extra_info(name: str, default: Any = None) -> Any:
+        if name == "socket":
+            return _KnownAddresses(real("sockname"), real("peername"))
+        return real(name, default)
+
+    return get_extra_info
+
+
+class _KnownAddresses:
+    """A connection's two addresses where a socket's two methods would read them."""
+
+    __slots__ = ("_peername", "_sockname")
+
+    def __init__(self, sockname: Any, peername: Any) -> None:
+        self._sockname = sockname
+        self._peername = peername
+
+    def getsockname(self) -> Any:
+        return self._sockname
+
+    def getpeername(self) -> Any:
+        return self._peername
 
 
 class CoalescingTransport:

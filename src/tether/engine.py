@@ -120,8 +120,9 @@ class DrainHooks:
     #: Called about once a second while connections are open (with the date clock), for
     #: cheap checks that only traffic makes necessary (``--max-worker-memory``).
     tick: Callable[[], None] | None = None
-    #: Called with True when the first connection opens, False when the last one closes
-    #: (what runs only while there is traffic: the blocked-loop watch).
+    #: Called with True when the first connection opens, False once none has been open
+    #: for up to a second (tether._traffic: what runs only while there is traffic, the
+    #: blocked-loop watch).
     traffic: Callable[[bool], None] | None = None
 
 

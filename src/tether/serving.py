@@ -118,7 +118,7 @@ class _State(ServerState):
             self.tasks = tasks  # type: ignore[assignment]  # uvicorn adds and discards each request's
         self._dated = date
         self._traffic = traffic
-        self.watched_connections = Connections(self._busy, self._empty)
+        self.watched_connections = Connections(self._busy, self._idle)
         self.connections = self.watched_connections
         self._extra = extra_headers
         # The clock is also the event-loop lag probe: it only runs while there is traffic.
@@ -139,7 +139,7 @@ class _State(ServerState):
         if self._traffic is not None:
             self._traffic(True)
 
-    def _empty(self) -> None:
+    def _idle(self) -> None:
         if self._clock is not None:
             self._clock.stop()
         if self._traffic is not None:
@@ -289,7 +289,7 @@ class HttpServer:
         self._background: asyncio.Future[list[AbandonedWork]] | None = None
 
     def _traffic(self, busy: bool) -> None:
-        """The first connection opened (True) or the last one closed (False)."""
+        """The first connection opened (True), or none has been open for a while (False)."""
         if self._head_sweep is not None:
             self._head_sweep.traffic(busy)
         if self.hooks.traffic is not None:
@@ -598,6 +598,7 @@ class HttpServer:
             server.close()
         for conn in list(self.state.connections):
             conn.transport.close()
+        self.state.watched_connections.close()
         for task in list(self.state.tasks):
             task.cancel()
         lifespan = self._lifespan

@@ -41,6 +41,7 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
     body = json.dumps(
         {
             "client": scope.get("client"),
+            "server": scope.get("server"),
             "scheme": scope["scheme"],
             "root_path": scope.get("root_path", ""),
             "path": scope["path"],
