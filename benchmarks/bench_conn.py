@@ -8,7 +8,12 @@ does it: start, 1 s warm-up, ``wrk -t1 -c64`` for ``--duration`` seconds, CPU
 of the whole process tree from /proc divided by completed requests.
 
     python benchmarks/bench_conn.py [--rounds 5] [--duration 3] [--workers 1 2]
-        [--workloads close keep-alive fastapi] [--base /tmp/tether-main/src ...]
+        [--workloads close keep-alive fastapi] [--base /tmp/tether-main/src ...] [--floor]
+
+``--floor`` adds, with one worker on the hello workloads, ``floor_server.py``:
+not a server but the least an HTTP/1.1 protocol written in Python does on the
+same event loop and parser, which says how much of a request's cost is the
+protocol's own Python (uvicorn's, under tether too) rather than the kernel's.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=["close"])
     parser.add_argument("--base", nargs="+", default=[], help="tether source trees (src/)")
+    parser.add_argument("--floor", action="store_true", help="add floor_server.py (see above)")
     args = parser.parse_args()
     ensure_wrk()
     ensure_peers()
@@ -78,9 +84,11 @@ def main() -> None:
     for short in args.workloads:
         workload = WORKLOADS[short]
         for workers in args.workers:
-            cpu: dict[str, list[float]] = {name: [] for name in servers}
+            floor = args.floor and workers == 1 and short != "fastapi"
+            here = [*servers, "floor"] if floor else servers
+            cpu: dict[str, list[float]] = {name: [] for name in here}
             for i in range(args.rounds):
-                for name in servers if i % 2 == 0 else reversed(servers):
+                for name in here if i % 2 == 0 else reversed(here):
                     r = run_round(name, workload, workers, args.duration, trees)
                     cpu[name].append(r.cpu_us)
                     print(
@@ -89,7 +97,7 @@ def main() -> None:
                         flush=True,
                     )
             base = statistics.median(cpu["uvicorn"])
-            for name in servers:
+            for name in here:
                 m = statistics.median(cpu[name])
                 table.append(
                     f"| {short} | {workers} | {name} | {m:.1f} ({min(cpu[name]):.1f}-"

@@ -85,6 +85,8 @@ def server_argv(name: str, target: str, port: int, workers: int) -> list[str]:
                     "--host", "127.0.0.1", "--port", str(port), *quiet, target],
         "hypercorn": [str(peer / "hypercorn"), target, "-w", n, "-k", "uvloop", "-b", where,
                       *quiet],
+        # Not a server: the least an HTTP/1.1 protocol in Python does (bench_conn.py --floor).
+        "floor": [sys.executable, str(HERE / "floor_server.py"), target, str(port)],
     }[name]  # fmt: skip
 
 

@@ -43,6 +43,7 @@ NAMES_ONLY = {
     "_http1.py": "finds uvicorn's two HTTP/1 protocol classes by name, for the implementation",
     "_gunicorn.py": "gunicorn's worker-class option values (uvicorn.workers.UvicornWorker)",
     "_hooks.py": "gunicorn's worker_class default that server hooks read",
+    "_uvicornpkg.py": "uvicorn's package without its __init__, imported for the implementation",
 }
 _UVICORN_MODULE = re.compile(r"^uvicorn(\.|$)")
 
