@@ -7,7 +7,7 @@ connection alive or close it as the request says. No flow control, no
 timeouts, no pipelining, no request bodies, no websockets, no drain, no
 metrics, none of uvicorn's per-connection bookkeeping. What it costs per
 request is the floor under any protocol written in Python on this event
-loop; ``bench_floor.py`` sets it beside uvicorn and tether, to show how much
+loop; ``bench_conn.py --floor`` sets it beside uvicorn and tether, to show how much
 of a ``Connection: close`` request is the protocol's own Python.
 
     python floor_server.py MODULE:ATTR PORT
@@ -27,6 +27,7 @@ from typing import Any
 import httptools
 import uvloop
 
+_RUNNING: set[asyncio.Task[None]] = set()
 _REASONS = {200: b"OK", 404: b"Not Found", 500: b"Internal Server Error"}
 
 
@@ -120,7 +121,9 @@ class _Protocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         assert self.exchange is not None
-        self.loop.create_task(self.exchange.run(self.app))
+        task = self.loop.create_task(self.exchange.run(self.app))
+        _RUNNING.add(task)  # held until done: the loop keeps only a weak reference
+        task.add_done_callback(_RUNNING.discard)
 
 
 _DATE = [b"date: " + formatdate(usegmt=True).encode() + b"\r\n"]

@@ -16,20 +16,21 @@ from tether._traffic import Connections, SecondClock
 
 
 def test_the_set_says_busy_at_once_and_idle_once_it_stayed_empty() -> None:
-    """busy on the first connection; idle when a look idle_after later finds it still empty.
+    """busy on the first connection; idle no sooner than idle_after after the set emptied.
 
     ``empty`` follows the set exactly (the drain waits on it); the callbacks alternate.
     """
 
     async def main() -> None:
+        loop = asyncio.get_running_loop()
         seen: list[str] = []
-        idle = asyncio.Event()
+        idle_at = loop.create_future()
 
         def on_idle() -> None:
             seen.append("idle")
-            idle.set()
+            idle_at.set_result(loop.time())
 
-        conns = Connections(lambda: seen.append("busy"), on_idle, idle_after=0.05)
+        conns = Connections(lambda: seen.append("busy"), on_idle, idle_after=0.3)
         assert conns.empty.is_set()
         conns.add("a")
         conns.add("b")
@@ -37,9 +38,10 @@ def test_the_set_says_busy_at_once_and_idle_once_it_stayed_empty() -> None:
         conns.discard("a")
         conns.discard("missing")
         conns.remove("b")
-        assert conns.empty.is_set()
-        assert seen == ["busy"]  # not yet: it may be the moment between two connections
-        await asyncio.wait_for(idle.wait(), 5)
+        emptied = loop.time()
+        assert conns.empty.is_set() and seen == ["busy"]
+        async with asyncio.timeout(10):
+            assert await idle_at - emptied >= 0.3 - 0.01  # the loop's timer resolution
         assert seen == ["busy", "idle"]
         conns.discard("b")
         with pytest.raises(KeyError):
@@ -51,22 +53,41 @@ def test_the_set_says_busy_at_once_and_idle_once_it_stayed_empty() -> None:
 
 
 def test_connections_that_follow_each_other_are_one_busy_stretch() -> None:
-    """Emptied and refilled before the look (Connection: close traffic): no idle, no second busy."""
+    """Emptied and refilled between loop steps (Connection: close traffic): no idle, one busy."""
 
     async def main() -> None:
         seen: list[str] = []
-        conns = Connections(lambda: seen.append("busy"), lambda: seen.append("idle"), 0.05)
-        for i in range(100):
+        conns = Connections(lambda: seen.append("busy"), lambda: seen.append("idle"), 0.3)
+        for i in range(50):
             conns.add(i)
+            await asyncio.sleep(0)  # the loop runs while the connection is open...
             conns.discard(i)
             assert conns.empty.is_set()
+            await asyncio.sleep(0)  # ...and while none is
         conns.add("open")
-        while conns._check is not None:  # the look scheduled when the set first emptied
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(10):
+            while conns._check is not None:  # the look scheduled when the set first emptied
+                await asyncio.sleep(0.01)
         assert seen == ["busy"]  # it found a connection open
-        conns.discard("open")
-        conns.close()  # the server is done: idle now, and no look left pending
-        assert seen == ["busy", "idle"] and conns._check is None
+
+    asyncio.run(main())
+
+
+def test_closing_the_set_says_idle_at_once_and_looks_no_more() -> None:
+    """close(): idle now, a connection still closing; its later discard schedules nothing."""
+
+    async def main() -> None:
+        seen: list[str] = []
+        conns = Connections(lambda: seen.append("busy"), lambda: seen.append("idle"), 0.3)
+        conns.add("a")
+        conns.add("b")
+        conns.discard("a")
+        conns.close()
+        assert seen == ["busy", "idle"]
+        conns.discard("b")  # its connection_lost, a step later
+        assert conns._check is None and conns.empty.is_set()
+        conns.add("c")  # nothing is busy after the server is done
+        assert seen == ["busy", "idle"]
 
     asyncio.run(main())
 

@@ -222,3 +222,36 @@ def test_the_protocol_reads_the_addresses_the_loop_has_not_the_socket(
 
     for sock in _connected(*where):
         check(sock)
+
+
+def test_an_ipv6_address_with_a_scope_is_read_from_the_real_socket() -> None:
+    """uvloop keeps a link-local peer without its %interface; the real socket's name has it."""
+    from uvicorn.protocols.utils import get_local_addr, get_remote_addr
+
+    class Socket:
+        def getsockname(self) -> Any:
+            return ("fe80::2%eth1", 8000, 0, 3)
+
+        def getpeername(self) -> Any:
+            return ("fe80::1%eth1", 5000, 0, 3)
+
+    class Transport(Recording):
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            cached = {"sockname": ("fe80::2", 8000, 0, 3), "peername": ("fe80::1", 5000, 0, 3)}
+            return Socket() if name == "socket" else cached.get(name, default)
+
+    class Protocol:
+        def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+            self.loop = loop
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            self.server = get_local_addr(transport)
+            self.client = get_remote_addr(transport)
+
+    loop = asyncio.new_event_loop()
+    protocol = coalescing(Protocol, fin_with_last=False)(loop)
+    protocol.connection_made(Transport())
+    loop.close()
+    assert protocol.server == ("fe80::2%eth1", 8000)
+    assert protocol.client == ("fe80::1%eth1", 5000)

@@ -97,3 +97,76 @@ def test_a_uvicorn_imported_first_is_left_alone() -> None:
         assert sys.modules["uvicorn"] is before and "uvicorn.main" in sys.modules
         """
     )
+
+
+def test_threads_asking_at_once_all_get_uvicorns_names() -> None:
+    """Eight threads read `uvicorn.run` at once: the real init runs once, none sees it half-done."""
+    run(
+        """
+        import sys, threading
+        import tether._uvicornpkg
+        import uvicorn
+        runs = []
+        real_exec = uvicorn.__spec__.loader.exec_module
+        def counting(module):
+            runs.append(1)
+            real_exec(module)
+        uvicorn.__spec__.loader.exec_module = counting
+        start = threading.Barrier(8)
+        got, errors = [], []
+        def ask():
+            start.wait()
+            try:
+                got.append(uvicorn.run)
+            except Exception as exc:
+                errors.append(exc)
+        threads = [threading.Thread(target=ask) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and len(got) == 8, errors
+        assert all(f is sys.modules["uvicorn.main"].run for f in got)
+        assert runs == [1], runs
+        """
+    )
+
+
+def test_the_submodule_imported_first_still_leaves_the_command_bound() -> None:
+    """`import uvicorn.main` before any name: uvicorn.main is the command, as __init__ binds it."""
+    run(
+        """
+        import sys
+        import tether._uvicornpkg
+        import uvicorn.main
+        cli = sys.modules["uvicorn.main"]
+        assert uvicorn.main is cli.main, uvicorn.main
+        assert uvicorn.run is cli.run
+        assert type(uvicorn).__name__ == "module"  # a plain package once its __init__ ran
+        """
+    )
+
+
+def test_an_init_that_fails_is_tried_again_as_a_failed_import_is() -> None:
+    """The real __init__ raising: the caller sees the error; the next name runs it again."""
+    run(
+        """
+        import tether._uvicornpkg
+        import uvicorn
+        real_exec = uvicorn.__spec__.loader.exec_module
+        calls = []
+        def failing_once(module):
+            calls.append(1)
+            if len(calls) == 1:
+                raise ImportError("click is broken")
+            real_exec(module)
+        uvicorn.__spec__.loader.exec_module = failing_once
+        try:
+            uvicorn.run
+        except ImportError as exc:
+            assert "click is broken" in str(exc)
+        else:
+            raise AssertionError("the init's error must reach the caller")
+        assert callable(uvicorn.run) and len(calls) == 2
+        """
+    )

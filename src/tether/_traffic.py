@@ -20,14 +20,16 @@ second in a worker serving 10,000 closed connections a second). So the set
 looks again a second after it empties and says idle only if it still is.
 
 Invariant: ``Connections.empty`` is set exactly while the set is empty; the
-two callbacks alternate, busy first, and idle comes at most ``idle_after``
-seconds (and at least the loop's next step) after the last connection
-closed, never while one is open; a clock has at most one timer due, and none
-once stopped.
+two callbacks alternate, busy first; idle comes ``idle_after`` seconds after
+the set last emptied at the latest, no sooner than ``idle_after`` after it
+first did, and never while a connection is open, except from
+:meth:`Connections.close` (the server is done: nothing is busy after it); a
+clock has at most one timer due, and none once stopped.
 
 Resource handling: one ``TimerHandle`` per running clock, cancelled by
 :meth:`SecondClock.stop`; at most one for the set's idle check, which ends by
-itself (:meth:`Connections.close` cancels it); no task, no thread.
+itself or by :meth:`Connections.close`, after which none is made; no task,
+no thread.
 """
 
 from __future__ import annotations
@@ -61,12 +63,13 @@ class Connections(set[Any]):
         self._on_idle = on_idle
         self._idle_after = idle_after
         self._busy = False
+        self._closed = False
         self._check: asyncio.TimerHandle | None = None
 
     def add(self, item: Any) -> None:
         if not self:
             self.empty.clear()
-            if not self._busy:
+            if not self._busy and not self._closed:
                 self._busy = True
                 self._on_busy()
         set.add(self, item)
@@ -75,7 +78,7 @@ class Connections(set[Any]):
         set.discard(self, item)
         if not self and not self.empty.is_set():
             self.empty.set()
-            if self._check is None:
+            if self._check is None and self._busy:
                 loop = asyncio.get_running_loop()
                 self._check = loop.call_later(self._idle_after, self._look)
 
@@ -85,17 +88,21 @@ class Connections(set[Any]):
         self.discard(item)
 
     def close(self) -> None:
-        """Cancel a pending idle check; idle now if the set is empty (the server is done)."""
+        """The server is done: idle now, connections still closing or not; no check after."""
+        self._closed = True
+        self._idle()
+
+    def _look(self) -> None:
+        if not self:
+            self._idle()
+        else:
+            self._check = None  # a later emptying schedules the next look
+
+    def _idle(self) -> None:
         if self._check is not None:
             self._check.cancel()
             self._check = None
-        if not self and self._busy:
-            self._busy = False
-            self._on_idle()
-
-    def _look(self) -> None:
-        self._check = None
-        if not self and self._busy:
+        if self._busy:
             self._busy = False
             self._on_idle()
 

@@ -46,8 +46,10 @@ def coalescing(factory: Any, *, fin_with_last: bool) -> Any:
             coalescing = CoalescingTransport(transport, self.loop, fin_with_last)
             # uvicorn asks for the socket only to read its two addresses: see addresses_known.
             coalescing.get_extra_info = addresses_known(transport)
-            super().connection_made(coalescing)
-            coalescing.get_extra_info = transport.get_extra_info
+            try:
+                super().connection_made(coalescing)
+            finally:
+                coalescing.get_extra_info = transport.get_extra_info
 
     return Coalescing
 
@@ -62,13 +64,14 @@ def addresses_known(transport: Any) -> Callable[..., Any]:
     system calls and two ``socket.socket`` objects per connection. The socket
     given here answers from what the loop has: the same values, formatted by
     uvicorn as before (an IPv6 address, a Unix socket's path, no peer name).
+    One exception: an IPv6 address with a scope (link-local, ``fe80::1%eth0``),
+    which uvloop keeps without its ``%eth0``, is read from the real socket.
     """
     real = transport.get_extra_info
+    known = _KnownAddresses(transport)
 
     def get_extra_info(name: str, default: Any = None) -> Any:
-        if name == "socket":
-            return _KnownAddresses(real("sockname"), real("peername"))
-        return real(name, default)
+        return known if name == "socket" else real(name, default)
 
     return get_extra_info
 
@@ -76,17 +79,23 @@ def addresses_known(transport: Any) -> Callable[..., Any]:
 class _KnownAddresses:
     """A connection's two addresses where a socket's two methods would read them."""
 
-    __slots__ = ("_peername", "_sockname")
+    __slots__ = ("_transport",)
 
-    def __init__(self, sockname: Any, peername: Any) -> None:
-        self._sockname = sockname
-        self._peername = peername
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
 
     def getsockname(self) -> Any:
-        return self._sockname
+        return self._read("sockname", "getsockname")
 
     def getpeername(self) -> Any:
-        return self._peername
+        return self._read("peername", "getpeername")
+
+    def _read(self, extra: str, method: str) -> Any:
+        address = self._transport.get_extra_info(extra)
+        if isinstance(address, tuple) and len(address) == 4 and address[3]:
+            # An IPv6 scope: the real socket writes it into the host (fe80::1%eth0).
+            return getattr(self._transport.get_extra_info("socket"), method)()
+        return address
 
 
 class CoalescingTransport:
