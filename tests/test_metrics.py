@@ -51,7 +51,7 @@ async def app(scope, receive, send):
     if path == "/slow":
         await asyncio.sleep(60)
     if path == "/block":
-        time.sleep(1.2)  # blocks the event loop, as careless code does
+        time.sleep(1.5)  # blocks the event loop, as careless code does
     if path == "/boom":
         raise RuntimeError("boom")
     if path == "/stream":
@@ -307,7 +307,12 @@ def test_single_process_counts_every_request_exactly(tmp_path: Path) -> None:
 
 
 def test_a_blocked_event_loop_shows_in_the_lag_histogram(tmp_path: Path) -> None:
-    """A handler that blocks the loop for 1.2 s makes the running clock fire late: lag > 0.25 s."""
+    """A handler that blocks the loop for 1.5 s makes the running clock fire late: lag > 0.25 s.
+
+    The clock's next firing is due within a second of its last, which came at the
+    connection: a block of 1.5 s makes it at least 0.5 s late (1.2 s, as it was, left
+    it only 0.2 s late when the last firing fell just before a second began).
+    """
     (tmp_path / "statusapp.py").write_text(STATUS_APP)
     with tether("statusapp:app", "--app-dir", str(tmp_path)) as t:
         t.ready()
