@@ -118,8 +118,8 @@ class Prestarted:
         As :func:`tether._forkstart.fork_worker`: ``fds`` land on 3, 4, ... and
         ``env`` is the whole environment. Raises OSError if the child is gone.
         """
-        job = {"config": config, "args": list(args), "env": dict(env), "cwd": cwd}
-        data = pickle.dumps({**job, "fds": len(fds)}, pickle.HIGHEST_PROTOCOL)
+        job = {"config": config, "args": list(args), "env": dict(env), "cwd": cwd, "fds": len(fds)}
+        data = pickle.dumps(job, pickle.HIGHEST_PROTOCOL)
         try:
             socket.send_fds(self.sock, [_HEADER.pack(len(data))], list(fds))
             self.sock.sendall(data)

@@ -67,12 +67,16 @@ def release(*, collect: bool = False, freeze: bool = False) -> None:
     before, _before = _before, None
     if before is None:
         return
-    if collect:
-        gc.collect(1)
-    if freeze:
-        gc.freeze()
+    _settle(collect=collect, freeze=freeze)
     if gc.get_threshold()[0] == 0:  # still ours: the app did not set its own
         gc.set_threshold(*before)
+
+
+def _settle(*, collect: bool, freeze: bool) -> None:
+    if collect:
+        gc.collect(1)  # the young generations, where everything the start made still is
+    if freeze:
+        gc.freeze()
 
 
 def catch_up(
@@ -87,7 +91,5 @@ def catch_up(
     """
     if _before is not None:
         return loop.call_later(CATCH_UP_DELAY, lambda: release(collect=True, freeze=freeze))
-    if freeze:
-        gc.collect(1)
-        gc.freeze()
+    _settle(collect=freeze, freeze=freeze)
     return None
